@@ -1,0 +1,79 @@
+"""Wiring: turn validated settings into the objects commands and jobs use.
+
+Constructed once per process; everything here is cheap until first used.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner import db
+from provisioner.config_schema import Settings
+from provisioner.models import Server, ServerEvent, utcnow
+from provisioner.reconcile import Plan, Policy, ServerState, plan
+from provisioner.secrets import SecretBox
+from provisioner.storefront import Storefront, StorefrontUnavailable, open_storefront
+
+
+@dataclass
+class App:
+    settings: Settings
+    clock: Callable[[], dt.datetime] = field(default=utcnow)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return db.make_engine(self.settings.database.url, echo=self.settings.database.echo)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.session_factory(self.engine)
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        return SecretBox(self.settings.secrets.fernet_keys)
+
+    @cached_property
+    def storefront(self) -> Storefront:
+        return open_storefront(self.settings)
+
+    @property
+    def policy(self) -> Policy:
+        p = self.settings.planner
+        return Policy(max_destroy_count=p.max_destroy_count, max_destroy_fraction=p.max_destroy_fraction,
+                      destroy_grace=dt.timedelta(hours=p.destroy_grace_hours),
+                      products=frozenset(self.settings.products))
+
+    def server_states(self) -> list[ServerState]:
+        with self.sessions() as s:
+            return [ServerState.of(row) for row in s.scalars(select(Server))]
+
+    def plan_once(self) -> tuple[Plan, str | None]:
+        """One planning pass. Returns the plan and, if the storefront failed, why."""
+        now = self.clock()
+        servers = self.server_states()
+        try:
+            subs = self.storefront.read(now)
+        except StorefrontUnavailable as exc:
+            return plan(None, servers, now, self.policy), str(exc)
+        return plan(subs, servers, now, self.policy), None
+
+    def find_server(self, session: Session, ref: str) -> Server | None:
+        """A server by name (g0001.vpn.example.com or just g0001), or by #id."""
+        if ref.startswith("#") and ref[1:].isdigit():
+            return session.get(Server, int(ref[1:]))
+        row = session.scalars(select(Server).where(Server.server_name == ref)).first()
+        if row is None and "." not in ref:
+            row = session.scalars(
+                select(Server).where(Server.server_name == f"{ref}.{self.settings.cloudflare.domain}")).first()
+        return row
+
+    def events(self, session: Session, server_id: int, limit: int = 200) -> list[ServerEvent]:
+        q = (select(ServerEvent).where(ServerEvent.server_id == server_id)
+             .order_by(ServerEvent.at.desc(), ServerEvent.id.desc()).limit(limit))
+        return list(reversed(list(session.scalars(q))))

@@ -1,0 +1,112 @@
+"""Engines, sessions and schema migrations, for SQLite (embedded) and MySQL/MariaDB.
+
+``upgrade(engine)`` runs the Alembic migrations shipped in ``provisioner/migrations``; it is
+what ``provisioner db upgrade`` does, and it is safe to run at every start.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot be reached or used; the message never includes the password."""
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparseable database url)"
+
+
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise DatabaseUnavailable("database.url is not a valid SQLAlchemy URL "
+                                  "(e.g. sqlite:///var/provisioner.db or mysql+pymysql://user:pw@host/db)") from None
+    kwargs: dict[str, Any] = {"echo": echo, "pool_pre_ping": True}
+    if parsed.get_backend_name() == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+    elif parsed.get_backend_name() in ("mysql", "mariadb"):
+        kwargs["pool_recycle"] = 3600
+        kwargs["connect_args"] = {"connect_timeout": 10, "charset": "utf8mb4"}
+        kwargs["isolation_level"] = "READ COMMITTED"
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise DatabaseUnavailable(f"cannot use database {safe_url(url)}: {type(exc).__name__}") from None
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets the API read while the worker writes; busy_timeout rides out short write locks.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def check_connection(engine: Engine) -> None:
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailable(
+            f"cannot connect to database {safe_url(str(engine.url.render_as_string(hide_password=False)))}: "
+            f"{_reason(exc)}") from None
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    if orig is not None and getattr(orig, "args", None):
+        args = orig.args
+        return str(args[1] if len(args) > 1 else args[0]).splitlines()[0]
+    return type(exc).__name__
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    check_connection(engine)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        if not inspect(conn).has_table("provisioner_alembic_version"):
+            return None
+        return conn.execute(text("SELECT version_num FROM provisioner_alembic_version")).scalar()
+
+
+def require_schema(engine: Engine) -> None:
+    check_connection(engine)
+    if current_revision(engine) is None:
+        raise DatabaseUnavailable("the database has no provisioner schema yet; run `provisioner db upgrade`")

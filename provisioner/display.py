@@ -1,0 +1,72 @@
+"""Human-readable and JSON renderings of plans, servers and events for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from provisioner.models import Server, ServerEvent
+from provisioner.reconcile import Plan
+
+
+def human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(value) < 1000 or unit == "TB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{n} B"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def plan_text(p: Plan) -> str:
+    out: list[str] = []
+    out.append(f"build    {len(p.build):>4}  " + ", ".join(f"subscription {s.id} ({s.email})" for s in p.build))
+    out.append(f"destroy  {len(p.destroy):>4}  " + ", ".join(s.label for s in p.destroy))
+    out.append(f"rebuild  {len(p.rebuild):>4}  " + ", ".join(s.label for s in p.rebuild))
+    out.append(f"resume   {len(p.resume):>4}  " + ", ".join(s.label for s in p.resume))
+    for h in p.held:
+        out.append(f"held: {h['reason']}")
+    if p.empty and not p.held:
+        out.append("nothing to do")
+    return "\n".join(line.rstrip() for line in out)
+
+
+def server_json(r: Server) -> dict[str, Any]:
+    return {
+        "id": r.id, "name": r.server_name, "subscription_id": r.subscription_id, "customer_id": r.customer_id,
+        "product_id": r.product_id, "email": r.user_email, "status": r.status, "step": r.step,
+        "location": r.current_location, "ip": r.server_ip, "schedule": r.rebuild_schedule,
+        "schedule_location": r.rebuild_schedule_location, "bandwidth_used": r.bandwidth_this_month,
+        "bandwidth_limit": r.bandwidth_limit_this_month, "last_error": r.last_error,
+    }
+
+
+def servers_table(rows: Sequence[Server]) -> str:
+    if not rows:
+        return "no servers yet"
+    body = [[r.server_name or f"#{r.id}", r.user_email, r.status + (f" ({r.step})" if r.step else ""),
+             r.current_location or "-", r.server_ip or "-",
+             r.rebuild_schedule + ("" if r.rebuild_schedule == "none" else f" → {r.rebuild_schedule_location}"),
+             f"{human_bytes(r.bandwidth_this_month)} / {human_bytes(r.bandwidth_limit_this_month)}"]
+            for r in rows]
+    return table(["NAME", "CUSTOMER", "STATUS", "LOCATION", "IP", "SCHEDULE", "BANDWIDTH"], body)
+
+
+def event_json(e: ServerEvent) -> dict[str, Any]:
+    return {"at": e.at.isoformat(), "actor": e.actor, "what": e.what, "outcome": e.outcome, "detail": e.detail}
+
+
+def events_table(events: Sequence[ServerEvent]) -> str:
+    if not events:
+        return "no events"
+    return table(["WHEN (UTC)", "ACTOR", "WHAT", "OUTCOME", "DETAIL"],
+                 [[e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.what, e.outcome, e.detail] for e in events])

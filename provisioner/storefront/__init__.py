@@ -1,0 +1,31 @@
+"""Where subscriptions come from. The planner never knows which storefront it reads."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Protocol
+
+from provisioner.subscriptions import StorefrontUnavailable, Subscription
+
+if TYPE_CHECKING:
+    from provisioner.config_schema import Settings
+
+__all__ = ["Storefront", "StorefrontUnavailable", "Subscription", "open_storefront"]
+
+
+class Storefront(Protocol):
+    def read(self, now: dt.datetime) -> list[Subscription]:
+        """Every subscription the storefront knows, or raise StorefrontUnavailable."""
+        ...
+
+
+def open_storefront(settings: Settings) -> Storefront:
+    if settings.storefront.kind == "edd":
+        from provisioner.db import make_engine
+        from provisioner.storefront.edd import EddStorefront
+
+        engine = make_engine(settings.storefront.edd_url)
+        return EddStorefront(engine, table_prefix=settings.storefront.edd_table_prefix,
+                             failing_grace=dt.timedelta(days=settings.storefront.failing_grace_days),
+                             site_timezone=settings.storefront.site_timezone or None)
+    raise StorefrontUnavailable(f"storefront.kind {settings.storefront.kind!r} is not available in this build")
