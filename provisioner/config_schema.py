@@ -103,6 +103,62 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "destroy_grace_hours": Field(float, 0.0, minimum=0, maximum=24 * 60),
         "server_name_prefix": Field(str, "g0", pattern=r"[a-z][a-z0-9\-]{0,15}"),
     },
+    "lifecycle": {
+        "snapshots": Field(bool, False),
+        "poll_seconds": Field(float, 10.0, minimum=0.05, maximum=600),
+        "lease_seconds": Field(float, 600.0, minimum=5, maximum=7200),
+        "max_attempts": Field(int, 8, minimum=1, maximum=100),
+        "error_after_attempts": Field(int, 3, minimum=1, maximum=100),
+        "backoff_base_seconds": Field(float, 30.0, minimum=0.01, maximum=3600),
+        "backoff_cap_seconds": Field(float, 1800.0, minimum=0.01, maximum=86400),
+        "boot_deadline_minutes": Field(float, 10.0, minimum=0.01, maximum=240),
+        "install_deadline_minutes": Field(float, 20.0, minimum=0.01, maximum=240),
+        "snapshot_deadline_minutes": Field(float, 60.0, minimum=0.01, maximum=480),
+        "api_deadline_minutes": Field(float, 15.0, minimum=0.01, maximum=240),
+    },
+    "worker": {
+        "tick_seconds": Field(float, 60.0, minimum=1, maximum=3600),
+        "threads": Field(int, 8, minimum=1, maximum=256),
+        "timezone": Field(str, "America/New_York", allow_empty=False),
+        "bandwidth_sync_minutes": Field(float, 60.0, minimum=1, maximum=1440),
+        "sweep_minutes": Field(float, 30.0, minimum=1, maximum=1440),
+        "sweep_delete_after_sightings": Field(int, 0, minimum=0, maximum=1000),
+        "rebuild_spread_minutes": Field(float, 60.0, minimum=0, maximum=720),
+        "shutdown_grace_seconds": Field(float, 30.0, minimum=0, maximum=3600),
+        "lock_file": Field(str, "var/provisioner.lock", allow_empty=False),
+    },
+    "api": {
+        "listen_host": Field(str, "127.0.0.1", allow_empty=False),
+        "listen_port": Field(int, 8000, minimum=0, maximum=65535),
+        "public_url": Field(str, "http://127.0.0.1:8000", pattern=r"https?://\S+"),
+        "jwt_secret": Field(str, "", secret=True),
+        "jwt_audience": Field(str, "provisioner-dashboard", allow_empty=False),
+        "cors_origin": Field(str, ""),
+        "rebuild_cooldown_seconds": Field(float, 300.0, minimum=0, maximum=86400),
+        "requests_per_minute": Field(int, 120, minimum=1, maximum=100000),
+        "max_body_bytes": Field(int, 16384, minimum=256, maximum=10_000_000),
+    },
+    "stripe": {
+        "api_key": Field(str, "", secret=True),
+        "api_base": Field(str, "https://api.stripe.com", pattern=r"https?://\S+"),
+        "webhook_secrets": Field(list, [], secret=True),
+        "webhook_tolerance_seconds": Field(int, 300, minimum=0, maximum=86400),
+        "past_due_grace_days": Field(float, 3.0, minimum=0, maximum=60),
+        "cross_check_destroys": Field(bool, True),
+    },
+    "notify": {
+        "smtp_host": Field(str, ""),
+        "smtp_port": Field(int, 587, minimum=1, maximum=65535),
+        "smtp_security": Field(str, "starttls", choices=("starttls", "ssl", "none")),
+        "smtp_username": Field(str, ""),
+        "smtp_password": Field(str, "", secret=True),
+        "from_address": Field(str, "Provisioner <noreply@example.com>"),
+        "operator_email": Field(str, ""),
+        "default_language": Field(str, "en", pattern=r"[a-z]{2}"),
+        "webhook_url": Field(str, "", pattern=r"https?://\S+"),
+        "webhook_secret": Field(str, "", secret=True),
+        "max_attempts": Field(int, 20, minimum=1, maximum=1000),
+    },
     "sandbox": {
         "enabled": Field(bool, False),
         "state_file": Field(str, "var/sandbox-state.json"),
@@ -177,6 +233,72 @@ class PlannerSettings:
 
 
 @dataclass(frozen=True)
+class LifecycleSettings:
+    snapshots: bool
+    poll_seconds: float
+    lease_seconds: float
+    max_attempts: int
+    error_after_attempts: int
+    backoff_base_seconds: float
+    backoff_cap_seconds: float
+    boot_deadline_minutes: float
+    install_deadline_minutes: float
+    snapshot_deadline_minutes: float
+    api_deadline_minutes: float
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    tick_seconds: float
+    threads: int
+    timezone: str
+    bandwidth_sync_minutes: float
+    sweep_minutes: float
+    sweep_delete_after_sightings: int
+    rebuild_spread_minutes: float
+    shutdown_grace_seconds: float
+    lock_file: str
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    listen_host: str
+    listen_port: int
+    public_url: str
+    jwt_secret: str = field(repr=False)
+    jwt_audience: str
+    cors_origin: str
+    rebuild_cooldown_seconds: float
+    requests_per_minute: int
+    max_body_bytes: int
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    api_key: str = field(repr=False)
+    api_base: str
+    webhook_secrets: list[str] = field(repr=False)
+    webhook_tolerance_seconds: int
+    past_due_grace_days: float
+    cross_check_destroys: bool
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    smtp_username: str
+    smtp_password: str = field(repr=False)
+    from_address: str
+    operator_email: str
+    default_language: str
+    webhook_url: str
+    webhook_secret: str = field(repr=False)
+    max_attempts: int
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     enabled: bool
     state_file: str
@@ -241,6 +363,11 @@ class Settings:
     cloudflare: CloudflareSettings
     ssh: SshSettings
     planner: PlannerSettings
+    lifecycle: LifecycleSettings
+    worker: WorkerSettings
+    api: ApiSettings
+    stripe: StripeSettings
+    notify: NotifySettings
     sandbox: SandboxSettings
     products: dict[str, Product]
 

@@ -125,9 +125,20 @@ class Server(Base):
     bandwidth_month: Mapped[str | None] = mapped_column(String(7))     # "YYYY-MM" the counter belongs to
     bandwidth_carried: Mapped[int] = mapped_column(BigInteger, default=0)  # earlier instances, this month
     last_rebuilt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    rebuild_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # customer cooldown
+    schedule_slot_done: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)    # last slot rebuilt for
+    rebuild_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)        # spread start of a due slot
+    bandwidth_synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    bandwidth_alerted: Mapped[int] = mapped_column(Integer, default=0)              # 0, 80 or 100 (% of cap)
+    suspended_by_cap: Mapped[bool] = mapped_column(Boolean, default=False)
+    language: Mapped[str | None] = mapped_column(String(8))                        # customer's, for messages
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    # Every UPDATE carries "AND version = <what we read>" and bumps it: a worker whose claim was
+    # taken over gets StaleDataError instead of overwriting the new owner's work (fencing).
+    __mapper_args__ = {"version_id_col": version}
 
     __table_args__ = (
         Index("ix_provisioner_servers_status", "status"),
@@ -141,6 +152,30 @@ class Server(Base):
 
     def __repr__(self) -> str:  # secrets never appear here
         return f"<Server {self.id} {self.server_name or '-'} sub={self.subscription_id} {self.status}>"
+
+
+class WorkerStatus(Base):
+    """What `provisioner status` reports: last tick, last success per provider, and so on."""
+
+    __tablename__ = "provisioner_worker_status"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text, default="")
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Orphan(Base):
+    """A provider resource carrying our tag with no live server, as the sweeper saw it."""
+
+    __tablename__ = "provisioner_orphans"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)       # instance | dns | snapshot
+    provider_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(191), default="")
+    first_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sightings: Mapped[int] = mapped_column(Integer, default=1)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class ServerEvent(Base):

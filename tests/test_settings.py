@@ -143,7 +143,7 @@ def test_it_documents_every_key_in_the_example_and_no_other() -> None:
 
 def test_it_loads_the_example_once_its_secrets_are_provided(tmp_path: Path) -> None:
     text = (ROOT / "config" / "provisioner.example.toml").read_text()
-    for name in ("edd_url", "fernet_keys", "api_key", "api_token"):
+    for name in ("edd_url", "fernet_keys", "api_key", "api_token", "jwt_secret"):
         text = re.sub(rf"^{name}_file = .*$", "", text, flags=re.M)
     cfg = write_config(tmp_path, text=text)
     env = {"PROVISIONER_STOREFRONT_EDD_URL": "mysql+pymysql://wp@127.0.0.1/wp",

@@ -1,0 +1,79 @@
+"""The schema: created and migrated by `db upgrade`, the same on SQLite and MariaDB."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from provisioner import db
+from provisioner.models import Server, ServerEvent
+from tests.fixtures.services import table_names
+
+
+def test_it_creates_the_schema_and_is_idempotent(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    db.upgrade(engine)  # a second run at every start changes nothing
+    assert db.current_revision(engine) == "0002"
+    assert {"provisioner_servers", "provisioner_server_events", "provisioner_alembic_version"} <= table_names(db_url)
+    engine.dispose()
+
+
+def test_it_keeps_times_in_utc_across_the_round_trip(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    ny = dt.timezone(dt.timedelta(hours=-5))
+    deadline = dt.datetime(2026, 3, 8, 1, 30, tzinfo=ny)
+    with db.session_factory(engine)() as s:
+        s.add(Server(customer_id="1", product_id="1", subscription_id="42", user_email="a@example.com",
+                     step_deadline=deadline))
+        s.commit()
+    with db.session_factory(engine)() as s:
+        row = s.scalars(select(Server)).one()
+        assert row.step_deadline == deadline
+        assert row.step_deadline.tzinfo == dt.UTC
+    engine.dispose()
+
+
+def test_it_refuses_a_second_row_for_one_subscription(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with db.session_factory(engine)() as s:
+        s.add(Server(customer_id="1", product_id="1", subscription_id="42", user_email="a@example.com"))
+        s.commit()
+        s.add(Server(customer_id="1", product_id="1", subscription_id="42", user_email="a@example.com"))
+        with pytest.raises(IntegrityError):
+            s.commit()
+    engine.dispose()
+
+
+def test_it_keeps_an_audit_trail_per_server(db_url: str) -> None:
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with db.session_factory(engine)() as s:
+        srv = Server(customer_id="1", product_id="1", subscription_id="7", user_email="a@example.com")
+        s.add(srv)
+        s.flush()
+        s.add_all([ServerEvent(server_id=srv.id, actor="worker", what="create.instance", outcome="started"),
+                   ServerEvent(server_id=srv.id, actor="worker", what="create.instance", outcome="ok",
+                               detail="instance abc")])
+        s.commit()
+        events = list(s.scalars(select(ServerEvent).where(ServerEvent.server_id == srv.id)))
+    assert [(e.what, e.outcome) for e in events] == [("create.instance", "started"), ("create.instance", "ok")]
+    engine.dispose()
+
+
+def test_it_says_clearly_when_the_database_is_unreachable() -> None:
+    engine = db.make_engine("mysql+pymysql://someone:hunter2@127.0.0.1:1/nowhere")
+    with pytest.raises(db.DatabaseUnavailable) as err:
+        db.upgrade(engine)
+    assert "cannot connect to database mysql+pymysql://someone:***@127.0.0.1:1/nowhere" in str(err.value)
+    assert "hunter2" not in str(err.value)
+
+
+def test_it_rejects_a_malformed_database_url() -> None:
+    with pytest.raises(db.DatabaseUnavailable, match="not a valid SQLAlchemy URL"):
+        db.make_engine("not a url")
