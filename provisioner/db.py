@@ -45,7 +45,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     elif parsed.get_backend_name() in ("mysql", "mariadb"):
         kwargs["pool_recycle"] = 3600
-        kwargs["connect_args"] = {"connect_timeout": 10, "charset": "utf8mb4"}
+        # read/write timeouts: a stalled server must fail a tick, not hang it forever
+        kwargs["connect_args"] = {"connect_timeout": 10, "read_timeout": 60, "write_timeout": 60,
+                                  "charset": "utf8mb4"}
         kwargs["isolation_level"] = "READ COMMITTED"
     try:
         engine = create_engine(parsed, **kwargs)

@@ -1,0 +1,310 @@
+"""Subscriptions from a WordPress + Easy Digital Downloads (EDD) Recurring Payments database.
+
+Read-only. One SELECT per read::
+
+    {prefix}edd_subscriptions s
+    JOIN {prefix}edd_customers c ON c.id = s.customer_id
+    LEFT JOIN {prefix}users u ON u.ID = c.user_id      -- user_id 0 = guest checkout
+
+plus one look at ``{prefix}options`` for the site's time zone (unless ``site_timezone`` is
+given). Only columns that EDD 2 *and* EDD 3 customer tables share are selected, by name, so
+extra columns and column order do not matter.
+
+Entitlement follows EDD's own ``EDD_Subscription::is_active()``, except that we compare
+``expiration`` ourselves because EDD expires rows lazily (a row can still say ``active``
+after its expiration; see REFERENCE §3.2):
+
+=========================================  ===============================================
+status                                     entitled until
+=========================================  ===============================================
+``active``, ``trialling``, ``cancelled``   ``expiration``
+``failing``                                ``expiration + failing_grace`` (our choice: EDD
+                                           itself cuts access at once; we give the gateway
+                                           time to retry the card)
+``pending``, ``expired``, ``completed``    never (``entitled_until=None``)
+anything else                              never, and one WARNING per status word
+=========================================  ===============================================
+
+``product_id`` is ``"<download id>"``, or ``"<download id>:<price id>"`` when the row has a
+non-zero ``price_id`` (a variable-price option of the same download, which may be a
+different plan), so settings can map ``"123"`` and ``"123:2"`` to different products.
+
+Errors: anything that stops us reading the whole truth (connection refused, missing table,
+permission denied, a malformed row, an unknown time zone) raises
+:class:`StorefrontUnavailable` with a one-line message that never contains the password.
+A partial list is never returned.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from sqlalchemy import Connection, Engine, RowMapping, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from provisioner.subscriptions import StorefrontUnavailable, Subscription
+
+log = logging.getLogger(__name__)
+
+UTC = dt.UTC
+DEFAULT_FAILING_GRACE = dt.timedelta(days=3)
+
+ENTITLED_UNTIL_EXPIRATION = frozenset({"active", "trialling", "cancelled"})
+FAILING = "failing"
+NEVER_ENTITLED = frozenset({"pending", "expired", "completed"})
+KNOWN_STATUSES = ENTITLED_UNTIL_EXPIRATION | NEVER_ENTITLED | {FAILING}
+
+_PREFIX = re.compile(r"[A-Za-z0-9_]{1,32}")
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
+_MAX_GMT_OFFSET_HOURS = 14.0
+
+
+def validate_table_prefix(prefix: str) -> str:
+    """The WordPress ``$table_prefix``; it is pasted into SQL, so only a safe alphabet passes."""
+    if not isinstance(prefix, str) or not _PREFIX.fullmatch(prefix):
+        raise ValueError(f"EDD table prefix {prefix!r} is not allowed: it must be 1-32 letters, digits "
+                         "or underscores (the WordPress $table_prefix, e.g. 'wp_')")
+    return prefix
+
+
+def table_name(engine_or_conn: Engine | Connection, prefix: str, name: str) -> str:
+    """``{prefix}{name}``, quoted for the dialect (a prefix may start with a digit)."""
+    return engine_or_conn.dialect.identifier_preparer.quote_identifier(validate_table_prefix(prefix) + name)
+
+
+def zone_from_name(name: str) -> dt.tzinfo:
+    """An IANA time zone, or ValueError."""
+    try:
+        return ZoneInfo(name.strip())
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{name!r} is not a known IANA time zone name (e.g. 'America/New_York')") from None
+
+
+def zone_from_options(timezone_string: str | None, gmt_offset: str | None) -> dt.tzinfo:
+    """The site time zone as WordPress's ``wp_timezone()`` works it out, or ValueError."""
+    if timezone_string and timezone_string.strip():
+        return zone_from_name(timezone_string)
+    raw = (gmt_offset or "").strip()
+    if not raw:
+        return UTC  # WordPress casts '' to 0.0
+    try:
+        hours = float(raw)
+    except ValueError:
+        raise ValueError(f"gmt_offset {raw[:40]!r} is not a number of hours") from None
+    if not -_MAX_GMT_OFFSET_HOURS <= hours <= _MAX_GMT_OFFSET_HOURS:
+        raise ValueError(f"gmt_offset {raw[:40]!r} is outside -14..14 hours")
+    return dt.timezone(dt.timedelta(minutes=round(hours * 60)))
+
+
+def read_site_timezone(conn: Connection, prefix: str) -> dt.tzinfo:
+    """The site's zone from ``{prefix}options``. Raises SQLAlchemyError or ValueError."""
+    sql = (f"SELECT option_name, option_value FROM {table_name(conn, prefix, 'options')} "
+           "WHERE option_name IN ('timezone_string', 'gmt_offset')")
+    options = {str(name): _text(value) for name, value in conn.execute(text(sql)).all()}
+    return zone_from_options(options.get("timezone_string"), options.get("gmt_offset"))
+
+
+def site_local_to_utc(local: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+    """A naive site wall-clock time as an aware UTC instant.
+
+    Around DST changes a wall-clock time can be ambiguous (fall back: 01:30 happens twice) or
+    nonexistent (spring forward: 02:30 never happens). We take the LATER of the two candidate
+    instants: an ambiguous time is read in the standard-time (second) offset, a nonexistent one
+    in the pre-transition offset. Expirations then err towards keeping a paying customer's
+    server for up to an hour longer, never towards destroying it an hour early.
+    """
+    first = local.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = local.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    return max(first, second)
+
+
+def utc_to_site_local(instant: dt.datetime, zone: dt.tzinfo) -> dt.datetime:
+    """An aware instant as the naive, whole-second wall-clock time EDD would store."""
+    if instant.tzinfo is None:
+        raise ValueError("expected an aware datetime")
+    return instant.astimezone(zone).replace(tzinfo=None, microsecond=0)
+
+
+def parse_site_datetime(value: Any) -> dt.datetime | None:
+    """A DATETIME cell as a naive site-local datetime; None for "no date". ValueError if junk.
+
+    NULL, '' and MySQL's zero date '0000-00-00 00:00:00' (what non-strict MySQL stores for an
+    invalid or empty date) all mean "no date". The caller treats that as "does not entitle":
+    PHP's strtotime() puts the zero date in year -1, so EDD itself calls such a row expired,
+    and Recurring's column is NOT NULL, so NULL or '' were not written by EDD. We never grant
+    an open-ended server on a date we cannot read.
+    """
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    if isinstance(value, dt.date):
+        return dt.datetime.combine(value, dt.time())
+    raw = _text(value).strip()
+    if not raw or raw.startswith("0000-00-00"):
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{raw[:40]!r} is not a date") from None
+    return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+
+
+def entitled_until(status: str, expiration: dt.datetime | None,
+                   failing_grace: dt.timedelta) -> dt.datetime | None:
+    """EDD's entitlement rule for one row (``expiration`` aware UTC, or None = no date).
+
+    EDD's is_expired() is ``now > expiration`` at one-second resolution, i.e. inclusive; ours
+    is ``now < entitled_until``. The one second of difference is immaterial here.
+    """
+    if expiration is None:
+        return None
+    if status in ENTITLED_UNTIL_EXPIRATION:
+        return expiration
+    if status == FAILING:
+        return expiration + failing_grace
+    return None
+
+
+class EddStorefront:
+    """The :class:`~provisioner.storefront.Storefront` for EDD Recurring over SQLAlchemy."""
+
+    def __init__(self, engine: Engine, table_prefix: str = "wp_",
+                 failing_grace: dt.timedelta = DEFAULT_FAILING_GRACE,
+                 site_timezone: str | None = None) -> None:
+        self._prefix = validate_table_prefix(table_prefix)
+        if failing_grace < dt.timedelta(0):
+            raise ValueError(f"failing_grace must not be negative, got {failing_grace}")
+        self._engine = engine
+        self._failing_grace = failing_grace
+        self._zone = zone_from_name(site_timezone) if site_timezone else None
+        self._warned_statuses: set[str] = set()
+
+    def __repr__(self) -> str:
+        return self._scrub(f"EddStorefront({self._where()}, table_prefix={self._prefix!r})")
+
+    def read(self, now: dt.datetime) -> list[Subscription]:
+        """Every subscription, or raise StorefrontUnavailable. ``now`` must be aware."""
+        if now.tzinfo is None:
+            raise ValueError("now must be an aware datetime (UTC)")
+        subscriptions = self._fetch("", {})
+        log.debug("read %d EDD subscriptions from %s, %d entitled at %s", len(subscriptions),
+                  self._where(), sum(s.entitled(now) for s in subscriptions), now.isoformat())
+        return subscriptions
+
+    def read_one(self, subscription_id: str | int) -> Subscription | None:
+        """One subscription by EDD id; None if there is no such row (or the id is not an EDD id)."""
+        key = str(subscription_id).strip()
+        if not _INTEGER.fullmatch(key):
+            return None
+        found = self._fetch("WHERE s.id = :id", {"id": int(key)})
+        return found[0] if found else None
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _select(self, conn: Connection, where: str) -> str:
+        p = self._prefix
+        return ("SELECT s.id AS sub_id, s.product_id AS product_id, s.price_id AS price_id, "
+                "s.status AS status, s.expiration AS expiration, s.profile_id AS profile_id, "
+                "c.id AS customer_id, c.user_id AS user_id, c.email AS customer_email, "
+                "u.user_email AS user_email "
+                f"FROM {table_name(conn, p, 'edd_subscriptions')} s "
+                f"JOIN {table_name(conn, p, 'edd_customers')} c ON c.id = s.customer_id "
+                f"LEFT JOIN {table_name(conn, p, 'users')} u ON u.ID = c.user_id "
+                f"{where} ORDER BY s.id")
+
+    def _fetch(self, where: str, params: Mapping[str, Any]) -> list[Subscription]:
+        try:
+            with self._engine.connect() as conn:
+                zone = self._zone or read_site_timezone(conn, self._prefix)
+                rows = conn.execute(text(self._select(conn, where)), dict(params)).mappings().all()
+        except SQLAlchemyError as exc:
+            raise self._unavailable(f"cannot read EDD storefront {self._where()}: {_reason(exc)}") from None
+        except ValueError as exc:  # the site's time zone options
+            raise self._unavailable(f"cannot read EDD storefront {self._where()}: site time zone: {exc}") from None
+        return self._convert(rows, zone)
+
+    def _convert(self, rows: Sequence[RowMapping], zone: dt.tzinfo) -> list[Subscription]:
+        subscriptions = []
+        for row in rows:
+            try:
+                subscriptions.append(self._subscription(row, zone))
+            except (ValueError, TypeError, OverflowError) as exc:
+                raise self._unavailable(
+                    f"EDD storefront {self._where()} has a malformed row in "
+                    f"{self._prefix}edd_subscriptions (id {_short(row.get('sub_id'))}): {exc}") from None
+        return subscriptions
+
+    def _subscription(self, row: RowMapping, zone: dt.tzinfo) -> Subscription:
+        sub_id = _integer(row["sub_id"], "id")
+        product_id = _integer(row["product_id"], "product_id")
+        price_id = 0 if row["price_id"] is None else _integer(row["price_id"], "price_id")
+        user_id = 0 if row["user_id"] is None else _integer(row["user_id"], "customer user_id")
+        status = _text(row["status"]) if row["status"] is not None else ""
+        try:
+            local = parse_site_datetime(row["expiration"])
+        except ValueError as exc:
+            raise ValueError(f"expiration {exc}") from None
+        expiration = None if local is None else site_local_to_utc(local, zone)
+        if status not in KNOWN_STATUSES and status not in self._warned_statuses:
+            self._warned_statuses.add(status)
+            log.warning("EDD subscription %s has unknown status %r; treating it (and any other row with "
+                        "that status) as not entitled", sub_id, status)
+        # A customer whose WordPress user was deleted keeps its user_id (reported as stored) but
+        # has no user_email from the LEFT JOIN, so it falls back to the customer's own email.
+        email = _text(row["user_email"]) if user_id != 0 and row["user_email"] else _text(row["customer_email"])
+        return Subscription(
+            id=str(sub_id),
+            customer_id=str(_integer(row["customer_id"], "customer id")),
+            product_id=f"{product_id}:{price_id}" if price_id != 0 else str(product_id),
+            email=email,
+            status=status,
+            entitled_until=entitled_until(status, expiration, self._failing_grace),
+            profile_id=_text(row["profile_id"]),
+            user_id=user_id,
+        )
+
+    def _where(self) -> str:
+        return self._engine.url.render_as_string(hide_password=True)
+
+    def _unavailable(self, message: str) -> StorefrontUnavailable:
+        return StorefrontUnavailable(self._scrub(" ".join(message.split())))
+
+    def _scrub(self, shown: str) -> str:
+        """Never the password, even where it also is the user name."""
+        password = self._engine.url.password
+        return shown.replace(str(password), "***") if password else shown
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    orig = getattr(exc, "orig", None)
+    args: tuple[Any, ...] = tuple(getattr(orig, "args", None) or ())
+    if len(args) >= 2 and isinstance(args[0], int):  # MySQL drivers: (errno, message)
+        return f"({args[0]}) {str(args[1])[:300]}"
+    return str(args[0])[:300] if args else type(exc).__name__
+
+
+def _integer(value: Any, column: str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (str, bytes)) and _INTEGER.fullmatch(_text(value).strip()):
+        return int(_text(value))
+    raise ValueError(f"{column} {_short(value)} is not an integer")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
