@@ -19,6 +19,7 @@ from provisioner.models import Server, ServerEvent, utcnow
 from provisioner.reconcile import Plan, Policy, ServerState, plan
 from provisioner.secrets import SecretBox
 from provisioner.storefront import Storefront, StorefrontUnavailable, open_storefront
+from provisioner.subscriptions import Subscription
 
 
 @dataclass
@@ -62,6 +63,16 @@ class App:
         except StorefrontUnavailable as exc:
             return plan(None, servers, now, self.policy), str(exc)
         return plan(subs, servers, now, self.policy), None
+
+    def all_servers(self) -> list[Server]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Server).order_by(Server.id)))
+
+    def find_subscription(self, sub_id: str) -> Subscription | None:
+        for sub in self.storefront.read(self.clock()):
+            if sub.id == sub_id:
+                return sub
+        return None
 
     def find_server(self, session: Session, ref: str) -> Server | None:
         """A server by name (g0001.vpn.example.com or just g0001), or by #id."""

@@ -67,9 +67,102 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(display.plan_text(result))
+    if args.apply:
+        from provisioner import operations, wiring
+
+        lc = wiring.lifecycle(app, owner="cli")
+        applied = operations.start_plan(lc, result)
+        ids = [st.id for st in result.resume]
+        ids += operations.due_rows(lc, app.clock())
+        if args.wait:
+            operations.drive_until_idle(lc, timeout=args.wait)
+        else:
+            operations.drive(lc, ids)
+        for line in applied.refused:
+            print(f"refused: {line}")
+        print(display.servers_table(app.all_servers()))
     if storefront_error:
         print(f"provisioner: error: {storefront_error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _operator_action(args: argparse.Namespace, what: str) -> int:
+    from provisioner import db, operations, wiring
+    from provisioner.lifecycle import ServerBusy
+
+    app = make_app(args)
+    db.require_schema(app.engine)
+    lc = wiring.lifecycle(app, owner="cli")
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    with app.sessions() as s:
+        if what == "create":
+            sub = app.find_subscription(args.subscription)
+            if sub is None:
+                raise UsageError(f"subscription {args.subscription!r} is not in the storefront")
+            if not sub.entitled(app.clock()):
+                raise UsageError(f"subscription {sub.id} does not entitle a server (status {sub.status})")
+            try:
+                row = lc.begin_create(s, sub, actor=f"operator:{user}")
+            except ServerBusy as exc:
+                raise UsageError(str(exc)) from None
+        else:
+            found = app.find_server(s, args.server)
+            if found is None:
+                raise UsageError(f"no server named {args.server!r} (see `provisioner servers`)")
+            row = found
+            try:
+                if what == "rebuild":
+                    lc.begin_rebuild(s, row, args.location, actor=f"operator:{user}")
+                else:
+                    lc.begin_destroy(s, row, actor=f"operator:{user}", reason="requested by an operator")
+            except (ServerBusy, ValueError) as exc:
+                raise UsageError(str(exc)) from None
+        s.commit()
+        rid = row.id
+    if args.wait:
+        operations.drive_until_idle(lc, [rid], timeout=args.wait)
+    else:
+        operations.drive(lc, [rid])
+    with app.sessions() as s:
+        from provisioner.models import Server
+
+        final = s.get(Server, rid)
+        assert final is not None
+        print(display.servers_table([final]))
+        if final.last_error:
+            print(f"last error: {final.last_error}")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    return _operator_action(args, "create")
+
+
+def cmd_rebuild(args: argparse.Namespace) -> int:
+    return _operator_action(args, "rebuild")
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    return _operator_action(args, "destroy")
+
+
+def cmd_ovpn(args: argparse.Namespace) -> int:
+    from provisioner import db
+
+    app = make_app(args)
+    db.require_schema(app.engine)
+    with app.sessions() as s:
+        row = app.find_server(s, args.server)
+        if row is None:
+            raise UsageError(f"no server named {args.server!r} (see `provisioner servers`)")
+        if not row.ovpn_file_enc:
+            raise UsageError(f"server {row.server_name or row.id} has no .ovpn yet (status {row.status})")
+        data = app.secret_box.open(row.ovpn_file_enc)
+    if sys.stdout.isatty():
+        raise UsageError("the .ovpn holds a private key; redirect it to a file: provisioner ovpn NAME > NAME.ovpn")
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
     return 0
 
 
@@ -105,6 +198,41 @@ def cmd_events(args: argparse.Namespace) -> int:
     else:
         print(display.events_table(events))
     return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jobs.worker import Worker
+
+    return Worker(make_app(args)).run_forever()
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from jobs import registry
+    from provisioner import db, wiring
+
+    app = make_app(args)
+    db.require_schema(app.engine)
+    result = registry.job(app, args.name, wiring.lifecycle(app))()
+    print(display.job_result(args.name, result))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from provisioner import db
+    from provisioner.health import health
+
+    app = make_app(args)
+    db.require_schema(app.engine)
+    report = health(app)
+    print(json.dumps(report, indent=2, default=str) if args.json else display.health_text(report))
+    return 0 if report["healthy"] else 1
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from provisioner.sandbox.app import main as sandbox_main
+
+    argv = ["--config", config_path(args) or ""] if args.sandbox_command == "serve" else []
+    return sandbox_main(argv)
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -143,6 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = add("check", cmd_check, "one planning pass: read the storefront, compare with the servers, print the plan")
     c.add_argument("--json", action="store_true", help="print the plan as JSON")
+    c.add_argument("--apply", action="store_true", help="carry the plan out (one pass)")
+    c.add_argument("--wait", type=float, metavar="SECONDS", default=0,
+                   help="with --apply: keep driving until every server is settled, at most SECONDS")
+
+    cr = add("create", cmd_create, "build the server for one subscription now")
+    cr.add_argument("subscription", help="storefront subscription id")
+    rb = add("rebuild", cmd_rebuild, "rebuild a server (create-before-destroy; the .ovpn keeps working)")
+    rb.add_argument("server", help="server name (g0001 or g0001.<domain>) or #id")
+    rb.add_argument("--location", default="random", help="region id, or 'random' (default)")
+    de = add("destroy", cmd_destroy, "destroy a server: instance, DNS record, snapshot and secrets")
+    de.add_argument("server", help="server name or #id")
+    for sp in (cr, rb, de):
+        sp.add_argument("--wait", type=float, metavar="SECONDS", default=0,
+                        help="keep driving until done, at most SECONDS (default: one pass)")
+    ov = add("ovpn", cmd_ovpn, "write the customer's .ovpn to standard output")
+    ov.add_argument("server", help="server name or #id")
 
     s = add("servers", cmd_servers, "list servers: name, customer, status, location, IP, schedule, bandwidth")
     s.add_argument("--json", action="store_true")
@@ -152,8 +296,21 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, default=200)
     e.add_argument("--json", action="store_true")
 
+    add("run", cmd_run, "the worker daemon: reconcile every tick, schedules, bandwidth, sweeper (systemd)")
+    from jobs.registry import NAMES
+
+    jb = add("job", cmd_job, "run one job once (for cron): " + ", ".join(NAMES))
+    jb.add_argument("name", choices=NAMES)
+    st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
+    st.add_argument("--json", action="store_true")
+    sb = sub.add_parser("sandbox", help="the local simulators (test and demo only)",
+                        description="the local simulators of Vultr, Cloudflare and SSH hosts (test and demo only)")
+    sbsub = sb.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
+    sbsub.add_parser("serve", help="run the sandbox until Ctrl-C, as the config describes").set_defaults(
+        func=cmd_sandbox)
     add("keygen", cmd_keygen, "print a new Fernet key for secrets.fernet_keys")
-    add("demo", cmd_demo, "the embedded default: sandbox clouds, SQLite and a demo storefront")
+    dm = add("demo", cmd_demo, "the embedded default: sandbox clouds, SQLite, a demo storefront, worker and API")
+    dm.add_argument("--plan-only", action="store_true", help="prepare the demo database and print the plan, then exit")
     return p
 
 
@@ -162,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.debug:
+        logging.getLogger("alembic").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

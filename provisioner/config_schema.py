@@ -106,7 +106,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
     "lifecycle": {
         "snapshots": Field(bool, False),
         "poll_seconds": Field(float, 10.0, minimum=0.05, maximum=600),
-        "lease_seconds": Field(float, 600.0, minimum=5, maximum=7200),
+        "lease_seconds": Field(float, 600.0, minimum=1, maximum=7200),
         "max_attempts": Field(int, 8, minimum=1, maximum=100),
         "error_after_attempts": Field(int, 3, minimum=1, maximum=100),
         "backoff_base_seconds": Field(float, 30.0, minimum=0.01, maximum=3600),
@@ -115,6 +115,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "install_deadline_minutes": Field(float, 20.0, minimum=0.01, maximum=240),
         "snapshot_deadline_minutes": Field(float, 60.0, minimum=0.01, maximum=480),
         "api_deadline_minutes": Field(float, 15.0, minimum=0.01, maximum=240),
+        "retire_delay_seconds": Field(float, 120.0, minimum=0, maximum=86400),
     },
     "worker": {
         "tick_seconds": Field(float, 60.0, minimum=1, maximum=3600),
@@ -245,6 +246,7 @@ class LifecycleSettings:
     install_deadline_minutes: float
     snapshot_deadline_minutes: float
     api_deadline_minutes: float
+    retire_delay_seconds: float
 
 
 @dataclass(frozen=True)

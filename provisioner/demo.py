@@ -11,10 +11,19 @@ import argparse
 import datetime as dt
 import logging
 import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+DEMO_LOGIN_EMAIL = "alice@example.com"  # an active subscription in the demo storefront
 
 
 def prepare_local_secrets(config_file: str) -> None:
@@ -53,7 +62,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from provisioner import db, display
+    from provisioner import db
     from provisioner.app import App
     from provisioner.cli import config_path
     from provisioner.settings import ConfigError, load_settings
@@ -68,12 +77,115 @@ def run_demo(args: argparse.Namespace) -> int:
     app = App(settings)
     db.upgrade(app.engine)
     edd_engine = db.make_engine(settings.storefront.edd_url)
-    seed_demo_storefront(edd_engine, prefix=settings.storefront.edd_table_prefix,
-                         now=dt.datetime.now(dt.UTC))
-    result, error = app.plan_once()
-    print(f"Provisioner demo — config {path}, database {db.safe_url(settings.database.url)}")
-    print(display.plan_text(result))
-    if error:
-        print(f"provisioner: error: {error}")
-        return 1
-    return 0
+    seed_demo_storefront(edd_engine, prefix=settings.storefront.edd_table_prefix, now=dt.datetime.now(dt.UTC))
+    edd_engine.dispose()
+    print(f"Provisioner demo: config {path}, database {db.safe_url(settings.database.url)}", flush=True)
+    if args.plan_only:
+        from provisioner import display
+
+        result, error = app.plan_once()
+        print(display.plan_text(result))
+        return 1 if error else 0
+    return Supervisor(path, app).run()
+
+
+class Supervisor:
+    """Runs the sandbox, the worker and the API as child processes until Ctrl-C."""
+
+    def __init__(self, config: str, app: Any) -> None:
+        self.config, self.app = config, app
+        self.children: dict[str, subprocess.Popen[bytes]] = {}
+        self.stop = threading.Event()
+
+    def spawn(self, name: str, *argv: str) -> None:
+        cmd = [sys.executable, "-m", "provisioner", "--config", self.config, *argv]
+        self.children[name] = subprocess.Popen(cmd)  # noqa: S603 - our own interpreter and module
+
+    def run(self) -> int:
+        s = self.app.settings
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.stop.set())
+        try:
+            self.spawn("sandbox", "sandbox", "serve")
+            if not _wait_for_port("127.0.0.1", s.sandbox.vultr_port, 30, self.children["sandbox"]):
+                print("provisioner: error: the sandbox did not start (is another `make run` running?)", flush=True)
+                return 1
+            self.spawn("worker", "run")
+            api = _api_available()
+            if api:
+                self.spawn("api", "api")
+            self._banner(api)
+            return self._watch()
+        finally:
+            self._terminate()
+
+    def _banner(self, api: bool) -> None:
+        s = self.app.settings
+        print("\nThe sandbox clouds, the worker" + (" and the dashboard API" if api else "") + " are running.")
+        if api:
+            url = _dashboard_url(s, DEMO_LOGIN_EMAIL)
+            print(f"Dashboard for demo customer {DEMO_LOGIN_EMAIL}:\n  {url}")
+        print(f"Sandbox admin (state, call log, faults): http://127.0.0.1:{s.sandbox.admin_port}/")
+        print(f"In another terminal: .venv/bin/provisioner --config {self.config} servers")
+        print("Ctrl-C stops everything.\n", flush=True)
+
+    def _watch(self) -> int:
+        last = ""
+        while not self.stop.wait(2.0):
+            for name, proc in self.children.items():
+                if proc.poll() is not None:
+                    print(f"provisioner: error: the {name} stopped (exit {proc.returncode})", flush=True)
+                    return 1
+            summary = _summary(self.app)
+            if summary != last:
+                print(summary, flush=True)
+                last = summary
+        print("\nstopping…", flush=True)
+        return 0
+
+    def _terminate(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for name, proc in self.children.items():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in time; killing it", name)
+                proc.kill()
+
+
+def _summary(app: Any) -> str:
+    from collections import Counter
+
+    rows = app.all_servers()
+    counts = Counter(r.status for r in rows)
+    return "servers: " + (", ".join(f"{n} {st}" for st, n in sorted(counts.items())) or "none yet")
+
+
+def _api_available() -> bool:
+    try:
+        import dashboard_api.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _dashboard_url(settings: Any, email: str) -> str:
+    from dashboard_api.tokens import mint_token
+
+    token = mint_token(settings, email, user_id=1, ttl_seconds=3600)
+    return f"{settings.api.public_url.rstrip('/')}/#token={token}"
+
+
+def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return True
+        time.sleep(0.2)
+    return False

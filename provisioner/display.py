@@ -70,3 +70,21 @@ def events_table(events: Sequence[ServerEvent]) -> str:
         return "no events"
     return table(["WHEN (UTC)", "ACTOR", "WHAT", "OUTCOME", "DETAIL"],
                  [[e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.what, e.outcome, e.detail] for e in events])
+
+
+def job_result(name: str, result: Any) -> str:
+    if result is None:
+        return f"{name}: done"
+    if hasattr(result, "did_work"):
+        worked = f"worked on {len(result.outcomes)} server(s)" if result.did_work else "nothing to do"
+        return f"{name}: {worked}"
+    return f"{name}: {result}"
+
+
+def health_text(report: dict[str, Any]) -> str:
+    lines = [f"{'HEALTHY' if report['healthy'] else 'UNHEALTHY'}"]
+    for problem in report["problems"]:
+        lines.append(f"  problem: {problem}")
+    for key, value in report["facts"].items():
+        lines.append(f"  {key}: {value}")
+    return "\n".join(lines)

@@ -8,7 +8,8 @@
 - **destroy** live servers whose subscription the storefront positively reports as ended,
   past the grace period. A subscription missing from a successful read is *not* evidence;
   a failed read (``subscriptions is None``) destroys nothing and builds nothing.
-- **rebuild** servers whose customer asked for one and that are idle.
+- **rebuild** servers whose customer asked for one (or whose schedule came due, once its
+  spread start ``rebuild_due_at`` has passed) and that are idle.
 - **resume** servers in the middle of an action whose step deadline has passed (a crashed
   or stalled worker's leftovers).
 - The **circuit breaker**: a plan that would destroy more than
@@ -40,12 +41,13 @@ class ServerState:
     rebuild_now: bool = False
     paused: bool = False
     needs_human: bool = False
+    rebuild_due_at: dt.datetime | None = None   # a scheduled rebuild's spread start
 
     @classmethod
     def of(cls, row: Server) -> ServerState:
         return cls(id=row.id, name=row.server_name, subscription_id=row.subscription_id, status=row.status,
                    action=row.action, step_deadline=row.step_deadline, rebuild_now=bool(row.rebuild_now_status),
-                   paused=bool(row.paused), needs_human=bool(row.needs_human))
+                   paused=bool(row.paused), needs_human=bool(row.needs_human), rebuild_due_at=row.rebuild_due_at)
 
     @property
     def live(self) -> bool:
@@ -105,7 +107,8 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
             continue
         if s.action and s.step_deadline is not None and s.step_deadline <= now and not s.needs_human:
             result.resume.append(s)
-        elif s.rebuild_now and not s.action and s.status in (Status.RUNNING.value, Status.ERROR.value):
+        elif s.rebuild_now and not s.action and s.status in (Status.RUNNING.value, Status.ERROR.value) \
+                and (s.rebuild_due_at is None or s.rebuild_due_at <= now):
             result.rebuild.append(s)
 
     if subscriptions is None:

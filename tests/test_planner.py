@@ -66,6 +66,13 @@ def test_it_rebuilds_only_idle_servers_that_asked() -> None:
     assert [s.id for s in p.rebuild] == [1]
 
 
+def test_it_waits_for_a_scheduled_rebuilds_spread_start() -> None:
+    servers = [server(1, "1", rebuild_now=True, rebuild_due_at=NOW + dt.timedelta(minutes=7)),
+               server(2, "2", rebuild_now=True, rebuild_due_at=NOW - dt.timedelta(minutes=1))]
+    p = plan([sub("1", NOW + DAY), sub("2", NOW + DAY)], servers, NOW)
+    assert [s.id for s in p.rebuild] == [2]
+
+
 def test_it_resumes_servers_whose_step_deadline_passed() -> None:
     servers = [server(1, "1", action="create", status="Installing", step_deadline=NOW - dt.timedelta(seconds=1)),
                server(2, "2", action="create", status="Installing", step_deadline=NOW + dt.timedelta(minutes=5)),

@@ -1,0 +1,342 @@
+"""The steps of create, rebuild and destroy. Each is idempotent: replaying it after a crash
+(its side effect done, its result not yet recorded) converges to the same state.
+
+A step takes the row, performs at most one kind of side effect, sets the ids it produced
+on the row, and returns the name of the next step (or ``None`` when the action is done).
+It raises :class:`Wait` to be polled again, :class:`PermanentStepError` when a human must
+look, and the adapters' transient errors when a retry will do.
+
+    create:  prepare → instance → boot → install → dns → snapshot → finish
+    rebuild:           instance → boot → install → dns → carry → retire → finish
+    destroy: instances → dns → snapshot → wipe
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
+from provisioner.config_schema import Settings
+from provisioner.models import Server, Status, utcnow
+from provisioner.secrets import SecretBox
+
+log = logging.getLogger(__name__)
+
+
+class Wait(Exception):  # noqa: N818 - a signal, not an error
+    """Not done yet: poll this step again after ``seconds``."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds, self.reason = seconds, reason
+
+
+class PermanentStepError(RuntimeError):
+    """Retrying will not help; a human must look (message is shown to operators)."""
+
+
+@dataclass
+class ServerSecrets:
+    """Everything secret about one server, sealed as one Fernet token in ``secrets_enc``."""
+
+    pki: bytes
+    host_private: str
+    host_public: str
+
+    def seal(self, box: SecretBox) -> str:
+        return box.seal(json.dumps({"pki": base64.b64encode(self.pki).decode(), "host_private": self.host_private,
+                                    "host_public": self.host_public}).encode())
+
+    @classmethod
+    def open(cls, box: SecretBox, token: str) -> ServerSecrets:
+        d = json.loads(box.open(token))
+        return cls(pki=base64.b64decode(d["pki"]), host_private=d["host_private"], host_public=d["host_public"])
+
+    def __repr__(self) -> str:
+        return "ServerSecrets(<hidden>)"
+
+
+Installer = Callable[[str, int, str, dict[str, bytes]], None]   # (ip, port, pinned host key, files)
+Crash = Callable[[str], None]
+
+
+@dataclass
+class Context:
+    """What steps need: settings, database, clouds, and a few hooks."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    box: SecretBox
+    vultr: VultrCloud
+    dns: Any                     # provisioner.cloud.cloudflare.CloudflareDNS
+    install: Installer           # runs the install over pinned SSH (provisioner.installer)
+    worker_public_key: str
+    crash: Crash = lambda point: None
+    clock: Callable[[], dt.datetime] = utcnow
+    last_detail: dict[int, str] = field(default_factory=dict)   # row id → detail for the "ok" event
+    delay: dict[int, dt.datetime] = field(default_factory=dict)  # row id → earliest start of the next step
+
+    def budget(self, step: str) -> dt.timedelta:
+        lc = self.settings.lifecycle
+        minutes = {"boot": lc.boot_deadline_minutes, "install": lc.install_deadline_minutes,
+                   "snapshot": lc.snapshot_deadline_minutes}.get(step, lc.api_deadline_minutes)
+        if step == "retire":  # waits out the DNS TTL first
+            minutes += lc.retire_delay_seconds / 60
+        return dt.timedelta(minutes=minutes)
+
+    def label(self, row: Server, generation: int | None = None) -> str:
+        gen = row.generation if generation is None else generation
+        return f"{self.settings.vultr.label_prefix}-{row.id}-g{gen}"
+
+    def snapshot_description(self, row: Server) -> str:
+        return f"{self.settings.vultr.label_prefix}-{row.id}-snapshot"
+
+    def note(self, row: Server, detail: str) -> None:
+        self.last_detail[row.id] = detail
+
+
+def first_step(action: str) -> str:
+    return {"create": "prepare", "rebuild": "instance", "destroy": "instances"}[action]
+
+
+def status_for(action: str, current: str) -> str:
+    if action == "create":
+        return Status.QUEUED.value if current in (Status.QUEUED.value, Status.DESTROYED.value) \
+            else Status.INSTALLING.value
+    return {"rebuild": Status.REBUILDING.value, "destroy": Status.DESTROYING.value}[action]
+
+
+# --- create ------------------------------------------------------------------------------------
+
+def prepare(ctx: Context, row: Server) -> str:
+    from provisioner.cloudinit import generate_host_key
+    from provisioner.vpn import pki as vpn_pki
+
+    if ctx.settings.product(row.product_id) is None:
+        raise PermanentStepError(f"product {row.product_id} is not configured in [products]")
+    if not row.server_name:
+        row.server_name = f"{ctx.settings.planner.server_name_prefix}{row.id:03d}.{ctx.settings.cloudflare.domain}"
+    if not row.secrets_enc:
+        host = generate_host_key()
+        secrets = ServerSecrets(pki=vpn_pki.to_bytes(vpn_pki.generate_pki(row.server_name)),
+                                host_private=host.private_pem, host_public=host.public_line)
+        row.secrets_enc = secrets.seal(ctx.box)
+    row.instance_label = ctx.label(row)
+    row.status = Status.INSTALLING.value
+    ctx.note(row, f"name {row.server_name}, label {row.instance_label}")
+    return "instance"
+
+
+def ensure_instance(ctx: Context, row: Server) -> str:
+    """Adopt the instance carrying this generation's label, or create it (one POST, never retried)."""
+    label = ctx.label(row)
+    row.instance_label = label
+    if row.instance_id:
+        return "boot"
+    found = sorted(ctx.vultr.list_instances(label=label), key=lambda i: (i.date_created, i.id))
+    if found:
+        keep, extra = found[0], found[1:]
+        for dup in extra:  # two instances for one label can only come from a lost reply; keep the oldest
+            log.warning("server %s: deleting duplicate instance %s with label %s", row.server_name, dup.id, label)
+            ctx.vultr.delete_instance(dup.id)
+        row.instance_id = keep.id
+        ctx.note(row, f"adopted instance {keep.id} ({label})")
+        return "boot"
+    product = ctx.settings.product(row.product_id)
+    if product is None:
+        raise PermanentStepError(f"product {row.product_id} is not configured in [products]")
+    from provisioner.cloudinit import HostKey, render_user_data
+
+    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    user_data = render_user_data(HostKey(private_pem=secrets.host_private, public_line=secrets.host_public),
+                                 [ctx.worker_public_key], hostname=row.server_name or label)
+    region = row.target_location or product.default_region
+    try:
+        os_id = ctx.vultr.os_id(product.os)
+        inst = ctx.vultr.create_instance(label, region=region, plan=product.plan, user_data=user_data,
+                                         tags=[ctx.settings.vultr.tag], os_id=os_id,
+                                         ssh_key_ids=ctx.settings.vultr.ssh_key_ids,
+                                         hostname=(row.server_name or label).split(".")[0])
+    except VultrNotFound as exc:
+        raise PermanentStepError(f"Vultr does not offer what product {product.id} asks for: {exc}") from None
+    except VultrPermanent as exc:
+        raise PermanentStepError(f"Vultr refused to create the server in {region}: {exc}") from None
+    ctx.crash(f"{row.action}.instance:posted")
+    # Saved in its own commit at once: the id is the only handle on something we pay for.
+    row.instance_id = inst.id
+    if inst.default_password:
+        row.root_password_enc = ctx.box.seal(inst.default_password.encode())
+    _commit(row)
+    ctx.note(row, f"created instance {inst.id} in {region}")
+    return "boot"
+
+
+def boot(ctx: Context, row: Server) -> str:
+    try:
+        inst = ctx.vultr.get_instance(row.instance_id or "")
+    except VultrNotFound:
+        # Gone behind our back (or never recorded): make it again under the same label.
+        ctx.note(row, f"instance {row.instance_id} disappeared; creating it again")
+        row.instance_id = None
+        return "instance"
+    if not inst.is_ready:
+        raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
+    row.server_ip = inst.main_ip
+    ctx.note(row, f"instance {inst.id} is up at {inst.main_ip}")
+    return "install"
+
+
+def install(ctx: Context, row: Server) -> str:
+    from provisioner.vpn import config as vpn_config
+    from provisioner.vpn import pki as vpn_pki
+
+    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    pki = vpn_pki.from_bytes(secrets.pki)
+    files = dict(vpn_config.server_files(pki))
+    files["server.conf"] = vpn_config.render_server_conf(pki).encode()
+    files["install.sh"] = vpn_config.install_script()
+    ctx.install(row.server_ip or "", ctx.settings.ssh.port, secrets.host_public, files)
+    ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
+    vpn_config.validate_ovpn(ovpn)
+    row.ovpn_file_enc = ctx.box.seal(ovpn)
+    ctx.note(row, "OpenVPN installed and active")
+    return "dns"
+
+
+def point_dns(ctx: Context, row: Server) -> str:
+    row.dns_record_id = ctx.dns.upsert_a(row.server_name, row.server_ip)
+    ctx.note(row, f"{row.server_name} → {row.server_ip}")
+    return "snapshot" if row.action == "create" else "carry"
+
+
+def snapshot(ctx: Context, row: Server) -> str:
+    if not ctx.settings.lifecycle.snapshots:
+        return "finish"
+    if row.snapshot_id:
+        snap = ctx.vultr.get_snapshot(row.snapshot_id)
+    else:
+        description = ctx.snapshot_description(row)
+        existing = ctx.vultr.list_snapshots(description=description)
+        snap = existing[0] if existing else ctx.vultr.create_snapshot(row.instance_id or "", description)
+        row.snapshot_id = snap.id
+        _commit(row)
+    if snap.status != "complete":
+        raise Wait(ctx.settings.lifecycle.poll_seconds, f"snapshot {snap.id}")
+    ctx.note(row, f"snapshot {snap.id} complete")
+    return "finish"
+
+
+def finish(ctx: Context, row: Server) -> None:
+    row.status = Status.RUNNING.value
+    row.current_location = row.target_location
+    if row.action == "rebuild":
+        row.last_rebuilt_at = ctx.clock()
+    ctx.note(row, f"running in {row.current_location}")
+
+
+# --- rebuild -----------------------------------------------------------------------------------
+
+def carry_bandwidth(ctx: Context, row: Server) -> str:
+    """Add the old instance's traffic this month to the carried total (same commit as the step)."""
+    if row.old_instance_id:
+        month = ctx.clock().strftime("%Y-%m")
+        try:
+            days = ctx.vultr.bandwidth(row.old_instance_id)
+        except VultrNotFound:
+            days = {}
+        used = sum(i + o for d, (i, o) in days.items() if d.strftime("%Y-%m") == month)
+        if row.bandwidth_month != month:
+            row.bandwidth_month, row.bandwidth_carried = month, 0
+        row.bandwidth_carried += used
+        row.bandwidth_this_month = max(row.bandwidth_this_month, row.bandwidth_carried)
+        ctx.note(row, f"carried {used} bytes from instance {row.old_instance_id}")
+    # Resolvers may still hand out the old address until the TTL runs out.
+    ctx.delay[row.id] = ctx.clock() + dt.timedelta(seconds=ctx.settings.lifecycle.retire_delay_seconds)
+    return "retire"
+
+
+def retire(ctx: Context, row: Server) -> str:
+    if row.old_instance_id:
+        _delete_ours(ctx, row, row.old_instance_id)
+        ctx.note(row, f"deleted old instance {row.old_instance_id}")
+        row.old_instance_id = None
+    return "finish"
+
+
+# --- destroy -----------------------------------------------------------------------------------
+
+def delete_instances(ctx: Context, row: Server) -> str:
+    prefix = f"{ctx.settings.vultr.label_prefix}-{row.id}-g"
+    ids = {i for i in (row.instance_id, row.old_instance_id) if i}
+    # Also anything of ours with this server's label (a create whose reply was lost).
+    ids |= {i.id for i in ctx.vultr.list_instances(tag=ctx.settings.vultr.tag) if i.label.startswith(prefix)}
+    for instance_id in sorted(ids):
+        _delete_ours(ctx, row, instance_id)
+    row.instance_id = row.old_instance_id = None
+    ctx.note(row, f"deleted {len(ids)} instance(s)")
+    return "dns"
+
+
+def delete_dns(ctx: Context, row: Server) -> str:
+    if row.dns_record_id:
+        ctx.dns.delete(row.dns_record_id)
+    if row.server_name:
+        for rec in ctx.dns.list_by_name(row.server_name):
+            ctx.dns.delete(rec.id)
+    row.dns_record_id = None
+    return "snapshot"
+
+
+def delete_snapshot(ctx: Context, row: Server) -> str:
+    ids = {row.snapshot_id} if row.snapshot_id else set()
+    description = ctx.snapshot_description(row)
+    ids |= {s.id for s in ctx.vultr.list_snapshots(description=description)}
+    for sid in sorted(ids):
+        ctx.vultr.delete_snapshot(sid)
+    row.snapshot_id = None
+    return "wipe"
+
+
+def wipe(ctx: Context, row: Server) -> None:
+    row.secrets_enc = row.ovpn_file_enc = row.root_password_enc = None
+    row.server_ip = None
+    row.status = Status.DESTROYED.value
+    row.destroyed_at = ctx.clock()
+    ctx.note(row, "instance, DNS record, snapshot and secrets removed")
+
+
+def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
+    """Delete by stored id, after checking the instance really is one of this server's."""
+    try:
+        inst = ctx.vultr.get_instance(instance_id)
+    except VultrNotFound:
+        return
+    if not inst.label.startswith(f"{ctx.settings.vultr.label_prefix}-{row.id}-g"):
+        raise PermanentStepError(f"instance {instance_id} is labelled {inst.label!r}, not one of this server's; "
+                                 "refusing to delete it")
+    ctx.vultr.delete_instance(instance_id)
+
+
+def _commit(row: Server) -> None:
+    from sqlalchemy.orm import object_session
+
+    session = object_session(row)
+    if session is not None:
+        session.commit()
+
+
+STEPS: dict[str, dict[str, Callable[[Context, Server], str | None]]] = {
+    "create": {"prepare": prepare, "instance": ensure_instance, "boot": boot, "install": install,
+               "dns": point_dns, "snapshot": snapshot, "finish": finish},
+    "rebuild": {"instance": ensure_instance, "boot": boot, "install": install, "dns": point_dns,
+                "carry": carry_bandwidth, "retire": retire, "finish": finish},
+    "destroy": {"instances": delete_instances, "dns": delete_dns, "snapshot": delete_snapshot, "wipe": wipe},
+}

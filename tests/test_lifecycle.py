@@ -1,0 +1,148 @@
+"""Create, rebuild and destroy against the sandbox, through the real SDKs and real SSH."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from sqlalchemy import select
+
+from provisioner import operations
+from provisioner.models import Server, ServerEvent
+from provisioner.vpn.config import validate_ovpn
+from tests.fixtures.stack import Stack
+
+
+def _create(stack: Stack, sub_id: int = 1, email: str = "ann@example.com") -> int:
+    stack.add_subscription(sub_id, email)
+    lc = stack.lifecycle()
+    sub = stack.app.find_subscription(str(sub_id))
+    assert sub is not None and sub.entitled(stack.app.clock())
+    with stack.app.sessions() as s:
+        row = lc.begin_create(s, sub)
+        s.commit()
+        rid = row.id
+    operations.drive_until_idle(lc, [rid], timeout=60)
+    return rid
+
+
+def _row(stack: Stack, rid: int) -> Server:
+    with stack.app.sessions() as s:
+        row = s.get(Server, rid)
+        assert row is not None
+        return row
+
+
+def _ours(stack: Stack) -> tuple[list, list, list]:
+    st = stack.state()
+    tag = stack.app.settings.vultr.tag
+    return ([i for i in st["instances"] if tag in i["tags"]], st["records"],
+            [s for s in st["snapshots"] if s["description"].startswith(stack.app.settings.vultr.label_prefix)])
+
+
+def test_it_creates_a_running_server_with_dns_and_a_working_ovpn(stack: Stack) -> None:
+    rid = _create(stack)
+    row = _row(stack, rid)
+    assert row.status == "Running", row.last_error
+    assert row.server_name == f"g0{rid:03d}.vpn.example.test"
+    instances, records, snapshots = _ours(stack)
+    assert [i["id"] for i in instances] == [row.instance_id]
+    assert instances[0]["label"] == f"prov-{rid}-g0"
+    assert [(r["name"], r["content"], r["proxied"]) for r in records] == [(row.server_name, row.server_ip, False)]
+    assert len(snapshots) == 1 and row.snapshot_id == snapshots[0]["id"]
+    ovpn = stack.app.secret_box.open(row.ovpn_file_enc or "")
+    validate_ovpn(ovpn)
+    assert f"remote {row.server_name} 1194".encode() in ovpn
+    # the provider's root password is stored, and only encrypted
+    assert row.root_password_enc and stack.app.secret_box.open(row.root_password_enc)
+    # the simulated host really received the install and the PKI
+    host_dir = stack.hosts.root_dir / (row.instance_id or "")
+    assert (host_dir / "var/lib/provisioner/installed").exists()
+
+
+def test_it_records_every_step_before_and_after_its_side_effect(stack: Stack) -> None:
+    rid = _create(stack)
+    with stack.app.sessions() as s:
+        events = [(e.what, e.outcome) for e in s.scalars(select(ServerEvent).where(ServerEvent.server_id == rid)
+                                                        .order_by(ServerEvent.id))]
+    for step in ("prepare", "instance", "boot", "install", "dns", "snapshot", "finish"):
+        started = events.index((f"create.{step}", "started"))
+        assert events.index((f"create.{step}", "ok")) > started
+    assert events[-1] == ("create.done", "ok")
+
+
+def test_it_rebuilds_into_another_region_keeping_name_and_exact_ovpn(stack: Stack) -> None:
+    rid = _create(stack)
+    before = _row(stack, rid)
+    ovpn_before = stack.app.secret_box.open(before.ovpn_file_enc or "")
+    lc = stack.lifecycle()
+    with stack.app.sessions() as s:
+        row = s.get(Server, rid)
+        assert row is not None
+        lc.begin_rebuild(s, row, "ams", actor="test")
+        s.commit()
+    operations.drive_until_idle(lc, [rid], timeout=60)
+    after = _row(stack, rid)
+    assert after.status == "Running", after.last_error
+    assert (after.server_name, after.current_location, after.generation) == (before.server_name, "ams", 1)
+    assert after.instance_id != before.instance_id and after.server_ip != before.server_ip
+    assert stack.app.secret_box.open(after.ovpn_file_enc or "") == ovpn_before
+    instances, records, _ = _ours(stack)
+    assert [(i["id"], i["region"]) for i in instances] == [(after.instance_id, "ams")]
+    assert [(r["name"], r["content"]) for r in records] == [(after.server_name, after.server_ip)]
+    assert after.old_instance_id is None and after.bandwidth_carried > 0
+
+
+def test_it_destroys_leaving_nothing_of_ours_behind(stack: Stack) -> None:
+    rid = _create(stack)
+    lc = stack.lifecycle()
+    with stack.app.sessions() as s:
+        row = s.get(Server, rid)
+        assert row is not None
+        lc.begin_destroy(s, row, actor="test", reason="test")
+        s.commit()
+    operations.drive_until_idle(lc, [rid], timeout=60)
+    row = _row(stack, rid)
+    assert row.status == "Destroyed"
+    assert (row.secrets_enc, row.ovpn_file_enc, row.root_password_enc, row.instance_id) == (None, None, None, None)
+    assert _ours(stack) == ([], [], [])
+
+
+@pytest.mark.parametrize("stack", [{"products": {"1": {"plan": "vc9-does-not-exist"}}}], indirect=True)
+def test_it_stops_for_a_human_on_an_unknown_plan(stack: Stack) -> None:
+    rid = _create(stack)
+    row = _row(stack, rid)
+    assert row.status == "Error" and row.needs_human
+    assert "Vultr refused" in (row.last_error or "")
+    assert _ours(stack)[0] == []
+
+
+def test_it_rides_out_transient_provider_faults(stack: Stack) -> None:
+    stack.sandbox.set_faults({"seed": 3, "faults": {
+        "GET /v2/instances/{id}": {"error_rate": 0.3, "error_status": 503},
+        "GET /v2/instances": {"rate_limit_first": 3, "retry_after": 0.05},
+        "POST /client/v4/zones/{zone_id}/dns_records": {"error_first": 2, "error_status": 500}}})
+    rid = _create(stack)
+    row = _row(stack, rid)
+    assert row.status == "Running", row.last_error
+    assert len(_ours(stack)[0]) == 1
+    statuses = [c["status"] for c in stack.sandbox.calls()]
+    assert 429 in statuses and 503 in statuses and 500 in statuses  # the faults really happened
+
+
+def test_its_logs_hold_no_secret(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    rid = _create(stack)
+    row = _row(stack, rid)
+    ovpn = stack.app.secret_box.open(row.ovpn_file_enc or "").decode()
+    from provisioner.steps import ServerSecrets
+
+    secrets = ServerSecrets.open(stack.app.secret_box, row.secrets_enc or "")
+    text = caplog.text
+    needles = [stack.app.settings.vultr.api_key, stack.app.settings.cloudflare.api_token,
+               stack.app.secret_box.open(row.root_password_enc or "").decode(),
+               *stack.app.settings.secrets.fernet_keys, "BEGIN OPENSSH PRIVATE KEY", "PRIVATE KEY-----"]
+    needles += [line for line in secrets.host_private.splitlines()[1:3]]
+    needles += [line for line in ovpn.splitlines() if len(line) > 40][:20]
+    for needle in needles:
+        assert needle not in text
