@@ -1,0 +1,163 @@
+"""The worker daemon: one leader, hand-over when it dies, no server worked on twice,
+graceful shutdown."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from jobs.leader import FileLeaderLock, MySQLLeaderLock
+from provisioner import db
+from provisioner.app import App
+from provisioner.models import Server
+from provisioner.sandbox.app import Sandbox
+from provisioner.settings import load_settings
+from provisioner.storefront import eddschema
+from tests.fixtures.config import dump_toml
+from tests.fixtures.services import _fresh_mysql_database
+from tests.fixtures.stack import Stack, build_stack, point_at
+
+
+def test_only_one_file_lock_holder_at_a_time(tmp_path: Path) -> None:
+    a, b = FileLeaderLock(str(tmp_path / "lock")), FileLeaderLock(str(tmp_path / "lock"))
+    assert a.acquire() and a.held()
+    assert not b.acquire()
+    a.release()
+    assert b.acquire() and b.held()
+    b.release()
+
+
+def test_a_killed_holder_releases_the_file_lock(tmp_path: Path) -> None:
+    path = tmp_path / "lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys,time; from jobs.leader import FileLeaderLock as L; l=L(sys.argv[1]); "
+        "assert l.acquire(); print('held', flush=True); time.sleep(60)"), str(path)], stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"held"
+    lock = FileLeaderLock(str(path))
+    assert not lock.acquire()
+    holder.kill()
+    holder.wait()
+    assert lock.acquire()
+    lock.release()
+
+
+@pytest.fixture
+def mysql_db(mysql_server_url: str) -> Iterator[str]:
+    yield from _fresh_mysql_database(mysql_server_url)
+
+
+@pytest.mark.mysql
+def test_only_one_mysql_leader_and_a_dead_connection_hands_over(mysql_db: str) -> None:
+    engine = db.make_engine(mysql_db)
+    a, b = MySQLLeaderLock(engine), MySQLLeaderLock(engine)
+    assert a.acquire() and a.held()
+    assert not b.acquire()
+    # the leader's connection dies (network cut, server restart, process killed)
+    holder_id = a._conn.execute(text("SELECT CONNECTION_ID()")).scalar()
+    with engine.connect() as admin:
+        admin.execute(text(f"KILL {int(holder_id)}"))
+    assert not a.held()          # the old leader notices it lost the lock...
+    assert b.acquire()           # ...and another takes over
+    b.release()
+    engine.dispose()
+
+
+def _worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    return subprocess.Popen([sys.executable, "-m", "provisioner", "--config", str(cfg), "run"], env=env,
+                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cfg.parent)
+
+
+def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _statuses(app: App) -> list[str]:
+    with app.sessions() as s:
+        return [r.status for r in s.scalars(select(Server))]
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_two_workers_on_mariadb_one_leads_killing_it_hands_over_and_nothing_is_done_twice(
+        tmp_path: Path, mysql_db: str) -> None:
+    cfg, sb_config, hosts = build_stack(tmp_path, lifecycle={"lease_seconds": 30})
+    data = tomllib.loads(cfg.read_text())
+    data["database"]["url"] = data["storefront"]["edd_url"] = mysql_db
+    data["worker"].update({"tick_seconds": 1.0, "threads": 4})
+    cfg.write_text(dump_toml(data))
+    with hosts, Sandbox(sb_config, hosts) as sb:
+        point_at(cfg, sb)
+        app = App(load_settings(cfg, env={}))
+        db.upgrade(app.engine)
+        edd = db.make_engine(mysql_db)
+        eddschema.create_edd_tables(edd, "wp_")
+        expiration = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=30)
+        with edd.begin() as conn:
+            for i in range(1, 7):
+                cid = eddschema.insert_customer(conn, "wp_", email=f"c{i}@example.com")
+                eddschema.insert_subscription(conn, "wp_", customer_id=cid, product_id=1, status="active",
+                                              expiration=expiration)
+        edd.dispose()
+        logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
+        w1 = _worker(cfg, logs[0])
+        assert _wait(lambda: b"now the leader" in logs[0].read_bytes(), 30), logs[0].read_text()
+        w2 = _worker(cfg, logs[1])
+        try:
+            assert _wait(lambda: b"worker started" in logs[1].read_bytes(), 30), logs[1].read_text()
+            assert b"now the leader" not in logs[1].read_bytes()
+            # kill the leader mid-work: the follower takes the clock over and finishes
+            assert _wait(lambda: "Installing" in _statuses(app) or "Running" in _statuses(app), 30)
+            w1.send_signal(signal.SIGKILL)
+            w1.wait(10)
+            assert _wait(lambda: b"now the leader" in logs[1].read_bytes(), 30), logs[1].read_text()
+            assert _wait(lambda: _statuses(app) == ["Running"] * 6, 120), _statuses(app)
+        finally:
+            for w in (w1, w2):
+                if w.poll() is None:
+                    w.send_signal(signal.SIGTERM)
+                    w.wait(30)
+        calls = sb.calls()
+        creates = Counter(c.get("label") for c in calls if c["endpoint"] == "POST /v2/instances"
+                          and c["status"] == 202)
+        assert len(creates) == 6 and set(creates.values()) == {1}, creates
+        dns_creates = Counter(c["path"] for c in calls if c["method"] == "POST" and "dns_records" in c["path"])
+        assert sum(dns_creates.values()) == 6
+        assert len([i for i in sb.describe()["instances"]]) == 6
+        app.engine.dispose()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_worker_cleanly_and_a_restart_finishes_the_work(stack: Stack) -> None:
+    for i in range(1, 4):
+        stack.add_subscription(i, f"c{i}@example.com")
+    log = stack.tmp / "worker.log"
+    w = _worker(stack.config_path, log)
+    try:
+        assert _wait(lambda: "Installing" in _statuses(stack.app), 30), log.read_text()
+        w.send_signal(signal.SIGTERM)
+        assert w.wait(40) == 0, log.read_text()
+        assert b"worker stopped" in log.read_bytes()
+        w = _worker(stack.config_path, stack.tmp / "worker2.log")
+        assert _wait(lambda: _statuses(stack.app) == ["Running"] * 3, 90), _statuses(stack.app)
+    finally:
+        if w.poll() is None:
+            w.send_signal(signal.SIGTERM)
+            w.wait(30)
+    assert len(stack.state()["instances"]) == 3
