@@ -203,7 +203,7 @@ class Lifecycle:
                 self._fail(session, row, str(exc), permanent=True)
                 return Outcome.FAILED
             except TransientError as exc:
-                self._fail(session, row, _human(exc), permanent=False)
+                self._fail(session, row, _human(exc), permanent=False, retry_after=exc.retry_after)
                 return Outcome.FAILED
             except SSHError as exc:  # a host-key mismatch or refused key is permanent; the rest retried
                 self._fail(session, row, f"SSH to {row.server_ip}: {_human(exc)}", permanent=not exc.transient)
@@ -230,7 +230,8 @@ class Lifecycle:
             row.next_attempt_at = self.ctx.delay.pop(row.id, None)
         session.commit()
 
-    def _fail(self, session: Session, row: Server, message: str, *, permanent: bool) -> None:
+    def _fail(self, session: Session, row: Server, message: str, *, permanent: bool,
+              retry_after: float | None = None) -> None:
         lc = self.ctx.settings.lifecycle
         now = self.clock()
         row.attempts += 1
@@ -245,6 +246,8 @@ class Lifecycle:
         else:
             wait = min(lc.backoff_cap_seconds, lc.backoff_base_seconds * 2 ** (row.attempts - 1))
             wait = wait / 2 + random.uniform(0, wait / 2)
+            if retry_after:  # e.g. a Cloudflare lockout: 300 s; retrying sooner only extends it
+                wait = max(wait, retry_after)
             row.next_attempt_at = now + dt.timedelta(seconds=wait)
             row.step_deadline = row.next_attempt_at + self.ctx.budget(row.step or "")
             if row.attempts >= lc.error_after_attempts:

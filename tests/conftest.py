@@ -11,5 +11,6 @@ for _var in ("CLOUDFLARE_EMAIL", "CLOUDFLARE_API_KEY", "CLOUDFLARE_API_TOKEN", "
 pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.edd",
+    "tests.fixtures.sandbox",
     "tests.fixtures.stack",
 ]

@@ -1,0 +1,296 @@
+"""Cloudflare DNS (API v4), behind one thin seam over the official SDK (``cloudflare`` 5.x).
+
+Errors (nothing from the SDK or httpx escapes this module)::
+
+    CloudflareError
+    ├── CloudflareTransient          timeout, connection error, 5xx -- retried
+    │   └── CloudflareRateLimited    429; ``retry_after`` from retry-after(-ms)
+    └── CloudflarePermanent          other 4xx, unusable reply -- never retried
+        ├── CloudflareAuthError      401/403 (9109 invalid token, 10000 no access)
+        ├── CloudflareNotFound       404 (81044 record does not exist)
+        └── CloudflareConflict       409
+            └── CloudflareRecordExists  400 with 81057/81058/81053 on create/update
+
+Every error carries ``status`` and ``codes`` (Cloudflare's numeric error codes).
+
+The SDK is built with ``max_retries=0`` so :func:`retry.call` is the only retry, and every
+attempt takes a token from the shared :class:`RateLimiter` (1,200 requests / 5 min).
+Record creates *are* retried: a create whose reply was lost comes back as 81058 on the
+next attempt, and :meth:`CloudflareDNS.upsert_a` settles that by reading back.
+
+Credentials: the SDK prefers ``X-Auth-Email``/``X-Auth-Key`` (also taken from the
+``CLOUDFLARE_EMAIL``/``CLOUDFLARE_API_KEY`` environment) over the token (REFERENCE
+§2.1), and merges ``CLOUDFLARE_CUSTOM_HEADERS`` last.  :class:`_TokenOnly` sends the
+bearer token and nothing else, whatever the environment says.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import cloudflare as sdk
+from cloudflare import Cloudflare, Omit
+from cloudflare.types.dns.record_list_params import Name as NameFilter
+
+from provisioner.cloud import retry
+from provisioner.cloud.ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 20.0
+PER_PAGE = 100
+MAX_PAGES = 10_000
+UPSERT_ROUNDS = 3
+RECORD_EXISTS_CODES = frozenset({81057, 81058, 81053})
+RECORD_MISSING_CODE = 81044
+_AUTH_HEADERS = ("authorization", "x-auth-key", "x-auth-email", "x-auth-user-service-key")
+
+
+class CloudflareError(Exception):
+    """Base of every error this adapter raises.  Messages never carry the token."""
+
+    def __init__(self, message: str, *, status: int | None = None, codes: tuple[int, ...] = (),
+                 retry_after: float | None = None, outcome_unknown: bool = True) -> None:
+        super().__init__(message)
+        self.status = status
+        self.codes = codes
+        self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
+
+
+class CloudflareTransient(CloudflareError, retry.TransientError):
+    """Retried by the policy."""
+
+
+class CloudflareRateLimited(CloudflareTransient):
+    """429: Cloudflare blocks the token for up to 5 minutes."""
+
+
+class CloudflarePermanent(CloudflareError):
+    """Retrying will not help."""
+
+
+class CloudflareAuthError(CloudflarePermanent):
+    """401/403: bad token, or the token may not touch this zone."""
+
+
+class CloudflareNotFound(CloudflarePermanent):
+    """404."""
+
+
+class CloudflareConflict(CloudflarePermanent):
+    """409, or a record that clashes with one that exists."""
+
+
+class CloudflareRecordExists(CloudflareConflict):
+    """81057 "Record already exists." / 81058 "An identical record already exists."."""
+
+
+@dataclass(frozen=True)
+class DnsRecord:
+    id: str
+    name: str
+    type: str
+    content: str
+    ttl: int
+    proxied: bool
+
+
+class _TokenOnly(Cloudflare):
+    """The SDK client, authenticating with the bearer token only (see module docstring)."""
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"}
+
+    @property
+    def default_headers(self) -> dict[str, str | Omit]:
+        headers = {k: v for k, v in super().default_headers.items() if k.lower() not in _AUTH_HEADERS}
+        return {**headers, **self.auth_headers}
+
+    def __repr__(self) -> str:
+        return f"<cloudflare client {self.base_url}>"
+
+
+class CloudflareDNS:
+    """A records in one zone.  Thread-safe; create one per process."""
+
+    def __init__(self, api_token: str, zone_id: str, base_url: str = "https://api.cloudflare.com/client/v4",
+                 ttl: int = 120, rate_limiter: RateLimiter | None = None,
+                 retry_policy: retry.RetryPolicy = retry.DEFAULT_POLICY, timeout: float = DEFAULT_TIMEOUT,
+                 *, sleep: Callable[[float], None] = time.sleep, per_page: int = PER_PAGE) -> None:
+        if not api_token:
+            raise ValueError("api_token must not be empty")
+        self.zone_id = zone_id
+        self.ttl = ttl
+        self.base_url = base_url
+        self._client = _TokenOnly(api_token=api_token, base_url=base_url, max_retries=0, timeout=timeout)
+        # Also clear what the constructor picked up from the environment.
+        self._client.api_key = self._client.api_email = self._client.user_service_key = None
+        self._limiter = rate_limiter or RateLimiter.cloudflare_default()
+        self._policy = retry_policy
+        self._sleep = sleep
+        self._per_page = per_page
+
+    def __repr__(self) -> str:
+        return f"CloudflareDNS(zone_id={self.zone_id!r}, base_url={self.base_url!r})"
+
+    def zone_name(self) -> str:
+        """The zone's domain; a cheap start-up check that the token may read the zone."""
+        zone = self._call("GET zone", lambda: self._client.zones.get(zone_id=self.zone_id))
+        if zone is None or not getattr(zone, "name", None):
+            raise CloudflarePermanent("cloudflare GET zone: reply has no zone")
+        return str(zone.name)
+
+    def upsert_a(self, name: str, ip: str) -> str:
+        """Make ``name`` resolve to ``ip`` (one unproxied A record); return the record id.
+
+        Same content already there: no write.  Other content: update in place.  None:
+        create; a create answered "already exists" (another worker, or our own earlier
+        attempt whose reply was lost) is settled by reading back.  Extra A records of the
+        same name (left by old races) are deleted so the name never round-robins.
+        """
+        name = _normalise(name)
+        for _ in range(UPSERT_ROUNDS):
+            found = [r for r in self.list_by_name(name) if r.type == "A"]
+            keep = next((r for r in found if r.content == ip), found[0] if found else None)
+            for extra in found:
+                if extra is not keep:
+                    log.warning("deleting duplicate A record %s for %s (%s)", extra.id, name, extra.content)
+                    self.delete(extra.id)
+            try:
+                if keep is None:
+                    record = self._write("POST", name, ip)
+                    log.info("created A %s -> %s (record %s)", name, ip, record.id)
+                    return record.id
+                if keep.content == ip and not keep.proxied:
+                    return keep.id
+                self._write("PUT", name, ip, keep.id)
+                log.info("updated A %s: %s -> %s (record %s)", name, keep.content, ip, keep.id)
+                return keep.id
+            except CloudflareRecordExists as exc:
+                log.info("A %s: %s; reading back", name, exc)
+            except CloudflareNotFound:
+                log.info("A %s: record %s vanished while updating; reading back", name, keep and keep.id)
+        raise CloudflareConflict(f"cloudflare: A record for {name} did not settle in {UPSERT_ROUNDS} rounds")
+
+    def delete(self, record_id: str) -> bool:
+        """True if this call deleted it; False if it was already gone (404 / 81044)."""
+        try:
+            self._call(f"DELETE record {record_id}",
+                       lambda: self._client.dns.records.delete(record_id, zone_id=self.zone_id))
+        except CloudflareNotFound:
+            log.info("cloudflare DELETE record %s: already gone", record_id)
+            return False
+        return True
+
+    def list_by_name(self, name: str) -> list[DnsRecord]:
+        """Every record (any type) whose name is exactly ``name``."""
+        name = _normalise(name)
+        return [r for r in self._list({"exact": name}) if r.name == name]
+
+    def list_records(self, name_suffix: str | None = None) -> list[DnsRecord]:
+        """Every record in the zone, or those whose name ends with ``name_suffix``."""
+        if name_suffix is None:
+            return self._list(None)
+        suffix = _normalise(name_suffix)
+        return [r for r in self._list({"endswith": suffix}) if r.name.endswith(suffix)]
+
+    def _list(self, name_filter: NameFilter | None) -> list[DnsRecord]:
+        # Paged by hand (not the SDK's iterator) so every page is rate limited and retried.
+        records: list[DnsRecord] = []
+        for page in range(1, MAX_PAGES + 1):
+            def fetch(page: int = page) -> Any:
+                if name_filter is None:
+                    return self._client.dns.records.list(zone_id=self.zone_id, page=page, per_page=self._per_page)
+                return self._client.dns.records.list(zone_id=self.zone_id, name=name_filter, page=page,
+                                                     per_page=self._per_page)
+            result = self._call(f"GET records page {page}", fetch)
+            batch = list(result.result or [])
+            records.extend(_record(r) for r in batch)
+            total_pages = getattr(result.result_info, "total_pages", None)
+            if not batch or (isinstance(total_pages, int | float) and page >= total_pages):
+                return records
+        raise CloudflarePermanent(f"cloudflare GET records: more than {MAX_PAGES} pages")
+
+    def _write(self, method: str, name: str, ip: str, record_id: str | None = None) -> DnsRecord:
+        records = self._client.dns.records
+        if record_id is None:
+            def send() -> Any:
+                return records.create(zone_id=self.zone_id, name=name, type="A", content=ip, ttl=self.ttl,
+                                      proxied=False)
+        else:
+            def send() -> Any:
+                return records.update(record_id, zone_id=self.zone_id, name=name, type="A", content=ip,
+                                      ttl=self.ttl, proxied=False)
+        result = self._call(f"{method} record {name}", send)
+        if result is None:
+            raise CloudflarePermanent(f"cloudflare {method} record {name}: reply has no record")
+        return _record(result)
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        def attempt() -> T:
+            self._limiter.acquire()
+            try:
+                return fn()
+            except sdk.CloudflareError as exc:
+                raise _translate(what, exc) from None
+
+        return retry.call(attempt, self._policy, what=f"cloudflare {what}", sleep=self._sleep)
+
+
+def _translate(what: str, exc: sdk.CloudflareError) -> CloudflareError:
+    if isinstance(exc, sdk.APITimeoutError):
+        return CloudflareTransient(f"cloudflare {what}: timed out")
+    if isinstance(exc, sdk.APIConnectionError):
+        return CloudflareTransient(f"cloudflare {what}: connection failed")
+    if not isinstance(exc, sdk.APIStatusError):
+        return CloudflarePermanent(f"cloudflare {what}: unusable reply ({type(exc).__name__})")
+    status = exc.status_code
+    errors = getattr(exc, "errors", None) or []
+    codes = tuple(int(e.code) for e in errors if getattr(e, "code", None) is not None)
+    text = "; ".join(f"{e.code} {e.message}" for e in errors)[:300] or "no error detail"
+    message = f"cloudflare {what}: HTTP {status}: {text}"
+    if status == 429:
+        wait = _retry_after(exc.response.headers)
+        return CloudflareRateLimited(message, status=status, codes=codes, retry_after=wait, outcome_unknown=False)
+    if status >= 500:
+        return CloudflareTransient(message, status=status, codes=codes)
+    if RECORD_EXISTS_CODES & set(codes):
+        return CloudflareRecordExists(message, status=status, codes=codes)
+    if status == 404 or RECORD_MISSING_CODE in codes:
+        return CloudflareNotFound(message, status=status, codes=codes)
+    cls: type[CloudflareError] = {401: CloudflareAuthError, 403: CloudflareAuthError,
+                                  409: CloudflareConflict}.get(status, CloudflarePermanent)
+    return cls(message, status=status, codes=codes)
+
+
+def _retry_after(headers: Any) -> float | None:
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            return max(0.0, float(millis) / 1000)
+        except ValueError:
+            pass
+    return retry.parse_retry_after(headers.get("retry-after"))
+
+
+def _record(r: Any) -> DnsRecord:
+    record_id = getattr(r, "id", None)
+    if not record_id:
+        raise CloudflarePermanent("cloudflare: record without an id")
+    return DnsRecord(
+        id=str(record_id), name=str(getattr(r, "name", "") or "").lower(), type=str(getattr(r, "type", "")),
+        content=str(getattr(r, "content", "") or ""), ttl=int(getattr(r, "ttl", 0) or 0),
+        proxied=bool(getattr(r, "proxied", False)),
+    )
+
+
+def _normalise(name: str) -> str:
+    return name.strip().rstrip(".").lower()

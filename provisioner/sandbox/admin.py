@@ -1,0 +1,63 @@
+"""SIMULATOR ONLY: the sandbox's admin API (no token; loopback only), under ``/_sandbox``.
+
+    GET    /_sandbox/health           {"ok": true}
+    GET    /_sandbox/state            instances (with their sandbox-only fields), snapshots,
+                                      records, faults; user_data shown as its length only
+    GET    /_sandbox/calls            ?since=<seq>&service=vultr|cloudflare -> {"calls": [...]}
+    GET    /_sandbox/faults           the fault specs in force (with counters left)
+    POST   /_sandbox/faults           body: a fault document (see faults.py) -> 200 / 400
+    DELETE /_sandbox/faults           ?key=<endpoint> to drop one, else all
+    POST   /_sandbox/reset            empty cloud, empty call log, hosts stopped
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from provisioner.sandbox.faults import FaultInjector
+from provisioner.sandbox.httpbase import HttpError, Request, Response, Service
+from provisioner.sandbox.state import SimState
+
+
+class AdminService(Service):
+    name = "admin"
+
+    def __init__(self, state: SimState, faults: FaultInjector, describe: Callable[[], dict[str, Any]],
+                 reset: Callable[[], None]) -> None:
+        # Faults never apply to the admin API itself, and its calls are not logged.
+        super().__init__(FaultInjector(), lambda entry: None)
+        self.state = state
+        self.cloud_faults = faults
+        self._describe = describe
+        self._reset = reset
+        r = self.router.add
+        r("GET", "/_sandbox/health", lambda req: Response(200, {"ok": True}))
+        r("GET", "/_sandbox/state", lambda req: Response(200, self._describe()))
+        r("GET", "/_sandbox/calls", self.calls)
+        r("GET", "/_sandbox/faults", lambda req: Response(200, {"faults": self.cloud_faults.describe()}))
+        r("POST", "/_sandbox/faults", self.set_faults)
+        r("DELETE", "/_sandbox/faults", self.clear_faults)
+        r("POST", "/_sandbox/reset", self.reset)
+
+    def calls(self, req: Request) -> Response:
+        try:
+            since = int(req.arg("since") or 0)
+        except ValueError:
+            raise HttpError(400, "since must be a whole number") from None
+        return Response(200, {"calls": self.state.calls_since(since, req.arg("service"))})
+
+    def set_faults(self, req: Request) -> Response:
+        try:
+            self.cloud_faults.configure(req.json())
+        except ValueError as exc:
+            raise HttpError(400, str(exc)) from None
+        return Response(200, {"faults": self.cloud_faults.describe()})
+
+    def clear_faults(self, req: Request) -> Response:
+        self.cloud_faults.clear(req.arg("key"))
+        return Response(200, {"faults": self.cloud_faults.describe()})
+
+    def reset(self, req: Request) -> Response:
+        self._reset()
+        return Response(200, {"ok": True})

@@ -1,0 +1,31 @@
+"""SIMULATOR ONLY: the seam between the simulated Vultr cloud and simulated hosts.
+
+The Vultr simulator calls a :class:`HostRunner` when an instance becomes reachable
+(booted and running: ``start``) and when it stops being reachable (halted, rebooting,
+reinstalling or deleted: ``stop``).  ``start`` may be called again for the same id after
+the sandbox restarts; implementations must treat it as "make sure it runs".
+Calls come from a sandbox thread, never while the simulator holds its state lock.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class HostRunner(Protocol):
+    def start(self, instance_id: str, ip: str, user_data: str) -> None: ...  # user_data = decoded cloud-config
+
+    def stop(self, instance_id: str) -> None: ...
+
+
+class NoopHostRunner:
+    """No hosts at all: instances boot on paper only."""
+
+    def start(self, instance_id: str, ip: str, user_data: str) -> None:
+        log.debug("sandbox host %s would start on %s", instance_id, ip)
+
+    def stop(self, instance_id: str) -> None:
+        log.debug("sandbox host %s would stop", instance_id)
