@@ -47,7 +47,7 @@ def server_check(app: App, lc: Lifecycle, *, leader: bool = True) -> TickReport:
         report.plan, report.storefront_error = result, error
         if error:
             log.error("storefront could not be read: %s", error)
-        applied = operations.start_plan(lc, result)
+        applied = operations.start_plan(lc, result, app.destroy_cross_check())
         for line in applied.refused:
             log.warning("plan: %s", line)
         for held in result.held:

@@ -41,7 +41,7 @@ class App:
 
     @cached_property
     def storefront(self) -> Storefront:
-        return open_storefront(self.settings)
+        return open_storefront(self.settings, self.sessions)
 
     @property
     def policy(self) -> Policy:
@@ -49,6 +49,16 @@ class App:
         return Policy(max_destroy_count=p.max_destroy_count, max_destroy_fraction=p.max_destroy_fraction,
                       destroy_grace=dt.timedelta(hours=p.destroy_grace_hours),
                       products=frozenset(self.settings.products))
+
+    def destroy_cross_check(self) -> Callable[[Subscription], bool | None] | None:
+        """With EDD and a Stripe key: ask Stripe before destroying (EDD can miss webhooks)."""
+        st = self.settings.stripe
+        if self.settings.storefront.kind != "edd" or not st.api_key or not st.cross_check_destroys:
+            return None
+        from provisioner.storefront.stripe import StripeStorefront
+
+        stripe_view = StripeStorefront(self.sessions, self.settings)
+        return lambda sub: stripe_view.cross_check_ended(sub.profile_id)
 
     def server_states(self) -> list[ServerState]:
         with self.sessions() as s:

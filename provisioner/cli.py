@@ -71,7 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         from provisioner import operations, wiring
 
         lc = wiring.lifecycle(app, owner="cli")
-        applied = operations.start_plan(lc, result)
+        applied = operations.start_plan(lc, result, app.destroy_cross_check())
         ids = [st.id for st in result.resume]
         ids += operations.due_rows(lc, app.clock())
         if args.wait:
@@ -228,6 +228,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if report["healthy"] else 1
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from dashboard_api.server import main as api_main
+
+    return api_main(args)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from dashboard_api.tokens import mint_token
+
+    if not 1 <= args.ttl <= 3600:
+        raise UsageError("--ttl must be between 1 and 3600 seconds (dashboard tokens live at most an hour)")
+    app = make_app(args)
+    token = mint_token(app.settings, args.email, user_id=args.user_id, ttl_seconds=args.ttl)
+    print(f"{app.settings.api.public_url.rstrip('/')}/#token={token}")
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from provisioner.sandbox.app import main as sandbox_main
 
@@ -301,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     jb = add("job", cmd_job, "run one job once (for cron): " + ", ".join(NAMES))
     jb.add_argument("name", choices=NAMES)
+    add("api", cmd_api, "the customer dashboard: JSON API and page (uvicorn; systemd)")
+    tk = add("token", cmd_token, "print a dashboard login URL for a customer (support and testing)")
+    tk.add_argument("email")
+    tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
+    tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
     st.add_argument("--json", action="store_true")
     sb = sub.add_parser("sandbox", help="the local simulators (test and demo only)",

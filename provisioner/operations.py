@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -21,6 +21,7 @@ from provisioner.lifecycle import Lifecycle, Outcome, ServerBusy
 from provisioner.models import Server
 from provisioner.reconcile import Plan
 from provisioner.steps import PermanentStepError
+from provisioner.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,16 @@ class Applied:
     refused: list[str] = field(default_factory=list)
 
 
-def start_plan(lc: Lifecycle, p: Plan) -> Applied:
-    """Record the plan's actions on the rows (one commit each); returns what was started."""
+CrossCheck = Callable[[Subscription], bool | None]
+
+
+def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None) -> Applied:
+    """Record the plan's actions on the rows (one commit each); returns what was started.
+
+    ``cross_check`` confirms a destroy with a second source (Stripe behind EDD): True lets
+    it go ahead; False (the second source says the subscription is live) or None (it cannot
+    tell right now) holds it until a later pass.
+    """
     applied = Applied()
     with lc.ctx.sessions() as s:
         for sub in p.build:
@@ -48,8 +57,18 @@ def start_plan(lc: Lifecycle, p: Plan) -> Applied:
             doomed = s.get(Server, state.id)
             if doomed is None:
                 continue
+            ended = p.ended.get(state.id)
+            if cross_check is not None and ended is not None and ended.profile_id.startswith("sub_"):
+                verdict = cross_check(ended)
+                if verdict is not True:
+                    why = "Stripe says it is still live" if verdict is False else "Stripe could not confirm it"
+                    applied.refused.append(f"destroy {state.label}: the storefront says subscription {ended.id} ended, "
+                                           f"but {why}; holding")
+                    lc.event(s, doomed, "destroy.held", "info", f"cross-check: {why}", actor="planner")
+                    s.commit()
+                    continue
             try:
-                lc.begin_destroy(s, doomed, actor="planner", reason=f"subscription {row.subscription_id} ended")
+                lc.begin_destroy(s, doomed, actor="planner", reason=f"subscription {doomed.subscription_id} ended")
                 s.commit()
                 applied.started["destroy"].append(state.label)
             except StaleDataError as exc:

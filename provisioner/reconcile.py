@@ -73,6 +73,7 @@ class Plan:
     rebuild: list[ServerState] = field(default_factory=list)
     resume: list[ServerState] = field(default_factory=list)
     held: list[dict[str, str]] = field(default_factory=list)
+    ended: dict[int, Subscription] = field(default_factory=dict)   # server id → the ended subscription
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -142,6 +143,7 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
             continue
         if _ended_past_grace(sub_or_none, now, policy.destroy_grace):
             wanted.append(s)
+            result.ended[s.id] = sub_or_none
 
     allowance = max(policy.max_destroy_count, int(policy.max_destroy_fraction * len(live)))
     if len(wanted) > allowance:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from provisioner.subscriptions import StorefrontUnavailable, Subscription
 
@@ -19,7 +19,15 @@ class Storefront(Protocol):
         ...
 
 
-def open_storefront(settings: Settings) -> Storefront:
+def open_storefront(settings: Settings, sessions: Any = None) -> Storefront:
+    """The configured storefront. ``sessions`` (our database) is needed by the Stripe one,
+    which reads the subscriptions its webhook keeps current."""
+    if settings.storefront.kind == "stripe":
+        from provisioner.storefront.stripe import StripeStorefront
+
+        if sessions is None:
+            raise StorefrontUnavailable("the Stripe storefront needs the provisioner database")
+        return StripeStorefront(sessions, settings)
     if settings.storefront.kind == "edd":
         from provisioner.db import make_engine
         from provisioner.storefront.edd import EddStorefront
