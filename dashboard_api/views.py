@@ -1,0 +1,91 @@
+"""What a customer sees of a server row: plain facts, human progress text, no secrets.
+
+The operator's ``last_error`` (provider messages, ids) is not shown to customers; they get a
+human sentence saying whether we retry on our own or a person is looking at it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy.orm import Session
+
+from dashboard_api import queries
+from dashboard_api.locations import region
+from dashboard_api.queries import EventRow, Owned
+from dashboard_api.schemas import EventOut, ServerOut
+from provisioner.config_schema import Settings
+from provisioner.models import Server, Status
+from provisioner.schedule import next_slot
+
+# (action, step) -> what the customer reads; the page has the same texts in its i18n files.
+PROGRESS = {
+    "prepare": "Preparing your server",
+    "instance": "Creating the server",
+    "boot": "Starting the server",
+    "install": "Installing OpenVPN",
+    "dns": "Setting up the DNS name",
+    "snapshot": "Saving a snapshot",
+    "carry": "Moving the bandwidth count",
+    "retire": "Switching to the new server",
+    "finish": "Finishing",
+    "instances": "Removing the server",
+    "wipe": "Erasing secrets",
+}
+REBUILD_REQUESTED = "Rebuild requested"
+ERROR_TEXT = {
+    "retrying": "Something went wrong while working on your server. We are retrying automatically.",
+    "needs_attention": "Something went wrong while working on your server. Our team has been alerted.",
+}
+REBUILDABLE = (Status.RUNNING.value, Status.ERROR.value)
+
+
+def is_busy(row: Server) -> bool:
+    return bool(row.action) or bool(row.rebuild_now_status) or row.status not in REBUILDABLE
+
+
+def progress_text(row: Server) -> str | None:
+    if row.action and row.step:
+        return PROGRESS.get(row.step, row.step)
+    if row.rebuild_now_status:
+        return REBUILD_REQUESTED
+    if row.status == Status.QUEUED.value:
+        return "Waiting to start"
+    return None
+
+
+def server_out(owned: Owned, settings: Settings, now: dt.datetime, events: list[EventRow]) -> ServerOut:
+    row = owned.row
+    name = row.server_name
+    product = settings.product(row.product_id)
+    where = region(row.current_location)
+    error_code = None
+    if row.status == Status.ERROR.value:
+        error_code = "needs_attention" if row.needs_human else "retrying"
+    return ServerOut(
+        name=name, short_name=name.split(".", 1)[0] if name else None, dns_name=name,
+        status=row.status, step=row.step if row.action else None, progress=progress_text(row),
+        busy=is_busy(row), rebuild_requested=bool(row.rebuild_now_status),
+        rebuild_location=row.rebuild_now_location if row.rebuild_now_status else None,
+        ip=row.server_ip, location=row.current_location,
+        city=where.city if where else None, country=where.country if where else None,
+        regions=list(product.regions) if product else [],
+        schedule=row.rebuild_schedule, schedule_location=row.rebuild_schedule_location,
+        next_scheduled_rebuild=_next(row.rebuild_schedule, now),
+        bandwidth_used=row.bandwidth_this_month or 0,
+        bandwidth_cap=row.bandwidth_limit_this_month or (product.bandwidth_cap_bytes if product else 0),
+        last_rebuilt=row.last_rebuilt_at, ovpn_available=owned.has_ovpn,
+        last_error=ERROR_TEXT[error_code] if error_code else None, last_error_code=error_code,
+        events=[EventOut(at=e.at, what=e.what, outcome=e.outcome) for e in events])
+
+
+def servers_out(session: Session, owned: list[Owned], settings: Settings, now: dt.datetime) -> list[ServerOut]:
+    events = queries.recent_events(session, [o.row.id for o in owned])
+    return [server_out(o, settings, now, events[o.row.id]) for o in owned]
+
+
+def _next(schedule: str, now: dt.datetime) -> dt.datetime | None:
+    try:
+        return next_slot(schedule, now)
+    except ValueError:  # a hand-edited row with an unknown schedule shows "none"
+        return None
