@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -125,8 +127,23 @@ def serve(settings: Settings) -> int:
                             log_config=None, server_header=False, proxy_headers=True, timeout_keep_alive=5)
     log.info("dashboard API on http://%s:%s (public URL %s)", settings.api.listen_host, settings.api.listen_port,
              settings.api.public_url)
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    threading.Thread(target=_tell_systemd, args=(server,), name="sd-notify", daemon=True).start()
+    server.run()
     return 0
+
+
+def _tell_systemd(server: Any) -> None:
+    """Type=notify: READY once uvicorn listens, then a watchdog ping while it runs."""
+    from provisioner import sdnotify
+
+    while not server.started and not server.should_exit:
+        time.sleep(0.2)
+    if not sdnotify.notify("READY=1"):
+        return  # not under systemd
+    while not server.should_exit:
+        sdnotify.notify("WATCHDOG=1")
+        time.sleep(15)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -31,10 +31,9 @@ from typing import Any
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from jobs import sdnotify
 from jobs.leader import LeaderLock, leader_lock
 from jobs.server_check import record_status, server_check
-from provisioner import db, wiring
+from provisioner import db, sdnotify, wiring
 from provisioner.app import App
 from provisioner.lifecycle import Lifecycle
 
