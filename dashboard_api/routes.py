@@ -94,6 +94,7 @@ def rebuild(body: RebuildRequest, name: str = ServerName, who: Customer = Depend
                 raise ApiError(429, "rebuild_cooldown", f"You asked for a rebuild recently; you can ask again in "
                                f"{retry_after(wait)} seconds.", {"Retry-After": retry_after(wait)})
         row.rebuild_now_status, row.rebuild_now_location, row.rebuild_requested_at = True, location, now
+        row.rebuild_due_at = None  # a customer's own rebuild is not spread like a scheduled one
         s.add(ServerEvent(server_id=row.id, at=now, actor="customer", what="rebuild.requested", outcome="info",
                           detail=f"location {location}"))
         _commit(s, row)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
@@ -39,8 +40,9 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
             from jobs import schedules
 
             mark = getattr(schedules, name)
+            w = app.settings.worker
             with app.sessions() as s:
-                marked = mark(s, app.clock())
+                marked = mark(s, app.clock(), spread_minutes=w.rebuild_spread_minutes, tz=ZoneInfo(w.timezone))
                 s.commit()
             return marked
         return rebuild
@@ -53,7 +55,8 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
                     result = bandwidth.sync_bandwidth(s, lc.ctx.vultr, app.clock(), app.settings.products,
                                                       on_event=_notifier())
                 else:
-                    result = bandwidth.reset_bandwidth_monthly(s, lc.ctx.vultr, app.clock())
+                    result = bandwidth.reset_bandwidth_monthly(s, lc.ctx.vultr, app.clock(),
+                                                               products=app.settings.products, on_event=_notifier())
                 s.commit()
             return result
         return bw

@@ -71,8 +71,11 @@ def _mark_schedules(app: App, now: dt.datetime) -> int:
         from jobs.schedules import mark_due_rebuilds
     except ImportError:  # pragma: no cover - the schedules module ships with the worker
         return 0
+    from zoneinfo import ZoneInfo
+
+    w = app.settings.worker
     with app.sessions() as s:
-        marked = mark_due_rebuilds(s, now, spread_minutes=app.settings.worker.rebuild_spread_minutes)
+        marked = mark_due_rebuilds(s, now, spread_minutes=w.rebuild_spread_minutes, tz=ZoneInfo(w.timezone))
         s.commit()
     return len(marked)
 

@@ -78,8 +78,13 @@ def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None) ->
             asked = s.get(Server, state.id)
             if asked is None:
                 continue
+            actor = "customer" if asked.rebuild_due_at is None else "scheduler"
             try:
-                lc.begin_rebuild(s, asked, asked.rebuild_now_location, actor="customer")
+                try:
+                    lc.begin_rebuild(s, asked, asked.rebuild_now_location, actor=actor)
+                except ValueError as exc:  # a location no longer offered: never retry it forever
+                    applied.refused.append(f"rebuild {state.label}: {exc}; rebuilding in a random location")
+                    lc.begin_rebuild(s, asked, "random", actor=actor)
                 s.commit()
                 applied.started["rebuild"].append(state.label)
             except (ServerBusy, ValueError, PermanentStepError, StaleDataError) as exc:

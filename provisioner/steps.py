@@ -253,8 +253,9 @@ def carry_bandwidth(ctx: Context, row: Server) -> str:
         except VultrNotFound:
             days = {}
         used = sum(i + o for d, (i, o) in days.items() if d.strftime("%Y-%m") == month)
-        if row.bandwidth_month != month:
+        if row.bandwidth_month != month:  # a new month began before any sync noticed
             row.bandwidth_month, row.bandwidth_carried = month, 0
+            row.bandwidth_this_month, row.bandwidth_alerted = 0, 0
         row.bandwidth_carried += used
         row.bandwidth_this_month = max(row.bandwidth_this_month, row.bandwidth_carried)
         ctx.note(row, f"carried {used} bytes from instance {row.old_instance_id}")
