@@ -33,7 +33,8 @@ class App:
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:
-        return db.session_factory(self.engine)
+        # notify.enqueue finds addresses and links here when a job only holds a session
+        return db.session_factory(self.engine, info={"settings": self.settings})
 
     @cached_property
     def secret_box(self) -> SecretBox:

@@ -85,8 +85,8 @@ def _reason(exc: SQLAlchemyError) -> str:
     return type(exc).__name__
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, info: dict[str, Any] | None = None) -> sessionmaker[Session]:
+    return sessionmaker(engine, expire_on_commit=False, info=info or {})
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

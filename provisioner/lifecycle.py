@@ -32,6 +32,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -225,6 +226,10 @@ class Lifecycle:
         if result is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
+            kind, context = {"create": ("server_ready", {}),
+                             "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
+                             "destroy": ("server_destroyed", {})}[action]
+            self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
         else:
             row.step, row.step_deadline = result, now + self.ctx.budget(result)
             row.next_attempt_at = self.ctx.delay.pop(row.id, None)
@@ -241,6 +246,10 @@ class Lifecycle:
             row.status = Status.ERROR.value
             row.next_attempt_at = None
             self.event(session, row, f"{row.action}.{row.step}", "failed", f"needs a human: {message}")
+            key = f"attention:{row.id}:{row.action}:{row.step}:g{row.generation}"
+            self._notify(session, row, "needs_attention", key,
+                         {"error": message, "step": row.step or "", "action": row.action or "",
+                          "attempt": row.attempts})
             log.error("server %s sub=%s: %s.%s needs a human: %s", row.server_name or row.id, row.subscription_id,
                       row.action, row.step, message)
         else:
@@ -252,9 +261,21 @@ class Lifecycle:
             row.step_deadline = row.next_attempt_at + self.ctx.budget(row.step or "")
             if row.attempts >= lc.error_after_attempts:
                 row.status = Status.ERROR.value
+                if row.action == "create":  # tell the customer once that it takes longer
+                    self._notify(session, row, "provisioning_delayed", f"delayed:{row.id}:g{row.generation}", {})
             self.event(session, row, f"{row.action}.{row.step}", "failed",
                        f"attempt {row.attempts}: {message}; retrying in {wait:.0f}s")
         session.commit()
+
+    def _notify(self, session: Session, row: Server, kind: str, key: str, context: dict[str, Any]) -> None:
+        """Queue a message in the same transaction as the state change that caused it."""
+        from provisioner import notify
+
+        try:
+            notify.enqueue(session, kind, server=row, context=context, dedupe_key=key, settings=self.ctx.settings,
+                           now=self.clock())
+        except ValueError as exc:  # a template problem must never block the server's life
+            log.error("server %s: could not queue %s: %s", row.server_name or row.id, kind, exc)
 
     # --- the audit trail ----------------------------------------------------------------------
 

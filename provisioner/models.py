@@ -193,3 +193,8 @@ class ServerEvent(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_provisioner_server_events_server_at", "server_id", "at"),)
+
+
+# Stripe and outbox tables share this metadata (one Alembic history); imported last because
+# that module imports Base from here.
+from provisioner import models_extra  # noqa: E402, F401
