@@ -1,0 +1,455 @@
+"""SIMULATED SSH hosts: a test and demo fixture standing in for freshly booted VPSes.
+
+Nothing here runs a command on this machine. Each host is a paramiko SSH server on
+``(ip, ssh_port)`` with ``ip`` in 127.0.0.0/8 (all local on Linux; nothing else is accepted).
+It presents the ed25519 host key FROM the instance's cloud-init user_data and accepts only
+user ``root`` by public key, with a key from that user_data's ``ssh_authorized_keys``. Its
+disk is ``root_dir/<instance_id>/``: absolute remote paths map inside it, relative ones are
+under ``/root``, a path with a ``..`` component is refused. Files survive stop() and restarts;
+start() again with the same ip and user_data is a no-op (else the host restarts).
+SFTP: open/read/write, (f)stat, lstat, (f)setstat (permission bits only), mkdir, remove and
+posix-rename; nothing else. Exec requests are split with ``shlex`` and answered::
+
+    cloud-init status --wait                   "status: done", exit 0
+    bash /root/provisioner/install.sh          waits install_seconds (stop() interrupts: exit
+        130), then needs /root/provisioner/{install.sh, server.conf, ca.crt, server.crt,
+        server.key, tls-crypt.key, crl.pem} present and non-empty, and server.conf lines
+        starting with each of the directives ca, cert, key, tls-crypt, crl-verify. Then it
+        copies the six files after install.sh into /etc/openvpn/server/, writes
+        /var/lib/provisioner/installed, prints "provisioner-install: ok", exit 0 (again on
+        a rerun). Else one stderr line per problem, nothing copied, exit 1:
+        "provisioner-install: missing /root/provisioner/ca.crt" (or "empty ..."),
+        "provisioner-install: /root/provisioner/server.conf has no 'crl-verify' directive"
+    systemctl is-active openvpn-server@server  "active", exit 0 once installed; else "inactive", 3
+    rm -f PATH...                              exit 0 (missing files are fine); directory or
+                                               refused path: stderr, exit 1
+    cat PATH...                                the contents; missing/refused: stderr, exit 1
+    true                                       exit 0
+    anything else                              stderr "simulated host: command not supported:
+                                               <command>", exit 127
+
+Faults (``set_fault(target, kind, **params)``, target a host IP or ``"*"``; ``clear_faults()``):
+``refuse`` stop listening (ECONNREFUSED); ``hang`` accept TCP, never send the banner (until
+clear_faults/stop); ``wrong_host_key`` present another ed25519 key; ``command_hang`` exec never
+answers until the client closes the channel or stop() (``match="text"``: only commands
+containing it).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import posixpath
+import shlex
+import shutil
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paramiko
+
+from provisioner.cloudinit import generate_host_key, parse_user_data
+
+log = logging.getLogger(__name__)
+PARAMIKO_LOGGER = "provisioner.sandbox.hosts.paramiko"
+logging.getLogger(PARAMIKO_LOGGER).setLevel(logging.CRITICAL)  # resets by departing clients are noise
+
+INSTALL_DIR = "/root/provisioner"
+INSTALL_FILES = ("install.sh", "server.conf", "ca.crt", "server.crt", "server.key", "tls-crypt.key", "crl.pem")
+CONF_DIRECTIVES = ("ca", "cert", "key", "tls-crypt", "crl-verify")
+INSTALLED_MARKER = "/var/lib/provisioner/installed"
+FAULT_KINDS = {"refuse": set(), "hang": set(), "wrong_host_key": set(), "command_hang": {"match"}}
+_HANG_BOUND = 600.0  # a hung exec still ends at stop(); this only bounds a forgotten one
+
+
+class SimulatedHostError(RuntimeError):
+    """The simulator cannot do what was asked (bad address, port in use, bad user_data)."""
+
+
+def _pkey(private_pem: str) -> paramiko.PKey:
+    return paramiko.Ed25519Key.from_private_key(io.StringIO(private_pem))
+
+
+def _mode(attr: paramiko.SFTPAttributes, default: int) -> int:
+    return default if attr.st_mode is None else attr.st_mode & 0o777
+
+
+def local_path(host_dir: Path, remote: str) -> Path | None:
+    """Where ``remote`` lives inside the host dir, or None for a path that tries to leave it."""
+    full = remote if remote.startswith("/") else f"/root/{remote}"
+    parts = [p for p in full.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return None
+    path = host_dir.joinpath(*parts)
+    # a symlink someone placed from outside still never leads out of the host dir
+    return path if path.resolve().is_relative_to(host_dir.resolve()) else None
+
+
+class _Handle(paramiko.SFTPHandle):
+    def __init__(self, fileobj: Any, flags: int) -> None:
+        super().__init__(flags)
+        self.readfile = self.writefile = fileobj
+
+    def stat(self) -> Any:
+        return paramiko.SFTPAttributes.from_stat(os.fstat(self.readfile.fileno()))
+
+    def chattr(self, attr: paramiko.SFTPAttributes) -> int:
+        if attr.st_mode is not None:
+            os.fchmod(self.readfile.fileno(), _mode(attr, 0))
+        return paramiko.SFTP_OK
+
+
+class _SFTP(paramiko.SFTPServerInterface):
+    def __init__(self, server: object, host_dir: Path) -> None:
+        super().__init__(server)
+        self._dir = host_dir
+
+    def _do(self, remote: str, action: Callable[[Path], Any]) -> Any:
+        path = local_path(self._dir, remote)
+        if path is None:
+            return paramiko.SFTP_PERMISSION_DENIED
+        try:
+            result = action(path)
+        except OSError as exc:
+            return paramiko.SFTPServer.convert_errno(exc.errno)
+        return paramiko.SFTP_OK if result is None else result
+
+    def canonicalize(self, path: str) -> str:
+        return posixpath.normpath("/" + (path if path.startswith("/") else f"root/{path}").lstrip("/"))
+
+    def stat(self, path: str) -> Any:
+        return self._do(path, lambda p: paramiko.SFTPAttributes.from_stat(p.stat()))
+
+    def lstat(self, path: str) -> Any:
+        return self._do(path, lambda p: paramiko.SFTPAttributes.from_stat(p.lstat()))
+
+    def open(self, path: str, flags: int, attr: paramiko.SFTPAttributes) -> Any:
+        mode = {os.O_RDONLY: "rb", os.O_WRONLY: "wb", os.O_RDWR: "r+b"}[flags & os.O_ACCMODE]
+        opened = lambda p: os.fdopen(os.open(p, flags | os.O_NOFOLLOW, _mode(attr, 0o644)), mode)  # noqa: E731
+        return self._do(path, lambda p: _Handle(opened(p), flags))
+
+    def remove(self, path: str) -> Any:
+        return self._do(path, Path.unlink)
+
+    def mkdir(self, path: str, attr: paramiko.SFTPAttributes) -> Any:
+        return self._do(path, lambda p: p.mkdir(_mode(attr, 0o755)))
+
+    def chattr(self, path: str, attr: paramiko.SFTPAttributes) -> Any:
+        return self._do(path, lambda p: None if attr.st_mode is None else p.chmod(_mode(attr, 0)))
+
+    def posix_rename(self, oldpath: str, newpath: str) -> Any:
+        target = local_path(self._dir, newpath)
+        return paramiko.SFTP_PERMISSION_DENIED if target is None else self._do(oldpath, lambda p: os.replace(p, target))
+
+
+def _remove(path: Path) -> bytes:
+    path.unlink(missing_ok=True)
+    return b""
+
+
+class _Host(paramiko.ServerInterface):
+    """One simulated VPS: its listener, its connections and its command simulation."""
+
+    def __init__(self, hosts: SimulatedHosts, instance_id: str, ip: str, user_data: str) -> None:
+        try:
+            parsed = parse_user_data(user_data)
+        except ValueError as exc:
+            raise SimulatedHostError(f"instance {instance_id}: {exc}") from None
+        self.hosts, self.instance_id, self.ip, self.user_data = hosts, instance_id, ip, user_data
+        self.dir = hosts.root_dir / instance_id
+        self.host_key = _pkey(parsed.host_private)
+        self.authorized = {tuple(line.split()[:2]) for line in parsed.authorized_keys}
+        self.stopping = threading.Event()
+        self.listener: socket.socket | None = None
+        self.transports: list[paramiko.Transport] = []
+        self.hung: list[socket.socket] = []
+        self.running: list[str] = []  # all four guarded by hosts.activity
+
+    def get_allowed_auths(self, username: str) -> str:
+        return "publickey"
+
+    def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
+        known = username == "root" and (key.get_name(), key.get_base64()) in self.authorized
+        return paramiko.AUTH_SUCCESSFUL if known else paramiko.AUTH_FAILED
+
+    def check_channel_request(self, kind: str, chanid: int) -> int:
+        return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+
+    def check_channel_exec_request(self, channel: paramiko.Channel, command: bytes) -> bool:
+        # paramiko sends the reply to this request only after we return, so the work runs in
+        # its own thread, which never closes the channel before the client does (see exec).
+        text = command.decode("utf-8", "replace")
+        threading.Thread(target=self.exec, args=(channel, text), name="simhost-exec", daemon=True).start()
+        return True
+
+    def listen(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.ip, self.hosts.ssh_port))
+            sock.listen(16)
+        except OSError as exc:
+            sock.close()
+            raise SimulatedHostError(f"cannot listen on {self.ip}:{self.hosts.ssh_port}: {exc.strerror}") from None
+        with self.hosts.activity:
+            self.listener = sock
+        threading.Thread(target=self._accept_loop, args=(sock,), name=f"simhost-{self.ip}", daemon=True).start()
+
+    def unlisten(self) -> None:
+        with self.hosts.activity:
+            sock, self.listener = self.listener, None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in _accept_loop
+            except OSError as exc:
+                log.debug("simulated host %s: listener shutdown: %s", self.ip, exc.strerror)
+            sock.close()
+
+    def release_hung(self) -> None:
+        with self.hosts.activity:
+            hung, self.hung = self.hung, []
+        for sock in hung:
+            sock.close()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.unlisten()
+        self.release_hung()
+        with self.hosts.activity:
+            transports, self.transports = self.transports, []
+        for transport in transports:
+            transport.close()  # also closes its channels, which ends their exec threads
+
+    def _accept_loop(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # the listener was shut down: stop(), or a "refuse" fault
+            try:
+                self._serve(conn)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                log.warning("simulated host %s: could not serve a connection: %s", self.ip, exc)
+                conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        transport = None
+        if self.hosts.fault(self.ip, "hang") is None:
+            wrong = self.hosts.fault(self.ip, "wrong_host_key") is not None
+            transport = paramiko.Transport(conn)
+            transport.set_log_channel(PARAMIKO_LOGGER)
+            transport.add_server_key(self.hosts.alternate_host_key() if wrong else self.host_key)
+            transport.set_subsystem_handler("sftp", paramiko.SFTPServer, _SFTP, self.dir)
+            transport.start_server(event=threading.Event(), server=self)
+        with self.hosts.activity:
+            if transport is None:
+                self.hung.append(conn)
+            else:
+                self.transports = [t for t in self.transports if t.is_active()] + [transport]
+            self.hosts.activity.notify_all()
+        if self.stopping.is_set():  # stop() ran meanwhile and may have missed this one
+            self.stop()
+
+    def exec(self, chan: paramiko.Channel, command: str) -> None:
+        with self.hosts.activity:
+            self.running.append(command)
+            self.hosts.activity.notify_all()
+        try:
+            hang = self.hosts.fault(self.ip, "command_hang")
+            if hang is not None and hang.get("match", "") in command:
+                log.debug("simulated host %s: %r hangs (fault)", self.ip, command)
+                chan.status_event.wait(_HANG_BOUND)  # set when the channel closes: client or stop()
+                return
+            out, err, status = self.run_command(command)
+            log.debug("simulated host %s: %r exited %d", self.ip, command, status)
+            chan.sendall(out)
+            chan.sendall_stderr(err)
+            chan.send_exit_status(status)
+            chan.shutdown_write()
+            # Closing before paramiko has sent the exec reply makes the client fail with
+            # "Channel closed" (REFERENCE §5.5), so the client closes first; bounded.
+            chan.status_event.wait(2.0)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("simulated host %s: client went away during %r: %s", self.ip, command, exc)
+        finally:
+            chan.close()
+            with self.hosts.activity:
+                self.running.remove(command)
+
+    def _path(self, remote: str) -> Path:
+        path = local_path(self.dir, remote)
+        if path is None:
+            raise PermissionError(f"{remote}: refused, outside the host")
+        return path
+
+    def run_command(self, command: str) -> tuple[bytes, bytes, int]:
+        try:
+            argv = shlex.split(command)
+        except ValueError:
+            argv = []
+        if argv == ["cloud-init", "status", "--wait"]:
+            return b"status: done\n", b"", 0
+        if argv == ["bash", f"{INSTALL_DIR}/install.sh"]:
+            return self._install()
+        if argv == ["systemctl", "is-active", "openvpn-server@server"]:
+            if self._path(INSTALLED_MARKER).is_file():
+                return b"active\n", b"", 0
+            return b"inactive\n", b"", 3
+        if argv == ["true"]:
+            return b"", b"", 0
+        if argv[:2] == ["rm", "-f"]:
+            return self._each(argv[2:], "rm", _remove)
+        if argv[:1] == ["cat"] and len(argv) > 1:
+            return self._each(argv[1:], "cat", lambda p: p.read_bytes())
+        return b"", f"simulated host: command not supported: {command}\n".encode(), 127
+
+    def _each(self, paths: list[str], name: str, action: Callable[[Path], bytes]) -> tuple[bytes, bytes, int]:
+        out, err = bytearray(), bytearray()
+        for remote in paths:
+            try:
+                out += action(self._path(remote))
+            except OSError as exc:
+                err += f"{name}: {remote}: {exc.strerror or exc}\n".encode()
+        return bytes(out), bytes(err), 1 if err else 0
+
+    def _install(self) -> tuple[bytes, bytes, int]:
+        if self.stopping.wait(self.hosts.install_seconds):
+            return b"", b"provisioner-install: interrupted\n", 130
+        problems = []
+        for name in INSTALL_FILES:
+            path = self._path(f"{INSTALL_DIR}/{name}")
+            if not path.is_file():
+                problems.append(f"missing {INSTALL_DIR}/{name}")
+            elif path.stat().st_size == 0:
+                problems.append(f"empty {INSTALL_DIR}/{name}")
+        conf = self._path(f"{INSTALL_DIR}/server.conf")
+        if conf.is_file():
+            words = {line.split()[0] for line in conf.read_text(errors="replace").splitlines() if line.split()}
+            problems += [f"{INSTALL_DIR}/server.conf has no {d!r} directive" for d in CONF_DIRECTIVES if d not in words]
+        if problems:
+            return b"", "".join(f"provisioner-install: {p}\n" for p in problems).encode(), 1
+        etc = self._path("/etc/openvpn/server")
+        etc.mkdir(parents=True, exist_ok=True)
+        for name in INSTALL_FILES[1:]:
+            shutil.copy(self._path(f"{INSTALL_DIR}/{name}"), etc / name)
+        marker = self._path(INSTALLED_MARKER)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("installed by the simulated install.sh\n")
+        return b"provisioner-install: ok\n", b"", 0
+
+
+@dataclass(eq=False)
+class SimulatedHosts:
+    """Simulated VPSes on loopback addresses, one SSH port for all (see the module docstring)."""
+
+    root_dir: Path
+    ssh_port: int
+    install_seconds: float = 0.0
+    _hosts: dict[str, _Host] = field(default_factory=dict, init=False, repr=False)
+    _faults: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _alternate: paramiko.PKey | None = field(default=None, init=False, repr=False)
+    activity: threading.Condition = field(default_factory=threading.Condition, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root_dir = Path(self.root_dir)
+
+    def __enter__(self) -> SimulatedHosts:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.close_all()
+
+    def start(self, instance_id: str, ip: str, user_data: str) -> None:
+        if not instance_id or instance_id in (".", "..") or not all(c.isalnum() or c in "._-" for c in instance_id):
+            raise SimulatedHostError("an instance id may hold only letters, digits and ._-")
+        try:
+            loopback = ip_address(ip).version == 4 and ip_address(ip).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise SimulatedHostError(f"simulated hosts live on 127.0.0.0/8 only, not {ip!r}")
+        with self._lock:
+            running = self._hosts.get(instance_id)
+        if running is not None and (running.ip, running.user_data) == (ip, user_data):
+            return  # "make sure it runs": live sessions stay up
+        self.stop(instance_id)
+        host = _Host(self, instance_id, ip, user_data)
+        (host.dir / "root").mkdir(parents=True, exist_ok=True)  # an existing dir keeps its files
+        with self._lock:
+            self._hosts[instance_id] = host
+        if self.fault(ip, "refuse") is None:
+            try:
+                host.listen()
+            except SimulatedHostError:
+                self.stop(instance_id)
+                raise
+        log.info("simulated host %s up on %s:%d", instance_id, ip, self.ssh_port)
+
+    def stop(self, instance_id: str) -> None:
+        with self._lock:
+            host = self._hosts.pop(instance_id, None)
+        if host is not None:
+            host.stop()
+            log.info("simulated host %s stopped", instance_id)
+
+    def close_all(self) -> None:
+        with self._lock:
+            ids = list(self._hosts)
+        for instance_id in ids:
+            self.stop(instance_id)
+
+    def host_dir(self, instance_id: str) -> Path:
+        return self.root_dir / instance_id
+
+    def set_fault(self, target: str, kind: str, **params: Any) -> None:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault {kind!r}; known: {', '.join(sorted(FAULT_KINDS))}")
+        if set(params) - FAULT_KINDS[kind]:
+            raise ValueError(f"fault {kind!r} takes {sorted(FAULT_KINDS[kind]) or 'no'} parameters")
+        with self._lock:
+            self._faults[(target, kind)] = params
+            hosts = [h for h in self._hosts.values() if target in ("*", h.ip)]
+        if kind == "refuse":
+            for host in hosts:
+                host.unlisten()
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+            hosts = list(self._hosts.values())
+        for host in hosts:
+            host.release_hung()
+            if host.listener is None and not host.stopping.is_set():
+                host.listen()
+
+    def fault(self, ip: str, kind: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self._faults.get((ip, kind), self._faults.get(("*", kind)))
+
+    def running_commands(self) -> list[str]:
+        """Exec requests being answered right now, on every host."""
+        with self.activity:
+            return [c for h in list(self._hosts.values()) for c in h.running]
+
+    def hung_connections(self) -> int:
+        with self.activity:
+            return sum(len(h.hung) for h in list(self._hosts.values()))
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``condition()`` (e.g. ``lambda: hosts.running_commands()``) holds; False on timeout."""
+        with self.activity:
+            return self.activity.wait_for(condition, timeout)
+
+    def alternate_host_key(self) -> paramiko.PKey:
+        """The key a host presents under the "wrong_host_key" fault (one per simulator)."""
+        with self._lock:
+            if self._alternate is None:
+                self._alternate = _pkey(generate_host_key().private_pem)
+            return self._alternate
