@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from provisioner.cloud.ssh import SSHCommandFailed, SSHSession, SSHTarget
+from provisioner.cloud.ssh import SSHCommandFailed, SSHSession, SSHTarget, scrub
 from provisioner.steps import Installer
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def ssh_installer(private_key_file: str, *, connect_timeout: float, command_time
             result = ssh.run(f"bash {REMOTE_DIR}/install.sh", timeout=command_timeout, check=False)
             lines = result.stdout.strip().splitlines()
             if result.exit_status != 0 or not lines or lines[-1].strip() != OK_MARKER:
-                raise InstallFailed("install.sh", result.exit_status, result.stderr[-1000:])
+                raise InstallFailed("install.sh", result.exit_status, scrub(result.stderr[-1000:]))
             log.info("installed OpenVPN on %s", ip)
 
     return install

@@ -12,5 +12,6 @@ pytest_plugins = [
     "tests.fixtures.services",
     "tests.fixtures.edd",
     "tests.fixtures.sandbox",
+    "tests.fixtures.hosts",
     "tests.fixtures.stack",
 ]

@@ -521,7 +521,8 @@ def test_it_carries_a_rebuild_suspends_at_the_cap_and_resumes_next_month(
     assert recorded.kinds[-1] == "bandwidth_reset"
     with app.sessions() as s:   # and notify accepted every context (a refused one is only logged)
         queued = list(s.scalars(select(OutboxMessage.kind).order_by(OutboxMessage.id)))
-    assert queued == ["bandwidth_80", "bandwidth_100", "bandwidth_reset"]
+    # the lifecycle's own messages (server ready, rebuild done) come first
+    assert queued == ["server_ready", "rebuild_done", "bandwidth_80", "bandwidth_100", "bandwidth_reset"]
     # And December counts only December
     clock.jump(600)
     sync()

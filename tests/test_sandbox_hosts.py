@@ -18,7 +18,6 @@ from provisioner.cloudinit import ClientKey, generate_host_key, render_user_data
 from provisioner.sandbox.hosts import SimulatedHostError, SimulatedHosts
 from tests.fixtures.hosts import SERVER_CONF, RunningHost, free_loopback_ip, install_files, start_host
 
-pytest_plugins = ["tests.fixtures.hosts"]
 pytestmark = pytest.mark.timeout(30)
 
 INSTALL = "bash /root/provisioner/install.sh"

@@ -23,7 +23,6 @@ from provisioner.cloudinit import ClientKey, generate_client_key, generate_host_
 from provisioner.sandbox.hosts import SimulatedHosts
 from tests.fixtures.hosts import RunningHost, free_loopback_ip, install_files, start_host
 
-pytest_plugins = ["tests.fixtures.hosts"]
 pytestmark = pytest.mark.timeout(30)
 
 

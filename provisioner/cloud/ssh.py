@@ -331,7 +331,7 @@ class SSHSession:
         return bytes(out), bytes(err)
 
     def _lost(self, exc: BaseException, doing: str) -> SSHError:
-        if isinstance(exc, TimeoutError):
+        if isinstance(exc, TimeoutError) or "timeout" in str(exc).lower():  # "Timeout opening channel."
             return SSHTimeout(f"{self.target}: timed out {doing}")
         return SSHUnreachable(f"{self.target}: connection lost {doing}: {type(exc).__name__}")
 

@@ -11,13 +11,14 @@ SFTP: open/read/write, (f)stat, lstat, (f)setstat (permission bits only), mkdir,
 posix-rename; nothing else. Exec requests are split with ``shlex`` and answered::
 
     cloud-init status --wait                   "status: done", exit 0
-    bash /root/provisioner/install.sh          waits install_seconds (stop() interrupts: exit
-        130), then needs /root/provisioner/{install.sh, server.conf, ca.crt, server.crt,
-        server.key, tls-crypt.key, crl.pem} present and non-empty, and server.conf lines
-        starting with each of the directives ca, cert, key, tls-crypt, crl-verify. Then it
-        copies the six files after install.sh into /etc/openvpn/server/, writes
-        /var/lib/provisioner/installed, prints "provisioner-install: ok", exit 0 (again on
-        a rerun). Else one stderr line per problem, nothing copied, exit 1:
+    bash /root/provisioner/install.sh          waits install_seconds (stop() interrupts it: the
+        connection drops, nothing is installed), then needs /root/provisioner/{install.sh,
+        server.conf, ca.crt, server.crt, server.key, tls-crypt.key, crl.pem} present and
+        non-empty, and server.conf lines starting with each of the directives ca, cert, key,
+        tls-crypt, crl-verify. Then it copies the six files after install.sh into
+        /etc/openvpn/server/, writes /var/lib/provisioner/installed, prints
+        "provisioner-install: ok", exit 0 (the same on a rerun). Else one stderr line per
+        problem, nothing copied, exit 1:
         "provisioner-install: missing /root/provisioner/ca.crt" (or "empty ..."),
         "provisioner-install: /root/provisioner/server.conf has no 'crl-verify' directive"
     systemctl is-active openvpn-server@server  "active", exit 0 once installed; else "inactive", 3
@@ -267,6 +268,8 @@ class _Host(paramiko.ServerInterface):
                 chan.status_event.wait(_HANG_BOUND)  # set when the channel closes: client or stop()
                 return
             out, err, status = self.run_command(command)
+            if self.stopping.is_set():
+                return  # the host went down mid-command: the client sees the connection drop
             log.debug("simulated host %s: %r exited %d", self.ip, command, status)
             chan.sendall(out)
             chan.sendall_stderr(err)
@@ -278,7 +281,8 @@ class _Host(paramiko.ServerInterface):
         except (OSError, EOFError, paramiko.SSHException) as exc:
             log.debug("simulated host %s: client went away during %r: %s", self.ip, command, exc)
         finally:
-            chan.close()
+            if not self.stopping.is_set():  # else stop() drops the whole connection instead
+                chan.close()
             with self.hosts.activity:
                 self.running.remove(command)
 
@@ -320,7 +324,7 @@ class _Host(paramiko.ServerInterface):
 
     def _install(self) -> tuple[bytes, bytes, int]:
         if self.stopping.wait(self.hosts.install_seconds):
-            return b"", b"provisioner-install: interrupted\n", 130
+            return b"", b"", 130  # never sent: exec() sees the host stopping
         problems = []
         for name in INSTALL_FILES:
             path = self._path(f"{INSTALL_DIR}/{name}")
