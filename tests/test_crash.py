@@ -11,7 +11,6 @@ import sys
 
 import pytest
 
-from provisioner import operations
 from provisioner.models import Server
 from tests.fixtures.stack import Stack
 
@@ -30,18 +29,6 @@ def cli(stack: Stack, *args: str, crash_at: str | None = None) -> subprocess.Com
         env["PROVISIONER_CRASH_AT"] = crash_at
     return subprocess.run([sys.executable, "-m", "provisioner", "--config", str(stack.config_path), *args],
                           env=env, capture_output=True, text=True, timeout=120, cwd=stack.tmp)
-
-
-def create_in_process(stack: Stack) -> int:
-    stack.add_subscription(1, "ann@example.com")
-    lc = stack.lifecycle()
-    sub = stack.app.find_subscription("1")
-    assert sub is not None
-    with stack.app.sessions() as s:
-        rid = lc.begin_create(s, sub).id
-        s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
-    return rid
 
 
 def row(stack: Stack) -> Server:
@@ -80,7 +67,7 @@ def test_it_converges_after_a_crash_during_create(stack: Stack, point: str) -> N
 
 @pytest.mark.parametrize("point", REBUILD_POINTS)
 def test_it_converges_after_a_crash_during_rebuild(stack: Stack, point: str) -> None:
-    create_in_process(stack)
+    stack.create_server()
     before = row(stack)
     ovpn = stack.app.secret_box.open(before.ovpn_file_enc or "")
     assert_killed(cli(stack, "rebuild", before.server_name or "", "--location", "fra", "--wait", "60",
@@ -96,7 +83,7 @@ def test_it_converges_after_a_crash_during_rebuild(stack: Stack, point: str) -> 
 
 @pytest.mark.parametrize("point", DESTROY_POINTS)
 def test_it_converges_after_a_crash_during_destroy(stack: Stack, point: str) -> None:
-    create_in_process(stack)
+    stack.create_server()
     stack.set_subscription(1, status="expired", days=-1)
     assert_killed(cli(stack, "destroy", row(stack).server_name or "", "--wait", "60", crash_at=point))
     resume(stack)

@@ -472,13 +472,7 @@ def test_it_carries_a_rebuild_suspends_at_the_cap_and_resumes_next_month(
         return next(i["power_status"] for i in stack.state()["instances"] if i["id"] == server().instance_id)
 
     # Given a real server, created at noon UTC on Nov 30 and running for two hours (720 MB)
-    stack.add_subscription(1, "ann@example.com")
-    sub = app.find_subscription("1")
-    assert sub is not None
-    with app.sessions() as s:
-        rid = lc.begin_create(s, sub).id
-        s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    rid = stack.create_server(lc=lc)
     assert server().status == "Running" and server().bandwidth_limit_this_month == 1000 * MB
     clock.jump(7200)
     first = server().instance_id or ""

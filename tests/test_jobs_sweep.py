@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select
 
 from jobs.sweep import Resource, SweepReport, sweep
-from provisioner import operations
 from provisioner.cloud.cloudflare import CloudflareDNS
 from provisioner.cloud.vultr import VultrCloud
 from provisioner.config_schema import Settings
@@ -78,14 +77,7 @@ def sweeper(stack: Stack) -> Iterator[Sweeper]:
 
 def live_server(stack: Stack) -> Server:
     """A real server (instance, DNS record, snapshot) made by the lifecycle."""
-    stack.add_subscription(1, "ann@example.com")
-    lc = stack.lifecycle()
-    sub = stack.app.find_subscription("1")
-    assert sub is not None
-    with stack.app.sessions() as s:
-        rid = lc.begin_create(s, sub).id
-        s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    rid = stack.create_server()
     with stack.app.sessions() as s:
         row = s.get(Server, rid)
         assert row is not None and row.status == "Running", row and row.last_error

@@ -7,23 +7,9 @@ import logging
 import pytest
 from sqlalchemy import select
 
-from provisioner import operations
 from provisioner.models import Server, ServerEvent
 from provisioner.vpn.config import validate_ovpn
 from tests.fixtures.stack import Stack
-
-
-def _create(stack: Stack, sub_id: int = 1, email: str = "ann@example.com") -> int:
-    stack.add_subscription(sub_id, email)
-    lc = stack.lifecycle()
-    sub = stack.app.find_subscription(str(sub_id))
-    assert sub is not None and sub.entitled(stack.app.clock())
-    with stack.app.sessions() as s:
-        row = lc.begin_create(s, sub)
-        s.commit()
-        rid = row.id
-    operations.drive_until_idle(lc, [rid], timeout=60)
-    return rid
 
 
 def _row(stack: Stack, rid: int) -> Server:
@@ -41,7 +27,7 @@ def _ours(stack: Stack) -> tuple[list, list, list]:
 
 
 def test_it_creates_a_running_server_with_dns_and_a_working_ovpn(stack: Stack) -> None:
-    rid = _create(stack)
+    rid = stack.create_server()
     row = _row(stack, rid)
     assert row.status == "Running", row.last_error
     assert row.server_name == f"g0{rid:03d}.vpn.example.test"
@@ -61,7 +47,7 @@ def test_it_creates_a_running_server_with_dns_and_a_working_ovpn(stack: Stack) -
 
 
 def test_it_records_every_step_before_and_after_its_side_effect(stack: Stack) -> None:
-    rid = _create(stack)
+    rid = stack.create_server()
     with stack.app.sessions() as s:
         events = [(e.what, e.outcome) for e in s.scalars(select(ServerEvent).where(ServerEvent.server_id == rid)
                                                         .order_by(ServerEvent.id))]
@@ -72,16 +58,10 @@ def test_it_records_every_step_before_and_after_its_side_effect(stack: Stack) ->
 
 
 def test_it_rebuilds_into_another_region_keeping_name_and_exact_ovpn(stack: Stack) -> None:
-    rid = _create(stack)
+    rid = stack.create_server()
     before = _row(stack, rid)
     ovpn_before = stack.app.secret_box.open(before.ovpn_file_enc or "")
-    lc = stack.lifecycle()
-    with stack.app.sessions() as s:
-        row = s.get(Server, rid)
-        assert row is not None
-        lc.begin_rebuild(s, row, "ams", actor="test")
-        s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    stack.act(rid, "rebuild", "ams")
     after = _row(stack, rid)
     assert after.status == "Running", after.last_error
     assert (after.server_name, after.current_location, after.generation) == (before.server_name, "ams", 1)
@@ -94,14 +74,8 @@ def test_it_rebuilds_into_another_region_keeping_name_and_exact_ovpn(stack: Stac
 
 
 def test_it_destroys_leaving_nothing_of_ours_behind(stack: Stack) -> None:
-    rid = _create(stack)
-    lc = stack.lifecycle()
-    with stack.app.sessions() as s:
-        row = s.get(Server, rid)
-        assert row is not None
-        lc.begin_destroy(s, row, actor="test", reason="test")
-        s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    rid = stack.create_server()
+    stack.act(rid, "destroy")
     row = _row(stack, rid)
     assert row.status == "Destroyed"
     assert (row.secrets_enc, row.ovpn_file_enc, row.root_password_enc, row.instance_id) == (None, None, None, None)
@@ -110,7 +84,7 @@ def test_it_destroys_leaving_nothing_of_ours_behind(stack: Stack) -> None:
 
 @pytest.mark.parametrize("stack", [{"products": {"1": {"plan": "vc9-does-not-exist"}}}], indirect=True)
 def test_it_stops_for_a_human_on_an_unknown_plan(stack: Stack) -> None:
-    rid = _create(stack)
+    rid = stack.create_server()
     row = _row(stack, rid)
     assert row.status == "Error" and row.needs_human
     assert "Vultr refused" in (row.last_error or "")
@@ -122,7 +96,7 @@ def test_it_rides_out_transient_provider_faults(stack: Stack) -> None:
         "GET /v2/instances/{id}": {"error_rate": 0.3, "error_status": 503},
         "GET /v2/instances": {"rate_limit_first": 3, "retry_after": 0.05},
         "POST /client/v4/zones/{zone_id}/dns_records": {"error_first": 2, "error_status": 500}}})
-    rid = _create(stack)
+    rid = stack.create_server()
     row = _row(stack, rid)
     assert row.status == "Running", row.last_error
     assert len(_ours(stack)[0]) == 1
@@ -132,7 +106,7 @@ def test_it_rides_out_transient_provider_faults(stack: Stack) -> None:
 
 def test_its_logs_hold_no_secret(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    rid = _create(stack)
+    rid = stack.create_server()
     row = _row(stack, rid)
     ovpn = stack.app.secret_box.open(row.ovpn_file_enc or "").decode()
     from provisioner.steps import ServerSecrets

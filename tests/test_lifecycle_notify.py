@@ -34,13 +34,7 @@ def test_it_tells_the_customer_when_the_server_is_ready_and_when_it_is_destroyed
     assert _messages(stack) == [("server_ready", "ann@example.com")]
     _run(stack)  # nothing new happened: nothing new is sent
     assert _messages(stack) == [("server_ready", "ann@example.com")]
-    lc = stack.lifecycle()
-    with stack.app.sessions() as s:
-        row = s.get(Server, rid)
-        assert row is not None
-        lc.begin_destroy(s, row, actor="test", reason="test")
-        s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    stack.act(rid, "destroy")
     assert _messages(stack)[-1] == ("server_destroyed", "ann@example.com")
     with stack.app.sessions() as s:
         body = s.scalars(select(OutboxMessage.body)).first() or ""
