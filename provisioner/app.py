@@ -62,8 +62,15 @@ class App:
         return lambda sub: stripe_view.cross_check_ended(sub.profile_id)
 
     def server_states(self) -> list[ServerState]:
+        # Only the planner's columns: full rows would drag every server's sealed PKI and .ovpn along.
+        cols = (Server.id, Server.server_name, Server.subscription_id, Server.status, Server.action,
+                Server.step_deadline, Server.rebuild_now_status, Server.paused, Server.needs_human,
+                Server.rebuild_due_at)
         with self.sessions() as s:
-            return [ServerState.of(row) for row in s.scalars(select(Server))]
+            return [ServerState(id=r[0], name=r[1], subscription_id=r[2], status=r[3], action=r[4],
+                                step_deadline=r[5], rebuild_now=bool(r[6]), paused=bool(r[7]),
+                                needs_human=bool(r[8]), rebuild_due_at=r[9])
+                    for r in s.execute(select(*cols))]
 
     def plan_once(self) -> tuple[Plan, str | None]:
         """One planning pass. Returns the plan and, if the storefront failed, why."""
