@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from provisioner import lease
 from provisioner.cloud.cloudflare import CloudflareError
 from provisioner.cloud.retry import TransientError
 from provisioner.cloud.ssh import SSHError
@@ -190,7 +191,9 @@ class Lifecycle:
             row.lease_until = now + dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
             session.commit()
             try:
-                result = STEPS[action][step](self.ctx, row)
+                with lease.heartbeat(self.ctx.sessions, row.id, self.owner,
+                                     self.ctx.settings.lifecycle.lease_seconds, self.clock):
+                    result = STEPS[action][step](self.ctx, row)
             except Wait as w:
                 if row.step_deadline and now >= row.step_deadline:
                     self._fail(session, row, f"{w.reason} did not finish in time", permanent=False)

@@ -120,3 +120,46 @@ def test_its_logs_hold_no_secret(stack: Stack, caplog: pytest.LogCaptureFixture)
     needles += [line for line in ovpn.splitlines() if len(line) > 40][:20]
     for needle in needles:
         assert needle not in text
+
+
+def test_a_step_longer_than_the_lease_keeps_the_row_from_a_second_worker(stack: Stack) -> None:
+    """The install outlasts the 2 s lease: the first worker's heartbeat keeps the claim, so a
+    second worker finds the row busy and the install runs once, not twice in parallel."""
+    import threading
+    import time
+
+    from provisioner.lifecycle import Outcome
+
+    stack.hosts.install_seconds = 3 * stack.app.settings.lifecycle.lease_seconds
+    stack.add_subscription(1, "ann@example.com")
+    first, second = stack.lifecycle("worker-1"), stack.lifecycle("worker-2")
+    sub = stack.app.find_subscription("1")
+    assert sub is not None
+    with stack.app.sessions() as s:
+        rid = first.begin_create(s, sub).id
+        s.commit()
+
+    def installing() -> bool:
+        return any("install.sh" in c for c in stack.hosts.running_commands())
+
+    from provisioner import operations
+
+    runner = threading.Thread(target=lambda: operations.drive_until_idle(first, [rid], timeout=60))
+    runner.start()
+    deadline = time.monotonic() + 30
+    while not installing() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert installing(), "the install never started"
+    seen = []
+    while installing() and time.monotonic() < deadline:   # well past the lease's end
+        seen.append(second.advance(rid))
+        time.sleep(0.25)
+    runner.join(60)
+    assert len(seen) >= 8 and set(seen) == {Outcome.BUSY}
+    row = _row(stack, rid)
+    with stack.app.sessions() as s:
+        installs = s.scalars(select(ServerEvent).where(ServerEvent.server_id == rid,
+                                                       ServerEvent.what == "create.install",
+                                                       ServerEvent.outcome == "started")).all()
+    assert len(installs) == 1
+    assert row.status == "Running", row.last_error
