@@ -269,3 +269,37 @@ def post_webhook(client: httpx.Client, url: str, secret: str, msg: Claimed, now:
         raise DeliveryError(f"webhook: {type(exc).__name__}") from None
     if not 200 <= reply.status_code < 300:
         raise DeliveryError(f"webhook answered HTTP {reply.status_code}")
+
+
+def requeue_failed(sessions: sessionmaker[Session], now: dt.datetime, ids: list[int] | None = None) -> list[int]:
+    """Give ``failed`` messages a fresh set of attempts (an operator fixed SMTP or the webhook).
+
+    ``ids=None`` takes every failed message. Named ids must all exist and all be ``failed``,
+    or nothing changes (ValueError says which): a ``sent`` message is never sent again, and
+    one still ``pending``/``sending`` is already on its way.
+    """
+    with sessions.begin() as s:
+        query = select(OutboxMessage.id, OutboxMessage.status)
+        if ids is not None:
+            query = query.where(OutboxMessage.id.in_(ids))
+        else:
+            query = query.where(OutboxMessage.status == FAILED)
+        found = dict(s.execute(query).tuples().all())
+        if ids is not None:
+            missing = sorted(set(ids) - set(found))
+            if missing:
+                raise ValueError(f"no outbox message with id {', '.join(map(str, missing))}")
+            not_failed = sorted(i for i, st in found.items() if st != FAILED)
+            if not_failed:
+                raise ValueError("only failed messages can be retried; "
+                                 + ", ".join(f"#{i} is {found[i]}" for i in not_failed))
+        chosen = sorted(found)
+        if chosen:
+            s.execute(update(OutboxMessage)
+                      .where(OutboxMessage.id.in_(chosen), OutboxMessage.status == FAILED)
+                      .values(status=PENDING, attempts=0, next_attempt_at=now, lease_until=None)
+                      .execution_options(synchronize_session=False))
+    if chosen:
+        log.info("outbox: %d failed message(s) queued again by an operator: %s", len(chosen),
+                 ", ".join(f"#{i}" for i in chosen))
+    return chosen
