@@ -95,44 +95,7 @@ class RunResult:
     invariants: list[str] = field(default_factory=list)
 
 
-# --- simulator file descriptors, and errors the worker logs ------------------------------------------
-
-HIGH_FD_BASE = 4096
-
-
-class _HighFdSocketModule:
-    """Stands in for the ``socket`` module inside provisioner.sandbox.hosts (SIMULATOR side only):
-    every socket it makes (the simulated hosts' listeners) is moved to a descriptor >= HIGH_FD_BASE.
-
-    Why: the worker's SSH client waits on its channel with ``select.select``, which cannot take a
-    descriptor >= 1024 (ValueError "filedescriptor out of range in select()"). With N simulated
-    hosts listening in the same process, N descriptors sit below the worker's; at N ~ 1000 the
-    worker's own sockets and channel pipes land above 1024 and installs fail (thousands of times
-    per run). A real worker does not share its process with a thousand SSH servers, so the
-    benchmark keeps the simulator's listeners out of the way (``--no-high-fds`` shows the
-    failure). A few failures remain at N = 1000 (the process still peaks above 1024 descriptors
-    now and then); they are counted in the "errors" column.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(socket, name)
-
-    @staticmethod
-    def socket(*args: Any, **kwargs: Any) -> socket.socket:
-        import fcntl
-
-        low = socket.socket(*args, **kwargs)
-        try:
-            high = fcntl.fcntl(low.fileno(), fcntl.F_DUPFD_CLOEXEC, HIGH_FD_BASE)
-        finally:
-            low.close()
-        return socket.socket(fileno=high)
-
-
-def keep_simulated_hosts_high() -> None:
-    from provisioner.sandbox import hosts as sim_hosts
-
-    sim_hosts.socket = _HighFdSocketModule()  # type: ignore[assignment]
+# --- errors the worker logs ----------------------------------------------------------------------
 
 
 class ErrorCounter(logging.Handler):
@@ -413,7 +376,7 @@ def fault_document(args: argparse.Namespace) -> dict[str, Any]:
 
 def ensure_fd_room(n: int) -> str | None:
     """Raise the soft open-files limit if n hosts need it; a reason if the machine cannot."""
-    want = HIGH_FD_BASE + 2 * n + 1024
+    want = 2 * n + 2048   # each simulated host: a listener and its clients' sockets
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= want:
         return None
@@ -448,8 +411,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check-all", action="store_true", help="check the invariants after makespan runs too")
     parser.add_argument("--log-level", default="CRITICAL",
                         help="provisioner log lines shown on stderr (default CRITICAL; ERRORs are counted anyway)")
-    parser.add_argument("--no-high-fds", action="store_true",
-                        help="leave the simulated hosts' sockets at low descriptors (shows the select() limit)")
     args = parser.parse_args(argv)
     sizes = parse_sizes(QUICK_SIZES if args.quick else args.sizes)
     soak = args.soak if args.soak is not None else (50 if args.quick else 200)
@@ -467,8 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     root.addHandler(console)
     root.setLevel(min(logging.ERROR, console.level))
     logging.getLogger("provisioner").addHandler(ERRORS)
-    if not args.no_high_fds:
-        keep_simulated_hosts_high()
 
     failed = False
     notes: list[str] = []
@@ -540,10 +499,7 @@ def main(argv: list[str] | None = None) -> int:
           "CPU s = process CPU time (worker + simulator share one process, GIL included); load avg = the "
           f"machine's 1-minute load at start/end ({os.cpu_count()} cores; above that other work competed); "
           "errors = ERROR log records from the provisioner during the run (retried API faults log WARNING, "
-          "not ERROR). " + ("Simulated hosts' sockets were LEFT at low descriptors (--no-high-fds)."
-                            if args.no_high_fds else
-                            f"Simulated hosts' listening sockets were moved to descriptors >= {HIGH_FD_BASE} "
-                            "(simulator side; see --no-high-fds)."))
+          "not ERROR).")
     for note in notes:
         print(note)
     if soak_result is not None:

@@ -213,3 +213,32 @@ def test_it_refuses_to_run_before_connecting(sim_host: RunningHost) -> None:
 
     with pytest.raises(RuntimeError, match="not connected"):
         session.run("true", timeout=1)
+
+
+def test_it_runs_commands_when_the_process_already_holds_over_a_thousand_descriptors(
+        sim_host: RunningHost) -> None:
+    """A busy worker (many threads, pooled connections) gets channel descriptors >= 1024,
+    which select.select() cannot wait on: the install must still run."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 1400
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        pytest.skip(f"the hard descriptor limit is {hard}; this test needs {wanted}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    filler: list[int] = []
+    try:
+        with open(os.devnull) as null:
+            while not filler or filler[-1] < 1100:
+                filler.append(os.dup(null.fileno()))
+        sim_host.hosts.install_seconds = 0.3   # the client waits on its channel, not on ready data
+        with sim_host.session() as ssh:
+            for name, data in install_files().items():
+                ssh.put(data, f"/root/provisioner/{name}", 0o600)
+            results = [ssh.run("bash /root/provisioner/install.sh", timeout=10, check=False) for _ in range(2)]
+        assert [(r.exit_status, r.stderr) for r in results] == [(0, "")] * 2
+        assert sim_host.file("/var/lib/provisioner/installed").exists()
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

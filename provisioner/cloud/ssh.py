@@ -35,7 +35,7 @@ import io
 import logging
 import posixpath
 import re
-import select
+import selectors
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -312,20 +312,24 @@ class SSHSession:
         return result
 
     def _drain(self, chan: paramiko.Channel, deadline: float, expired: threading.Event) -> tuple[bytes, bytes]:
-        # Both streams are read to EOF *before* waiting for the exit status: a full window blocks the server
+        # Both streams are read to EOF *before* waiting for the exit status: a full window blocks the server.
+        # A selector (epoll), not select.select(): select() cannot take a descriptor >= 1024, and a busy
+        # worker's channel pipes get there ("ValueError: filedescriptor out of range in select()").
         out, err = bytearray(), bytearray()
-        while True:
-            finished = chan.eof_received or chan.closed  # looked at first: data precedes EOF
-            while chan.recv_ready():
-                out += chan.recv(_CHUNK)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(_CHUNK)
-            if finished:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or expired.is_set():
-                raise TimeoutError
-            select.select([chan], [], [], remaining)
+        with selectors.DefaultSelector() as waiter:
+            waiter.register(chan, selectors.EVENT_READ)
+            while True:
+                finished = chan.eof_received or chan.closed  # looked at first: data precedes EOF
+                while chan.recv_ready():
+                    out += chan.recv(_CHUNK)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(_CHUNK)
+                if finished:
+                    break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or expired.is_set():
+                    raise TimeoutError
+                waiter.select(remaining)
         if expired.is_set() or not chan.status_event.wait(max(deadline - time.monotonic(), 0.0)):
             raise TimeoutError
         return bytes(out), bytes(err)
