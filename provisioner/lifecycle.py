@@ -215,6 +215,15 @@ class Lifecycle:
             except (CloudflareError, VultrError) as exc:  # permanent API errors (4xx)
                 self._fail(session, row, _human(exc), permanent=True)
                 return Outcome.FAILED
+            except Exception as exc:  # noqa: BLE001 - a bug or an unmapped library error
+                # Recorded and backed off like a transient error: unrecorded, the row would be due
+                # again at once and retried hot forever, never reaching "needs a human".
+                log.exception("server %s sub=%s: unexpected error in %s.%s", row.server_name or row.id,
+                              row.subscription_id, action, step)
+                session.rollback()  # the step's ids are already committed; drop half-made changes
+                self._fail(session, row, f"unexpected {type(exc).__name__} in step {step} (see the worker's log)",
+                           permanent=False)
+                return Outcome.FAILED
             maybe_crash(f"{action}.{step}")
             self._advance_to(session, row, action, step, result)
         return Outcome.WAITING

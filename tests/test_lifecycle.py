@@ -163,3 +163,31 @@ def test_a_step_longer_than_the_lease_keeps_the_row_from_a_second_worker(stack: 
                                                        ServerEvent.outcome == "started")).all()
     assert len(installs) == 1
     assert row.status == "Running", row.last_error
+
+
+def test_an_unexpected_error_in_a_step_is_recorded_backed_off_and_handed_to_a_human(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug (here: a ValueError from the install step) must not be retried hot forever."""
+    from provisioner import operations
+    from provisioner.steps import STEPS
+
+    calls: list[int] = []
+
+    def broken_install(ctx: object, row: Server) -> str:
+        calls.append(row.id)
+        raise ValueError("something no adapter maps")
+
+    monkeypatch.setitem(STEPS["create"], "install", broken_install)
+    stack.add_subscription(1, "ann@example.com")
+    lc = stack.lifecycle()
+    sub = stack.app.find_subscription("1")
+    assert sub is not None
+    with stack.app.sessions() as s:
+        rid = lc.begin_create(s, sub).id
+        s.commit()
+    operations.drive_until_idle(lc, [rid], timeout=30)
+    row = _row(stack, rid)
+    max_attempts = stack.app.settings.lifecycle.max_attempts
+    assert (row.needs_human, row.status, row.attempts) == (True, "Error", max_attempts)
+    assert row.last_error == "unexpected ValueError in step install (see the worker's log)"
+    assert len(calls) == max_attempts
