@@ -114,6 +114,8 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
             try:
                 if what == "rebuild":
                     lc.begin_rebuild(s, row, args.location, actor=f"operator:{user}")
+                elif what == "retry":
+                    lc.retry(s, row, actor=f"operator:{user}")
                 else:
                     lc.begin_destroy(s, row, actor=f"operator:{user}", reason="requested by an operator")
             except (ServerBusy, ValueError) as exc:
@@ -145,6 +147,10 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     return _operator_action(args, "destroy")
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    return _operator_action(args, "retry")
 
 
 def cmd_ovpn(args: argparse.Namespace) -> int:
@@ -299,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--location", default="random", help="region id, or 'random' (default)")
     de = add("destroy", cmd_destroy, "destroy a server: instance, DNS record, snapshot and secrets")
     de.add_argument("server", help="server name or #id")
-    for sp in (cr, rb, de):
+    re_ = add("retry", cmd_retry, "resume a server's stuck action once its cause is fixed (clears 'needs a human')")
+    re_.add_argument("server", help="server name or #id")
+    for sp in (cr, rb, de, re_):
         sp.add_argument("--wait", type=float, metavar="SECONDS", default=0,
                         help="keep driving until done, at most SECONDS (default: one pass)")
     ov = add("ovpn", cmd_ovpn, "write the customer's .ovpn to standard output")

@@ -112,6 +112,17 @@ class Lifecycle:
             return
         self._start(session, row, "destroy", actor, reason)
 
+    def retry(self, session: Session, row: Server, actor: str) -> None:
+        """An operator fixed the cause: resume the stuck action at its step with fresh attempts."""
+        if not row.action:
+            raise ServerBusy(f"server {row.server_name or row.id} has nothing to retry (status {row.status})")
+        if not row.needs_human and not row.attempts:
+            raise ServerBusy(f"server {row.server_name or row.id} is not stuck ({row.action} {row.step} is running)")
+        row.needs_human, row.attempts, row.next_attempt_at = False, 0, None
+        row.step_deadline = self.clock() + self.ctx.budget(row.step or first_step(row.action))
+        self.event(session, row, f"{row.action}.retry", "info", f"at step {row.step}; last error: {row.last_error}",
+                   actor=actor)
+
     def pick_location(self, row: Server, location: str | None) -> str:
         product = self.ctx.settings.product(row.product_id)
         if product is None:

@@ -31,7 +31,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess[str], code: int, nee
 
 def test_it_prints_help_for_every_command(tmp_path: Path) -> None:
     for args in (["--help"], ["check", "--help"], ["servers", "--help"], ["events", "--help"], ["db", "--help"],
-                 ["outbox", "--help"], ["outbox", "retry", "--help"]):
+                 ["outbox", "--help"], ["outbox", "retry", "--help"], ["retry", "--help"]):
         proc = run(tmp_path, *args)
         assert proc.returncode == 0 and "usage: provisioner" in proc.stdout
 

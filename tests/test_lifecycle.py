@@ -191,3 +191,39 @@ def test_an_unexpected_error_in_a_step_is_recorded_backed_off_and_handed_to_a_hu
     assert (row.needs_human, row.status, row.attempts) == (True, "Error", max_attempts)
     assert row.last_error == "unexpected ValueError in step install (see the worker's log)"
     assert len(calls) == max_attempts
+
+
+def test_an_operator_retries_a_server_that_needs_a_human_once_the_cause_is_fixed(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from provisioner import operations
+    from provisioner.cli import main
+    from provisioner.steps import STEPS
+
+    def broken_dns(ctx: object, row: Server) -> str:
+        raise ValueError("a bug, since fixed")
+
+    monkeypatch.setitem(STEPS["create"], "dns", broken_dns)
+    stack.add_subscription(1, "ann@example.com")
+    lc = stack.lifecycle()
+    sub = stack.app.find_subscription("1")
+    assert sub is not None
+    with stack.app.sessions() as s:
+        rid = lc.begin_create(s, sub).id
+        s.commit()
+    operations.drive_until_idle(lc, [rid], timeout=30)
+    assert _row(stack, rid).needs_human
+    instance = _row(stack, rid).instance_id
+    monkeypatch.undo()                                     # the fix is deployed
+
+    assert main(["--config", str(stack.config_path), "retry", f"#{rid}", "--wait", "30"]) == 0
+    row = _row(stack, rid)
+    assert (row.status, row.needs_human, row.action) == ("Running", False, None)
+    assert row.instance_id == instance                     # resumed at its step, not rebuilt from scratch
+    assert [r["name"] for r in stack.state()["records"]] == [row.server_name]
+    with stack.app.sessions() as s:
+        retried = s.scalars(select(ServerEvent).where(ServerEvent.server_id == rid,
+                                                      ServerEvent.what == "create.retry")).one()
+    assert retried.actor.startswith("operator:") and "at step dns" in retried.detail
+    capsys.readouterr()
+    assert main(["--config", str(stack.config_path), "retry", f"#{rid}"]) == 2
+    assert "has nothing to retry (status Running)" in capsys.readouterr().err
