@@ -7,6 +7,7 @@ import logging
 import pytest
 from sqlalchemy import select
 
+from provisioner.lifecycle import Lifecycle
 from provisioner.models import Server, ServerEvent
 from provisioner.vpn.config import validate_ovpn
 from tests.fixtures.stack import Stack
@@ -17,6 +18,17 @@ def _row(stack: Stack, rid: int) -> Server:
         row = s.get(Server, rid)
         assert row is not None
         return row
+
+
+def _begin_create(stack: Stack, lc: Lifecycle) -> int:
+    """A subscription and its server's create, started but not driven."""
+    stack.add_subscription(1, "ann@example.com")
+    sub = stack.app.find_subscription("1")
+    assert sub is not None
+    with stack.app.sessions() as s:
+        rid = lc.begin_create(s, sub).id
+        s.commit()
+    return rid
 
 
 def _ours(stack: Stack) -> tuple[list, list, list]:
@@ -131,13 +143,8 @@ def test_a_step_longer_than_the_lease_keeps_the_row_from_a_second_worker(stack: 
     from provisioner.lifecycle import Outcome
 
     stack.hosts.install_seconds = 3 * stack.app.settings.lifecycle.lease_seconds
-    stack.add_subscription(1, "ann@example.com")
     first, second = stack.lifecycle("worker-1"), stack.lifecycle("worker-2")
-    sub = stack.app.find_subscription("1")
-    assert sub is not None
-    with stack.app.sessions() as s:
-        rid = first.begin_create(s, sub).id
-        s.commit()
+    rid = _begin_create(stack, first)
 
     def installing() -> bool:
         return any("install.sh" in c for c in stack.hosts.running_commands())
@@ -178,13 +185,8 @@ def test_an_unexpected_error_in_a_step_is_recorded_backed_off_and_handed_to_a_hu
         raise ValueError("something no adapter maps")
 
     monkeypatch.setitem(STEPS["create"], "install", broken_install)
-    stack.add_subscription(1, "ann@example.com")
     lc = stack.lifecycle()
-    sub = stack.app.find_subscription("1")
-    assert sub is not None
-    with stack.app.sessions() as s:
-        rid = lc.begin_create(s, sub).id
-        s.commit()
+    rid = _begin_create(stack, lc)
     operations.drive_until_idle(lc, [rid], timeout=30)
     row = _row(stack, rid)
     max_attempts = stack.app.settings.lifecycle.max_attempts
@@ -203,13 +205,8 @@ def test_an_operator_retries_a_server_that_needs_a_human_once_the_cause_is_fixed
         raise ValueError("a bug, since fixed")
 
     monkeypatch.setitem(STEPS["create"], "dns", broken_dns)
-    stack.add_subscription(1, "ann@example.com")
     lc = stack.lifecycle()
-    sub = stack.app.find_subscription("1")
-    assert sub is not None
-    with stack.app.sessions() as s:
-        rid = lc.begin_create(s, sub).id
-        s.commit()
+    rid = _begin_create(stack, lc)
     operations.drive_until_idle(lc, [rid], timeout=30)
     assert _row(stack, rid).needs_human
     instance = _row(stack, rid).instance_id
