@@ -219,15 +219,17 @@ def _note_waiting(sessions: sessionmaker[Session], now: dt.datetime, report: Sen
     if not idle:
         return
     with sessions() as s:
-        report.waiting = int(s.scalar(select(func.count()).select_from(OutboxMessage).where(
-            OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now,
-            OutboxMessage.channel.in_(idle))) or 0)
-    for channel in idle:
-        if report.waiting and channel not in _said_waiting:
+        counts = dict(s.execute(
+            select(OutboxMessage.channel, func.count()).where(
+                OutboxMessage.status == PENDING, OutboxMessage.next_attempt_at <= now,
+                OutboxMessage.channel.in_(idle)).group_by(OutboxMessage.channel)).tuples().all())
+    report.waiting = sum(counts.values())
+    for channel in idle:  # per channel: email waiting says nothing about the webhook
+        if counts.get(channel) and channel not in _said_waiting:
             _said_waiting.add(channel)
             setting = "notify.smtp_host" if channel == EMAIL else "notify.webhook_url"
-            log.warning("outbox: %s messages are waiting: %s is not set (they are kept and sent once it is)",
-                        channel, setting)
+            log.warning("outbox: %d %s message(s) waiting: %s is not set (they are kept and sent once it is)",
+                        counts[channel], channel, setting)
 
 
 def email_message(msg: Claimed, from_address: str, now: dt.datetime) -> EmailMessage:

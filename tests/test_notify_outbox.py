@@ -150,6 +150,9 @@ def test_it_keeps_email_pending_while_no_smtp_host_is_set(tmp_path: Path, caplog
     assert (row.status, row.attempts) == (PENDING, 0)
     said = [r for r in caplog.records if "notify.smtp_host is not set" in r.getMessage()]
     assert len(said) == 1      # once per process, not every minute
+    assert "1 email message(s) waiting" in said[0].getMessage()
+    # no webhook is configured and none was queued: nothing to say about it
+    assert not [r for r in caplog.records if "webhook_url" in r.getMessage()]
     app.engine.dispose()
 
 
