@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from provisioner.app import App  # noqa: E402
 from provisioner.models import Server, ServerEvent  # noqa: E402
 from provisioner.settings import load_settings  # noqa: E402
 from tests.fixtures.config import write_config  # noqa: E402
+from tests.fixtures.net import free_port  # noqa: E402
 
 OWNER = "Bench.Owner@example.com"   # mixed case on purpose: the lookup is case-insensitive
 OWNED = 5
@@ -122,12 +122,6 @@ def query_plan_and_timing(app: App) -> tuple[str, float, float]:
             return (time.perf_counter() - started) / n
 
         return plan, timed(sql, 200), timed(scan, 5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -43,7 +43,6 @@ import logging
 import os
 import random
 import resource
-import socket
 import sys
 import tempfile
 import threading
@@ -67,6 +66,7 @@ from provisioner.sandbox.app import Sandbox  # noqa: E402
 from provisioner.sandbox.config import SandboxConfig  # noqa: E402
 from provisioner.sandbox.hosts import SimulatedHosts  # noqa: E402
 from provisioner.storefront import eddschema  # noqa: E402
+from tests.fixtures.net import free_port  # noqa: E402
 
 DEFAULT_SIZES = "10,100,1000"
 QUICK_SIZES = "10,100"
@@ -115,12 +115,6 @@ ERRORS = ErrorCounter()
 
 
 # --- the stack -------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @dataclass
 class Stack:

@@ -14,8 +14,9 @@ from provisioner.cli import main
 from provisioner.models import Server
 from provisioner.models_extra import FAILED, PENDING, SENT, OutboxMessage
 from provisioner.outbox import send_pending
+from tests.fixtures.net import free_port
 from tests.fixtures.notify import add_server, notify_app
-from tests.fixtures.smtp import free_port, smtp_server
+from tests.fixtures.smtp import smtp_server
 
 
 def _queue(app: App, server: Server, key: str) -> None:

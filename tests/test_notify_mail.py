@@ -8,7 +8,8 @@ from email.message import EmailMessage
 import pytest
 
 from provisioner.cloud.mail import MailConfigError, MailPermanent, MailTransient, SmtpConfig, SmtpMailer
-from tests.fixtures.smtp import Cert, free_port, self_signed_cert, smtp_server
+from tests.fixtures.net import free_port
+from tests.fixtures.smtp import Cert, self_signed_cert, smtp_server
 
 PASSWORD = "correct-horse-battery-staple"
 

@@ -14,8 +14,9 @@ from provisioner.app import App
 from provisioner.models import Server
 from provisioner.models_extra import FAILED, PENDING, SENDING, SENT, OutboxMessage
 from provisioner.outbox import LEASE, backoff, claim, send_pending
+from tests.fixtures.net import free_port
 from tests.fixtures.notify import add_server, notify_app
-from tests.fixtures.smtp import free_port, smtp_server
+from tests.fixtures.smtp import smtp_server
 
 NOW = dt.datetime(2026, 5, 10, 12, 0, tzinfo=dt.UTC)
 MINUTE = dt.timedelta(minutes=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import secrets
-import socket
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from provisioner.storefront.demo import (
 from provisioner.storefront.edd import EddStorefront, table_name
 from provisioner.subscriptions import StorefrontUnavailable, Subscription
 from tests.fixtures.edd import PrefixFactory
+from tests.fixtures.net import free_port
 
 UTC = dt.UTC
 NOW = dt.datetime(2025, 6, 15, 12, 0, tzinfo=UTC)
@@ -71,12 +71,6 @@ def by_id(subs: list[Subscription]) -> dict[int, Subscription]:
 
 def entitled_ids(subs: list[Subscription], now: dt.datetime) -> set[int]:
     return {int(s.id) for s in subs if s.entitled(now)}
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- entitlement -------------------------------------------------------------------------
@@ -467,7 +461,7 @@ def test_it_is_unavailable_when_a_table_is_missing(edd_engine: Engine, edd_prefi
 def test_it_is_unavailable_when_the_database_cannot_be_reached(backend: str, tmp_path) -> None:
     # Given a MySQL server that refuses connections, or an SQLite path that cannot be opened
     if backend == "mysql":
-        engine = make_engine(f"mysql+pymysql://wp:s3cret-pw@127.0.0.1:{closed_port()}/wordpress")
+        engine = make_engine(f"mysql+pymysql://wp:s3cret-pw@127.0.0.1:{free_port()}/wordpress")
         expected = "Can't connect"
     else:
         engine = create_engine(f"sqlite:///{tmp_path}")  # a directory

@@ -13,7 +13,7 @@ from provisioner.app import App
 from provisioner.models_extra import StripeSubscription
 from provisioner.storefront.stripe import StripeStorefront
 from provisioner.subscriptions import StorefrontUnavailable
-from tests.fixtures.smtp import free_port
+from tests.fixtures.net import free_port
 from tests.fixtures.stripe_api import FakeStripe, fake_stripe
 from tests.fixtures.stripe_events import event, invoice, make_app, subscription
 
