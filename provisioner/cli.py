@@ -13,9 +13,16 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from provisioner import __version__, display
 from provisioner.settings import ConfigError, load_settings
+
+if TYPE_CHECKING:  # imported lazily at run time to keep --help fast
+    from sqlalchemy.orm import Session
+
+    from provisioner.app import App
+    from provisioner.models import Server
 
 log = logging.getLogger("provisioner")
 
@@ -44,6 +51,13 @@ def make_app(args: argparse.Namespace):  # -> App, imported lazily to keep --hel
     from provisioner.app import App
 
     return App(load_settings(config_path(args)))
+
+
+def named_server(app: App, session: Session, ref: str) -> Server:
+    server = app.find_server(session, ref)
+    if server is None:
+        raise UsageError(f"no server named {ref!r} (see `provisioner servers`)")
+    return server
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -107,10 +121,7 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
             except ServerBusy as exc:
                 raise UsageError(str(exc)) from None
         else:
-            found = app.find_server(s, args.server)
-            if found is None:
-                raise UsageError(f"no server named {args.server!r} (see `provisioner servers`)")
-            row = found
+            row = named_server(app, s, args.server)
             try:
                 if what == "rebuild":
                     lc.begin_rebuild(s, row, args.location, actor=f"operator:{user}")
@@ -159,9 +170,7 @@ def cmd_ovpn(args: argparse.Namespace) -> int:
     app = make_app(args)
     db.require_schema(app.engine)
     with app.sessions() as s:
-        row = app.find_server(s, args.server)
-        if row is None:
-            raise UsageError(f"no server named {args.server!r} (see `provisioner servers`)")
+        row = named_server(app, s, args.server)
         if not row.ovpn_file_enc:
             raise UsageError(f"server {row.server_name or row.id} has no .ovpn yet (status {row.status})")
         data = app.secret_box.open(row.ovpn_file_enc)
@@ -195,9 +204,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     app = make_app(args)
     db.require_schema(app.engine)
     with app.sessions() as s:
-        server = app.find_server(s, args.server)
-        if server is None:
-            raise UsageError(f"no server named {args.server!r} (see `provisioner servers`)")
+        server = named_server(app, s, args.server)
         events = app.events(s, server.id, limit=args.limit)
     if args.json:
         print(json.dumps([display.event_json(e) for e in events], indent=2))
