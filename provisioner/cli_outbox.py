@@ -10,15 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
-from typing import Any
 
 from provisioner.models_extra import FAILED, PENDING, SENDING, SENT
 
 STATUSES = (PENDING, SENDING, SENT, FAILED)
-
-
-def _when(value: Any) -> str:
-    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
@@ -35,16 +30,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         query = query.where(OutboxMessage.status == args.status)
     with app.sessions() as s:
         rows = list(s.scalars(query))
-    if args.json:
-        print(json.dumps([{"id": m.id, "kind": m.kind, "channel": m.channel, "recipient": m.recipient,
-                           "status": m.status, "attempts": m.attempts, "server_id": m.server_id,
-                           "created_at": _when(m.created_at), "next_attempt_at": _when(m.next_attempt_at),
-                           "sent_at": _when(m.sent_at), "last_error": m.last_error} for m in rows], indent=2))
-        return 0
-    print(display.table(["ID", "KIND", "CHANNEL", "TO", "STATUS", "TRIES", "CREATED (UTC)", "LAST ERROR"],
-                        [[str(m.id), m.kind, m.channel, m.recipient, m.status, str(m.attempts),
-                          _when(m.created_at), (m.last_error or "").splitlines()[0][:60] if m.last_error else ""]
-                         for m in rows]))
+    print(json.dumps([display.outbox_json(m) for m in rows], indent=2) if args.json else display.outbox_table(rows))
     return 0
 
 

@@ -1,11 +1,13 @@
-"""Human-readable and JSON renderings of plans, servers and events for the CLI."""
+"""Human-readable and JSON renderings of plans, servers, events and the outbox for the CLI."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
 from provisioner.models import Server, ServerEvent
+from provisioner.models_extra import OutboxMessage
 from provisioner.reconcile import Plan
 
 
@@ -16,6 +18,11 @@ def human_bytes(n: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
     return f"{n} B"
+
+
+def when(value: dt.datetime | None) -> str:
+    """A UTC time as the tables show it; empty for none."""
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -69,7 +76,19 @@ def events_table(events: Sequence[ServerEvent]) -> str:
     if not events:
         return "no events"
     return table(["WHEN (UTC)", "ACTOR", "WHAT", "OUTCOME", "DETAIL"],
-                 [[e.at.strftime("%Y-%m-%d %H:%M:%S"), e.actor, e.what, e.outcome, e.detail] for e in events])
+                 [[when(e.at), e.actor, e.what, e.outcome, e.detail] for e in events])
+
+
+def outbox_json(m: OutboxMessage) -> dict[str, Any]:
+    return {"id": m.id, "kind": m.kind, "channel": m.channel, "recipient": m.recipient, "status": m.status,
+            "attempts": m.attempts, "server_id": m.server_id, "created_at": when(m.created_at),
+            "next_attempt_at": when(m.next_attempt_at), "sent_at": when(m.sent_at), "last_error": m.last_error}
+
+
+def outbox_table(messages: Sequence[OutboxMessage]) -> str:
+    return table(["ID", "KIND", "CHANNEL", "TO", "STATUS", "TRIES", "CREATED (UTC)", "LAST ERROR"],
+                 [[str(m.id), m.kind, m.channel, m.recipient, m.status, str(m.attempts), when(m.created_at),
+                   m.last_error.splitlines()[0][:60] if m.last_error else ""] for m in messages])
 
 
 def job_result(name: str, result: Any) -> str:
