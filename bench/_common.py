@@ -22,8 +22,8 @@ if str(ROOT) not in sys.path:
 
 from sqlalchemy.engine import make_url  # noqa: E402
 
-from provisioner.config_schema import Settings  # noqa: E402
 from provisioner.settings import load_settings  # noqa: E402
+from provisioner.settings.schema import Settings  # noqa: E402
 from tests.fixtures.config import dump_toml, sandbox_config  # noqa: E402
 
 MYSQL_ENV = "PROVISIONER_TEST_MYSQL_URL"

@@ -39,9 +39,9 @@ from sqlalchemy import insert, text  # noqa: E402
 from dashboard_api.queries import customer_servers_query  # noqa: E402
 from dashboard_api.tokens import mint_token  # noqa: E402
 from provisioner import db  # noqa: E402
-from provisioner.app import App  # noqa: E402
 from provisioner.models import Server, ServerEvent  # noqa: E402
 from provisioner.settings import load_settings  # noqa: E402
+from provisioner.wiring import App  # noqa: E402
 from tests.fixtures.config import write_config  # noqa: E402
 from tests.fixtures.net import free_port  # noqa: E402
 

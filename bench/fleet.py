@@ -58,7 +58,6 @@ from _common import fmt_s, log, median, parse_sizes, print_table, write_settings
 from sqlalchemy import func, select, text  # noqa: E402
 
 from provisioner import db, operations, wiring  # noqa: E402
-from provisioner.app import App  # noqa: E402
 from provisioner.cloudinit import generate_client_key  # noqa: E402
 from provisioner.lifecycle import Lifecycle  # noqa: E402
 from provisioner.models import Server, Status  # noqa: E402
@@ -66,6 +65,7 @@ from provisioner.sandbox.app import Sandbox  # noqa: E402
 from provisioner.sandbox.config import SandboxConfig  # noqa: E402
 from provisioner.sandbox.hosts import SimulatedHosts  # noqa: E402
 from provisioner.storefront import eddschema  # noqa: E402
+from provisioner.wiring import App  # noqa: E402
 from tests.fixtures.net import free_port  # noqa: E402
 
 DEFAULT_SIZES = "10,100,1000"

@@ -64,10 +64,10 @@ from _common import (  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 
 from provisioner import db  # noqa: E402
-from provisioner.app import App  # noqa: E402
 from provisioner.models import Server, Status  # noqa: E402
 from provisioner.storefront import eddschema  # noqa: E402
 from provisioner.storefront.edd import utc_to_site_local  # noqa: E402
+from provisioner.wiring import App  # noqa: E402
 
 PREFIX = "wp_"
 SITE_ZONE = "America/New_York"

@@ -17,8 +17,8 @@ from dashboard_api.errors import ApiError
 from dashboard_api.guards import SlidingWindowLimiter, retry_after
 from dashboard_api.metrics import ApiMetrics
 from dashboard_api.tokens import Customer, TokenError, verify_token
-from provisioner.app import App
-from provisioner.config_schema import Settings
+from provisioner.settings.schema import Settings
+from provisioner.wiring import App
 
 LANGUAGES = ("en", "de", "fr")
 REFRESH_SECONDS = 15

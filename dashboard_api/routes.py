@@ -1,15 +1,17 @@
 """The customer's API: list servers, rebuild now, set the schedule, download the .ovpn.
 
-Like the seed's mini-API, the API only *records* what the customer asked on the row (the
-worker carries it out): rebuild -> ``rebuild_now_status``/``rebuild_now_location``; schedule ->
-``rebuild_schedule``/``rebuild_schedule_location``. Rows are written through the ORM so the
-version column fences against a worker that changed the row meanwhile (that answers 409).
-Every change also writes a ``ServerEvent`` with actor ``customer``.
+Like the seed's mini-API, the API only *records* what the customer asked (the worker
+carries it out), and it does so through the domain's customer service
+(:mod:`provisioner.customer`), which holds the rules and writes the audit events. Rows are
+written through the ORM so the version column fences against a worker that changed the
+row meanwhile (that answers 409).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import TypeAdapter
@@ -30,8 +32,8 @@ from dashboard_api.schemas import (
     ServerOut,
 )
 from dashboard_api.tokens import Customer
-from provisioner.models import RANDOM_LOCATION, Server, ServerEvent
-from provisioner.schedule import last_slot
+from provisioner import customer as service
+from provisioner.schedule import SCHEDULES
 from provisioner.secrets import UndecryptableSecret
 
 log = logging.getLogger(__name__)
@@ -47,7 +49,7 @@ ServerName = Path(min_length=1, max_length=191, pattern=r"^[A-Za-z0-9][A-Za-z0-9
             summary="What the page needs before it can sign in (public)")
 def get_config(st: ApiState = Depends(state)) -> ConfigOut:  # noqa: B008
     return ConfigOut(storefront_url=st.settings.storefront.url, languages=list(LANGUAGES),
-                     refresh_seconds=REFRESH_SECONDS)
+                     refresh_seconds=REFRESH_SECONDS, schedules=list(SCHEDULES))
 
 
 @router.get("/servers", response_model=list[ServerOut], responses=responses(*AUTHED), tags=["servers"],
@@ -83,22 +85,10 @@ def rebuild(body: RebuildRequest, name: str = ServerName, who: Customer = Depend
     now = st.clock()
     with st.app.sessions() as s:
         owned = _owned(s, st, who, name)
-        row = owned.row
-        location = _location(st, row, body.location)
-        if views.is_busy(row):
-            raise ApiError(409, "busy", _busy_message(row))
-        cooldown = st.settings.api.rebuild_cooldown_seconds
-        if row.rebuild_requested_at is not None:
-            wait = (row.rebuild_requested_at - now).total_seconds() + cooldown
-            if wait > 0:
-                raise ApiError(429, "rebuild_cooldown", f"You asked for a rebuild recently; you can ask again in "
-                               f"{retry_after(wait)} seconds.", {"Retry-After": retry_after(wait)})
-        row.rebuild_now_status, row.rebuild_now_location, row.rebuild_requested_at = True, location, now
-        row.rebuild_due_at = None  # a customer's own rebuild is not spread like a scheduled one
-        s.add(ServerEvent(server_id=row.id, at=now, actor="customer", what="rebuild.requested", outcome="info",
-                          detail=f"location {location}"))
-        _commit(s, row)
-        log.info("customer asked to rebuild %s in %s", row.server_name, location)
+        with _refusals():
+            service.request_rebuild(s, st.settings, owned.row, body.location, now=now)
+        _commit(s)
+        log.info("customer asked to rebuild %s in %s", owned.row.server_name, owned.row.rebuild_now_location)
         return AcceptedOut(status="accepted", server=views.servers_out(s, [owned], st.settings, now)[0])
 
 
@@ -110,18 +100,10 @@ def set_schedule(body: ScheduleRequest, name: str = ServerName, who: Customer = 
     now = st.clock()
     with st.app.sessions() as s:
         owned = _owned(s, st, who, name)
-        row = owned.row
-        location = _location(st, row, body.location)
-        before = (row.rebuild_schedule, row.rebuild_schedule_location)
-        if before != (body.schedule, location):
-            if row.rebuild_schedule != body.schedule:
-                # A new schedule starts with the *next* slot (what the page shows as "next rebuild"),
-                # not with a catch-up of a slot that began before the customer chose it.
-                row.schedule_slot_done = last_slot(body.schedule, now)
-            row.rebuild_schedule, row.rebuild_schedule_location = body.schedule, location
-            s.add(ServerEvent(server_id=row.id, at=now, actor="customer", what="schedule.changed", outcome="info",
-                              detail=f"{before[0]}/{before[1]} -> {body.schedule}/{location}"))
-            _commit(s, row)
+        with _refusals():
+            changed = service.set_schedule(s, st.settings, owned.row, body.schedule, body.location, now=now)
+        if changed:
+            _commit(s)
         return views.servers_out(s, [owned], st.settings, now)[0]
 
 
@@ -156,24 +138,17 @@ def _owned(s: Session, st: ApiState, who: Customer, name: str) -> queries.Owned:
     return owned
 
 
-def _location(st: ApiState, row: Server, wanted: str) -> str:
-    product = st.settings.product(row.product_id)
-    allowed = list(product.regions) if product else []
-    if wanted == RANDOM_LOCATION or wanted in allowed:
-        return wanted
-    raise ApiError(422, "invalid_location", f"'{wanted}' is not a location of your plan; choose one of "
-                   f"{', '.join([*allowed, RANDOM_LOCATION])}.")
+@contextlib.contextmanager
+def _refusals() -> Iterator[None]:
+    """The customer service's verdicts as the API's error bodies."""
+    try:
+        yield
+    except service.Refused as exc:
+        headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
+        raise ApiError(exc.status, exc.code, exc.message, headers) from None
 
 
-def _busy_message(row: Server) -> str:
-    if row.rebuild_now_status:
-        return "A rebuild is already requested for this server; it starts within a minute or two."
-    if row.action:
-        return f"This server is busy ({row.status}); try again when it is Running."
-    return f"This server is {row.status}; it can be rebuilt when it is Running."
-
-
-def _commit(s: Session, row: Server) -> None:
+def _commit(s: Session) -> None:
     try:
         s.commit()
     except StaleDataError:

@@ -8,11 +8,16 @@ depend on the plan), so the schema only bounds their shape.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-ScheduleName = Literal["none", "daily", "weekly", "monthly"]
+from provisioner.schedule import SCHEDULES
+
+if TYPE_CHECKING:
+    ScheduleName = str
+else:  # the vocabulary lives in provisioner.schedule; a tuple subscript is the same Literal
+    ScheduleName = Literal[SCHEDULES]
 LocationId = Field(min_length=1, max_length=16, description='a region id of the plan, or "random"')
 
 
@@ -56,6 +61,7 @@ class ServerOut(BaseModel):
     city: str | None
     country: str | None
     regions: list[str] = Field(description="the locations this server's plan allows (besides random)")
+    location_choices: list[str] = Field(description="what may be asked for: the plan's regions, then random")
     schedule: str
     schedule_location: str
     next_scheduled_rebuild: dt.datetime | None
@@ -72,6 +78,7 @@ class ConfigOut(BaseModel):
     storefront_url: str = Field(description="where a customer without servers can buy a plan")
     languages: list[str]
     refresh_seconds: int
+    schedules: list[str] = Field(description="the rebuild schedules a customer may choose")
 
 
 class HealthOut(BaseModel):

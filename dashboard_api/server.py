@@ -12,7 +12,6 @@ on /api/, body size limit; then FastAPI (per-customer rate limit and auth in the
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import logging
 import threading
@@ -32,8 +31,8 @@ from dashboard_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboard_api.schemas import HealthOut, document_locations
 from dashboard_api.tokens import require_secret
 from provisioner import __version__, db
-from provisioner.app import App
-from provisioner.config_schema import Settings
+from provisioner.settings.schema import Settings
+from provisioner.wiring import App
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +119,7 @@ def serve(settings: Settings) -> int:
     """Run the API in this process until SIGTERM/Ctrl-C (uvicorn, one worker)."""
     import uvicorn
 
+    require_secret(settings)
     app = App(settings)
     db.require_schema(app.engine)
     api = create_app(app)
@@ -144,13 +144,3 @@ def _tell_systemd(server: Any) -> None:
     while not server.should_exit:
         sdnotify.notify("WATCHDOG=1")
         time.sleep(15)
-
-
-def main(args: argparse.Namespace) -> int:
-    """``provisioner api``: load the settings the CLI was given and serve."""
-    from provisioner.cli import config_path
-    from provisioner.settings import load_settings
-
-    settings = load_settings(config_path(args))
-    require_secret(settings)
-    return serve(settings)

@@ -26,10 +26,10 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from provisioner.app import App
-from provisioner.models_extra import StripeEvent
+from provisioner.models import StripeEvent
 from provisioner.storefront.stripe import StripeStorefront
 from provisioner.storefront.stripe_objects import as_dict, ts
+from provisioner.wiring import App
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import jwt
 
-from provisioner.config_schema import Settings
 from provisioner.settings import ConfigError
+from provisioner.settings.schema import Settings
 
 ALGORITHM = "HS256"
 MAX_TTL_SECONDS = 3600

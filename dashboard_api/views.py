@@ -7,6 +7,7 @@ human sentence saying whether we retry on our own or a person is looking at it.
 from __future__ import annotations
 
 import datetime as dt
+from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
 
@@ -14,9 +15,10 @@ from dashboard_api import queries
 from dashboard_api.locations import region
 from dashboard_api.queries import EventRow, Owned
 from dashboard_api.schemas import EventOut, ServerOut
-from provisioner.config_schema import Settings
+from provisioner import locations
 from provisioner.models import Server, Status
 from provisioner.schedule import next_slot
+from provisioner.settings.schema import Settings
 
 # (action, step) -> what the customer reads; the page has the same texts in its i18n files.
 PROGRESS = {
@@ -37,13 +39,6 @@ ERROR_TEXT = {
     "retrying": "Something went wrong while working on your server. We are retrying automatically.",
     "needs_attention": "Something went wrong while working on your server. Our team has been alerted.",
 }
-REBUILDABLE = (Status.RUNNING.value, Status.ERROR.value)
-
-
-def is_busy(row: Server) -> bool:
-    return bool(row.action) or bool(row.rebuild_now_status) or row.status not in REBUILDABLE
-
-
 def progress_text(row: Server) -> str | None:
     if row.action and row.step:
         return PROGRESS.get(row.step, row.step)
@@ -65,13 +60,13 @@ def server_out(owned: Owned, settings: Settings, now: dt.datetime, events: list[
     return ServerOut(
         name=name, short_name=name.split(".", 1)[0] if name else None, dns_name=name,
         status=row.status, step=row.step if row.action else None, progress=progress_text(row),
-        busy=is_busy(row), rebuild_requested=bool(row.rebuild_now_status),
+        busy=row.busy, rebuild_requested=bool(row.rebuild_now_status),
         rebuild_location=row.rebuild_now_location if row.rebuild_now_status else None,
         ip=row.server_ip, location=row.current_location,
         city=where.city if where else None, country=where.country if where else None,
-        regions=list(product.regions) if product else [],
+        regions=list(product.regions) if product else [], location_choices=locations.choices(product),
         schedule=row.rebuild_schedule, schedule_location=row.rebuild_schedule_location,
-        next_scheduled_rebuild=_next(row.rebuild_schedule, now),
+        next_scheduled_rebuild=_next(row.rebuild_schedule, now, ZoneInfo(settings.worker.timezone)),
         bandwidth_used=row.bandwidth_this_month or 0,
         bandwidth_cap=row.bandwidth_limit_this_month or (product.bandwidth_cap_bytes if product else 0),
         last_rebuilt=row.last_rebuilt_at, ovpn_available=owned.has_ovpn,
@@ -84,8 +79,8 @@ def servers_out(session: Session, owned: list[Owned], settings: Settings, now: d
     return [server_out(o, settings, now, events[o.row.id]) for o in owned]
 
 
-def _next(schedule: str, now: dt.datetime) -> dt.datetime | None:
+def _next(schedule: str, now: dt.datetime, tz: ZoneInfo) -> dt.datetime | None:
     try:
-        return next_slot(schedule, now)
+        return next_slot(schedule, now, tz)
     except ValueError:  # a hand-edited row with an unknown schedule shows "none"
         return None

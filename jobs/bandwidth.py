@@ -1,11 +1,9 @@
 """Monthly bandwidth: sync the counters from Vultr, alert at 80 % / 100 %, apply the cap, reset.
 
-Which month a byte belongs to: **the UTC calendar month of the UTC day Vultr counted it
-in.** Vultr reports ``GET /instances/{id}/bandwidth`` per UTC date for the current month
-(REFERENCE §1.6) and its own monthly allowance follows the same calendar, so the
-counter month is the UTC month of ``now`` (the rebuild's ``carry`` step uses the same
-rule). The seed's reset job runs at 00:00 New York on the 1st, which is 04:00/05:00 UTC:
-by then the UTC month has already turned, and a sync that runs first rolls a row over
+Which month a byte belongs to is :mod:`provisioner.bandwidth`'s rule (the UTC month of the
+UTC day Vultr counted it in), shared with the rebuild's ``carry`` step. The seed's reset
+job runs at 00:00 New York on the 1st, which is 04:00/05:00 UTC: by then the UTC month has
+already turned, and a sync that runs first rolls a row over
 by itself (same code), so nothing depends on which job runs first.
 
 ``bandwidth_this_month = bandwidth_carried + the current instance's total this month``,
@@ -51,9 +49,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
+from provisioner.bandwidth import month_of, month_total
 from provisioner.cloud.vultr import VultrError, VultrNotFound
-from provisioner.config_schema import Product
 from provisioner.models import LIVE_STATUSES, Server, ServerEvent, Status
+from provisioner.settings.schema import Product
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +92,13 @@ class BandwidthReport:
         return bool(self.updated or self.reset or self.alerted_80 or self.alerted_100 or self.suspended
                     or self.resumed)
 
+    def summary(self) -> str:
+        return (f"{self.month}: {self.checked} checked, {self.updated} updated, {self.reset} reset, "
+                f"{self.alerted_80 + self.alerted_100} alerted, {self.suspended} suspended, {self.resumed} resumed, "
+                f"{self.failed} failed, {self.skipped} skipped")
+
 
 SyncReport = ResetReport = BandwidthReport
-
-
-def month_of(now: dt.datetime) -> str:
-    """The counter month of an instant: its UTC ``YYYY-MM``."""
-    return now.astimezone(dt.UTC).strftime("%Y-%m")
-
-
-def month_total(days: Mapping[dt.date, tuple[int, int]], month: str) -> int:
-    """In + out bytes of the UTC days belonging to ``month``."""
-    return sum(i + o for day, (i, o) in days.items() if day.strftime("%Y-%m") == month)
 
 
 def _no_event(session: Session, server: Server, kind: str, context: dict[str, Any]) -> None:

@@ -1,4 +1,8 @@
-"""Every job by name: what ``provisioner job NAME`` runs once and the worker runs on a clock."""
+"""Every job by name: what ``provisioner job NAME`` runs once and the worker runs on a clock.
+
+Each job is a callable returning a report with a one-line ``summary()`` (what the log,
+``provisioner job`` and ``provisioner status`` show).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,15 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from provisioner.app import App
-from provisioner.config_schema import WorkerSettings
+from jobs import bandwidth, schedules, sweep
+from jobs.catalog import CLOCK_JOBS, NAMES
+from provisioner import notify
 from provisioner.lifecycle import Lifecycle
+from provisioner.notify import outbox
+from provisioner.settings.schema import Settings, WorkerSettings
+from provisioner.wiring import App
+
+__all__ = ["CLOCK", "NAMES", "job", "summary"]
 
 Trigger = Callable[[WorkerSettings], Any]
 
@@ -25,8 +35,7 @@ CLOCK: dict[str, Trigger] = {
     "sweep": lambda w: IntervalTrigger(minutes=w.sweep_minutes, timezone=w.timezone),
     "send_outbox": lambda w: IntervalTrigger(seconds=60, timezone=w.timezone),
 }
-
-NAMES = ("server_check", *CLOCK)
+assert tuple(CLOCK) == CLOCK_JOBS, "jobs.catalog and the triggers must name the same jobs"
 
 
 def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
@@ -34,59 +43,46 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
     if name == "server_check":
         from jobs.server_check import server_check
 
-        return lambda: server_check(app, lc, leader=True)
+        return lambda: server_check(app, lc)
     if name in ("rebuild_daily", "rebuild_weekly", "rebuild_monthly"):
-        def rebuild() -> Any:
-            from jobs import schedules
-
-            mark = getattr(schedules, name)
+        def rebuild() -> schedules.MarkReport:
             w = app.settings.worker
             with app.sessions() as s:
-                marked = mark(s, app.clock(), spread_minutes=w.rebuild_spread_minutes, tz=ZoneInfo(w.timezone))
+                marked = schedules.mark_due_rebuilds(s, app.clock(), schedules=(name.removeprefix("rebuild_"),),
+                                                     spread_minutes=w.rebuild_spread_minutes,
+                                                     tz=ZoneInfo(w.timezone))
                 s.commit()
-            return marked
+            return schedules.MarkReport(marked)
         return rebuild
-    if name in ("reset_bandwidth_monthly", "sync_bandwidth"):
-        def bw() -> Any:
-            from jobs import bandwidth
-
+    if name == "sync_bandwidth":
+        def sync() -> bandwidth.BandwidthReport:
             with app.sessions() as s:
-                if name == "sync_bandwidth":
-                    result = bandwidth.sync_bandwidth(s, lc.ctx.vultr, app.clock(), app.settings.products,
-                                                      on_event=_notifier())
-                else:
-                    result = bandwidth.reset_bandwidth_monthly(s, lc.ctx.vultr, app.clock(),
-                                                               products=app.settings.products, on_event=_notifier())
-                s.commit()
-            return result
-        return bw
+                return bandwidth.sync_bandwidth(s, lc.ctx.vultr, app.clock(), app.settings.products,
+                                                on_event=_notifier(app.settings))
+        return sync
+    if name == "reset_bandwidth_monthly":
+        def reset() -> bandwidth.BandwidthReport:
+            with app.sessions() as s:
+                return bandwidth.reset_bandwidth_monthly(s, lc.ctx.vultr, app.clock(), products=app.settings.products,
+                                                         on_event=_notifier(app.settings))
+        return reset
     if name == "sweep":
-        def sw() -> Any:
-            from jobs.sweep import sweep
-
+        def sw() -> sweep.SweepReport:
             with app.sessions() as s:
-                result = sweep(s, lc.ctx.vultr, lc.ctx.dns, app.settings, app.clock())
-                s.commit()
-            return result
+                return sweep.sweep(s, lc.ctx.vultr, lc.ctx.dns, app.settings, app.clock())
         return sw
     if name == "send_outbox":
-        def send() -> Any:
-            try:
-                from provisioner.outbox import send_pending
-            except ImportError:
-                return None
-            return send_pending(app, app.clock())
-        return send
+        return lambda: outbox.send_pending(app.sessions, app.settings.notify, app.clock())
     raise KeyError(name)
 
 
-def _notifier() -> Any:
-    try:
-        from provisioner import notify
-    except ImportError:
-        return None
+def summary(name: str, result: Any) -> str:
+    """``"<name>: <what it did>"`` for the log, ``provisioner job`` and ``provisioner status``."""
+    return f"{name}: {result.summary()}"
 
+
+def _notifier(settings: Settings) -> bandwidth.OnEvent:
     def on_event(session: Any, server: Any, kind: str, context: dict[str, Any]) -> None:
-        notify.enqueue(session, kind, server=server, context=context,
+        notify.enqueue(session, kind, settings=settings, server=server, context=context,
                        dedupe_key=f"{kind}:{server.id}:{context.get('month', '')}")
     return on_event

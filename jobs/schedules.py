@@ -5,11 +5,13 @@ planner starts the rebuild once ``rebuild_due_at`` has passed, exactly as for a 
 the customer asked for. Marking is level-triggered and idempotent, so it runs both from
 the midnight cron jobs and from every ``server_check`` tick:
 
-- A slot (``provisioner.schedule.last_slot``: 00:00 New York time, daily / Sunday / the
-  1st) is due for a server when it is later than the server's reference point: the
-  later of ``schedule_slot_done`` and the time the schedule was set (the newest
-  ``schedule.changed`` event, else ``created_at``). A schedule saved at 15:00 first
-  fires at the *next* midnight, not the one that has just passed.
+- A slot (``provisioner.schedule.last_slot``: 00:00 in ``worker.timezone``, daily /
+  Sunday / the 1st) is due for a server when it is later than the server's reference
+  points: ``schedule_slot_done``, ``schedule_set_at`` (when the customer chose the
+  schedule) and ``created_at``. A schedule saved at 15:00 first fires at the *next*
+  midnight, not the one that has just passed. Every row of one schedule shares the
+  same slot, so finding the due rows is one indexed query per schedule, not a
+  computation per row.
 - Marking records ``schedule_slot_done = slot``, so the same slot is never marked twice.
   After downtime only the latest missed slot is due: a restart catches up once.
 - A server busy with an action (or paused, or waiting for a human) is skipped; the same
@@ -31,22 +33,30 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner.models import Server, ServerEvent, Status
-from provisioner.schedule import NEW_YORK, last_slot
+from provisioner.models import REBUILDABLE, Server, ServerEvent
+from provisioner.schedule import NEW_YORK, RECURRING, last_slot, zone_name
 
 log = logging.getLogger(__name__)
 
 ACTOR = "scheduler"
-SCHEDULE_CHANGED = "schedule.changed"   # the event the dashboard API writes when a schedule is saved
-ALL_SCHEDULES = ("daily", "weekly", "monthly")
 DEFAULT_SPREAD_MINUTES = 60.0           # worker.rebuild_spread_minutes' default
-MARKABLE = (Status.RUNNING.value, Status.ERROR.value)
+
+
+@dataclass(frozen=True)
+class MarkReport:
+    """What a ``rebuild_*`` job marked (server ids)."""
+
+    marked: list[int]
+
+    def summary(self) -> str:
+        return f"{len(self.marked)} scheduled rebuild(s) marked"
 
 
 def spread_offset(server_id: int, spread_minutes: float) -> dt.timedelta:
@@ -70,11 +80,10 @@ def due_time(server_id: int, slot: dt.datetime, now: dt.datetime, spread_minutes
 
 def slot_label(schedule: str, slot: dt.datetime, tz: ZoneInfo = NEW_YORK) -> str:
     """``"weekly slot 2026-11-22 00:00 New York"``: what the event and the operator read."""
-    place = tz.key.rsplit("/", 1)[-1].replace("_", " ")
-    return f"{schedule} slot {slot.astimezone(tz):%Y-%m-%d %H:%M} {place}"
+    return f"{schedule} slot {slot.astimezone(tz):%Y-%m-%d %H:%M} {zone_name(tz)}"
 
 
-def mark_due_rebuilds(session: Session, now: dt.datetime, *, schedules: Sequence[str] = ALL_SCHEDULES,
+def mark_due_rebuilds(session: Session, now: dt.datetime, *, schedules: Sequence[str] = RECURRING,
                       spread_minutes: float = DEFAULT_SPREAD_MINUTES, tz: ZoneInfo = NEW_YORK) -> list[int]:
     """Mark every idle live server whose scheduled slot has come; return the ids marked.
 
@@ -83,14 +92,8 @@ def mark_due_rebuilds(session: Session, now: dt.datetime, *, schedules: Sequence
     """
     if now.tzinfo is None:
         raise ValueError("mark_due_rebuilds() needs an aware datetime")
-    candidates = _candidates(session, now, schedules, tz)
-    if not candidates:
-        return []
-    changed = _schedule_changed_at(session, [rid for rid, _ in candidates])
     marked: list[int] = []
-    for rid, slot in candidates:
-        if rid in changed and changed[rid] >= slot:
-            continue  # the schedule was saved after this slot: its first slot is the next one
+    for rid, slot in _candidates(session, now, schedules, tz):
         if _mark(session, rid, slot, now, spread_minutes, tz):
             marked.append(rid)
     if marked:
@@ -118,45 +121,25 @@ def rebuild_monthly(session: Session, now: dt.datetime, *, spread_minutes: float
 
 def _candidates(session: Session, now: dt.datetime, schedules: Iterable[str],
                 tz: ZoneInfo) -> list[tuple[int, dt.datetime]]:
-    """(id, slot) of idle rows whose slot is after what the row itself records.
+    """(id, slot) of idle rows whose slot is after everything the row itself records.
 
-    Columns only, and no event lookup: this runs every tick, and in the steady state
-    (every slot done) it must stay one cheap query.
+    One query per schedule on ``ix_provisioner_servers_schedule``: this runs every tick, and in
+    the steady state (every slot done) it must stay cheap at 100,000 servers.
     """
-    wanted = [s for s in schedules if s in ALL_SCHEDULES]
-    q = select(Server.id, Server.rebuild_schedule, Server.schedule_slot_done, Server.created_at).where(
-        Server.status.in_(MARKABLE), Server.action.is_(None), Server.paused.is_(False),
-        Server.needs_human.is_(False), Server.rebuild_schedule.in_(wanted)).order_by(Server.id)
     out: list[tuple[int, dt.datetime]] = []
-    for rid, schedule, done, created in session.execute(q):
+    for schedule in (s for s in schedules if s in RECURRING):
         slot = last_slot(schedule, now, tz)
         if slot is None:
             continue
-        reference = max(t for t in (done, created) if t is not None) if (done or created) else None
-        if reference is None or slot > reference:
-            out.append((rid, slot))
-    return out
-
-
-def _schedule_changed_at(session: Session, ids: list[int]) -> dict[int, dt.datetime]:
-    out: dict[int, dt.datetime] = {}
-    for chunk in (ids[i:i + 500] for i in range(0, len(ids), 500)):
-        q = (select(ServerEvent.server_id, func.max(ServerEvent.at))
-             .where(ServerEvent.server_id.in_(chunk), ServerEvent.what == SCHEDULE_CHANGED)
-             .group_by(ServerEvent.server_id))
-        for sid, at in session.execute(q):
-            if sid is not None and at is not None:
-                # func.max bypasses the column type on some drivers: normalise to aware UTC.
-                out[sid] = at if isinstance(at, dt.datetime) and at.tzinfo else _as_utc(at)
-    return out
-
-
-def _as_utc(value: object) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        raise TypeError(f"unexpected timestamp {value!r}")
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+        q = select(Server.id).where(
+            Server.rebuild_schedule == schedule,
+            or_(Server.schedule_slot_done.is_(None), Server.schedule_slot_done < slot),
+            or_(Server.schedule_set_at.is_(None), Server.schedule_set_at < slot),
+            or_(Server.created_at.is_(None), Server.created_at < slot),
+            Server.status.in_(REBUILDABLE), Server.action.is_(None), Server.paused.is_(False),
+            Server.needs_human.is_(False)).order_by(Server.id)
+        out += [(rid, slot) for rid in session.scalars(q)]
+    return sorted(out)
 
 
 def _mark(session: Session, rid: int, slot: dt.datetime, now: dt.datetime, spread_minutes: float,
@@ -165,7 +148,7 @@ def _mark(session: Session, rid: int, slot: dt.datetime, now: dt.datetime, sprea
     try:
         row = session.get(Server, rid, populate_existing=True)
         # Re-check on the fresh row: the list above may be a moment old.
-        if row is None or row.action or row.paused or row.needs_human or row.status not in MARKABLE:
+        if row is None or not row.idle or row.paused or row.needs_human:
             return False
         if row.schedule_slot_done is not None and row.schedule_slot_done >= slot:
             return False

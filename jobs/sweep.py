@@ -43,8 +43,8 @@ from sqlalchemy.orm import Session
 
 from provisioner.cloud.cloudflare import CloudflareError
 from provisioner.cloud.vultr import VultrError
-from provisioner.config_schema import Settings
 from provisioner.models import Orphan, Server, Status
+from provisioner.settings.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,13 @@ class SweepReport:
     @property
     def did_work(self) -> bool:
         return bool(self.new or self.deleted or self.forgotten or self.delete_failed)
+
+    def summary(self) -> str:
+        if not self.complete:
+            return f"incomplete, nothing changed: {self.error}"
+        listed = ", ".join(f"{n} {k}(s)" for k, n in self.listed.items())
+        return (f"listed {listed}; {len(self.new)} new orphan(s), {self.orphans} known, {len(self.deleted)} deleted, "
+                f"{self.delete_failed} delete(s) failed")
 
 
 @dataclass

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
-import random
 import signal
 import threading
 from collections.abc import Callable
@@ -34,18 +33,19 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner import lease
-from provisioner.cloud.cloudflare import CloudflareError
-from provisioner.cloud.retry import TransientError
+from provisioner import actions, lease, notify
+from provisioner.actions import FIRST_STEP, ServerBusy, budget, status_for
+from provisioner.cloud.errors import ProviderError
+from provisioner.cloud.retry import backoff
 from provisioner.cloud.ssh import SSHError
-from provisioner.cloud.vultr import VultrError
-from provisioner.models import RANDOM_LOCATION, Server, ServerEvent, Status, utcnow
-from provisioner.steps import STEPS, Context, PermanentStepError, Wait, first_step, status_for
+from provisioner.models import Server, Status, utcnow
+from provisioner.steps import STEPS, Context, Next, PermanentStepError, Wait
 from provisioner.subscriptions import Subscription
+
+__all__ = ["Lifecycle", "Outcome", "ServerBusy"]
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ class Outcome(StrEnum):
     LOST = "lost"          # our claim was taken over mid-way; we stopped
 
 
-class ServerBusy(RuntimeError):
-    """The server is in the middle of another action."""
-
-
 @dataclass
 class Lifecycle:
     ctx: Context
@@ -74,75 +70,19 @@ class Lifecycle:
     # Set on shutdown (or lost leadership): running rows stop at their next step boundary.
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    # --- starting actions --------------------------------------------------------------------
+    # --- starting actions (see provisioner.actions) ----------------------------------------------
 
     def begin_create(self, session: Session, sub: Subscription, actor: str = "planner") -> Server:
-        row = session.scalars(select(Server).where(Server.subscription_id == sub.id)).first()
-        product = self.ctx.settings.product(sub.product_id)
-        if row is None:
-            row = Server(subscription_id=sub.id, customer_id=sub.customer_id, product_id=sub.product_id,
-                         user_email=sub.email, status=Status.QUEUED.value, generation=0)
-            session.add(row)
-        elif row.status != Status.DESTROYED.value:
-            raise ServerBusy(f"subscription {sub.id} already has server {row.server_name or row.id}")
-        else:  # a renewed subscription revives its old row: one row per subscription, ever
-            row.status, row.destroyed_at, row.generation = Status.QUEUED.value, None, row.generation + 1
-            row.user_email, row.product_id, row.customer_id = sub.email, sub.product_id, sub.customer_id
-        row.target_location = product.default_region if product else None
-        row.bandwidth_limit_this_month = product.bandwidth_cap_bytes if product else 0
-        self._start(session, row, "create", actor, f"subscription {sub.id} ({sub.status})")
-        return row
+        return actions.begin_create(session, self.ctx.settings, sub, actor=actor, now=self.clock())
 
     def begin_rebuild(self, session: Session, row: Server, location: str | None, actor: str) -> None:
-        if row.action:
-            raise ServerBusy(f"server {row.server_name} is busy ({row.action} {row.step})")
-        if row.status not in (Status.RUNNING.value, Status.ERROR.value):
-            raise ServerBusy(f"server {row.server_name} is {row.status}, not Running")
-        target = self.pick_location(row, location)
-        row.old_instance_id, row.instance_id = row.instance_id, None
-        row.generation += 1
-        row.target_location = target
-        row.rebuild_now_status, row.rebuild_now_location, row.rebuild_due_at = False, None, None
-        self._start(session, row, "rebuild", actor, f"to {target}")
+        actions.begin_rebuild(session, self.ctx.settings, row, location, actor=actor, now=self.clock())
 
     def begin_destroy(self, session: Session, row: Server, actor: str, reason: str) -> None:
-        if row.status == Status.DESTROYED.value:
-            return
-        if row.action == "destroy":
-            return
-        self._start(session, row, "destroy", actor, reason)
+        actions.begin_destroy(session, self.ctx.settings, row, actor=actor, reason=reason, now=self.clock())
 
     def retry(self, session: Session, row: Server, actor: str) -> None:
-        """An operator fixed the cause: resume the stuck action at its step with fresh attempts."""
-        if not row.action:
-            raise ServerBusy(f"server {row.server_name or row.id} has nothing to retry (status {row.status})")
-        if not row.needs_human and not row.attempts:
-            raise ServerBusy(f"server {row.server_name or row.id} is not stuck ({row.action} {row.step} is running)")
-        row.needs_human, row.attempts, row.next_attempt_at = False, 0, None
-        row.step_deadline = self.clock() + self.ctx.budget(row.step or first_step(row.action))
-        self.event(session, row, f"{row.action}.retry", "info", f"at step {row.step}; last error: {row.last_error}",
-                   actor=actor)
-
-    def pick_location(self, row: Server, location: str | None) -> str:
-        product = self.ctx.settings.product(row.product_id)
-        if product is None:
-            raise PermanentStepError(f"product {row.product_id} is not configured")
-        if location in (None, "", RANDOM_LOCATION):
-            choices = [r for r in product.regions if r != row.current_location] or list(product.regions)
-            return random.choice(choices)
-        if location not in product.regions:
-            raise ValueError(f"location {location!r} is not offered for this plan; choose one of "
-                             f"{', '.join(product.regions)} or 'random'")
-        return location
-
-    def _start(self, session: Session, row: Server, action: str, actor: str, detail: str) -> None:
-        now = self.clock()
-        row.action, row.step = action, first_step(action)
-        row.attempts, row.last_error, row.needs_human, row.next_attempt_at = 0, None, False, None
-        row.step_deadline = now + self.ctx.budget(row.step)
-        row.status = status_for(action, row.status)
-        session.flush()
-        self.event(session, row, f"{action}.requested", "info", detail, actor=actor)
+        actions.retry(session, self.ctx.settings, row, actor=actor, now=self.clock())
 
     # --- driving -------------------------------------------------------------------------------
 
@@ -196,7 +136,7 @@ class Lifecycle:
                 return Outcome.FAILED
             if row.next_attempt_at and row.next_attempt_at > now:
                 return Outcome.WAITING
-            action, step = row.action, row.step or first_step(row.action)
+            action, step = row.action, row.step or FIRST_STEP[row.action]
             if row.next_attempt_at is None:  # entering the step, not polling it again
                 self.event(session, row, f"{action}.{step}", "started")
             row.lease_until = now + dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
@@ -217,14 +157,9 @@ class Lifecycle:
             except PermanentStepError as exc:
                 self._fail(session, row, str(exc), permanent=True)
                 return Outcome.FAILED
-            except TransientError as exc:
-                self._fail(session, row, _human(exc), permanent=False, retry_after=exc.retry_after)
-                return Outcome.FAILED
-            except SSHError as exc:  # a host-key mismatch or refused key is permanent; the rest retried
-                self._fail(session, row, f"SSH to {row.server_ip}: {_human(exc)}", permanent=not exc.transient)
-                return Outcome.FAILED
-            except (CloudflareError, VultrError) as exc:  # permanent API errors (4xx)
-                self._fail(session, row, _human(exc), permanent=True)
+            except ProviderError as exc:  # transient ones retried with backoff; 4xx, a host-key mismatch…: a human
+                where = f"SSH to {row.server_ip}: " if isinstance(exc, SSHError) else ""
+                self._fail(session, row, where + _human(exc), permanent=not exc.transient, retry_after=exc.retry_after)
                 return Outcome.FAILED
             except Exception as exc:  # noqa: BLE001 - a bug or an unmapped library error
                 # Recorded and backed off like a transient error: unrecorded, the row would be due
@@ -239,14 +174,13 @@ class Lifecycle:
             self._advance_to(session, row, action, step, result)
         return Outcome.WAITING
 
-    def _advance_to(self, session: Session, row: Server, action: str, step: str, result: str | None) -> None:
+    def _advance_to(self, session: Session, row: Server, action: str, step: str, result: Next) -> None:
         now = self.clock()
-        detail = self.ctx.last_detail.pop(row.id, "")
-        self.event(session, row, f"{action}.{step}", "ok", detail)
+        self.event(session, row, f"{action}.{step}", "ok", result.detail)
         row.attempts, row.last_error = 0, None
         if row.status == Status.ERROR.value:
             row.status = status_for(action, Status.QUEUED.value)
-        if result is None:  # the action is complete; the step set the final status
+        if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
             kind, context = {"create": ("server_ready", {}),
@@ -254,8 +188,8 @@ class Lifecycle:
                              "destroy": ("server_destroyed", {})}[action]
             self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
         else:
-            row.step, row.step_deadline = result, now + self.ctx.budget(result)
-            row.next_attempt_at = self.ctx.delay.pop(row.id, None)
+            row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
+            row.next_attempt_at = result.not_before
         session.commit()
 
     def _fail(self, session: Session, row: Server, message: str, *, permanent: bool,
@@ -276,12 +210,9 @@ class Lifecycle:
             log.error("server %s sub=%s: %s.%s needs a human: %s", row.server_name or row.id, row.subscription_id,
                       row.action, row.step, message)
         else:
-            wait = min(lc.backoff_cap_seconds, lc.backoff_base_seconds * 2 ** (row.attempts - 1))
-            wait = wait / 2 + random.uniform(0, wait / 2)
-            if retry_after:  # e.g. a Cloudflare lockout: 300 s; retrying sooner only extends it
-                wait = max(wait, retry_after)
+            wait = backoff(row.attempts, lc.backoff_base_seconds, lc.backoff_cap_seconds, retry_after=retry_after)
             row.next_attempt_at = now + dt.timedelta(seconds=wait)
-            row.step_deadline = row.next_attempt_at + self.ctx.budget(row.step or "")
+            row.step_deadline = row.next_attempt_at + budget(lc, row.step or "")
             if row.attempts >= lc.error_after_attempts:
                 row.status = Status.ERROR.value
                 if row.action == "create":  # tell the customer once that it takes longer
@@ -292,8 +223,6 @@ class Lifecycle:
 
     def _notify(self, session: Session, row: Server, kind: str, key: str, context: dict[str, Any]) -> None:
         """Queue a message in the same transaction as the state change that caused it."""
-        from provisioner import notify
-
         try:
             notify.enqueue(session, kind, server=row, context=context, dedupe_key=key, settings=self.ctx.settings,
                            now=self.clock())
@@ -304,11 +233,7 @@ class Lifecycle:
 
     def event(self, session: Session, row: Server, what: str, outcome: str, detail: str = "",
               actor: str | None = None) -> None:
-        session.add(ServerEvent(server_id=row.id, at=self.clock(), actor=actor or f"worker:{self.owner}",
-                                what=what, outcome=outcome, detail=detail[:2000]))
-        level = logging.WARNING if outcome == "failed" else logging.INFO
-        log.log(level, "server=%s sub=%s %s %s%s", row.server_name or f"#{row.id}", row.subscription_id, what,
-                outcome, f": {detail}" if detail else "")
+        actions.record(session, row, what, outcome, detail, actor=actor or f"worker:{self.owner}", now=self.clock())
 
 
 def _human(exc: Exception) -> str:

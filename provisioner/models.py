@@ -1,4 +1,15 @@
-"""The worker's own tables: ``provisioner_servers`` and ``provisioner_server_events``.
+"""Every table of ours, in one metadata (one Alembic history).
+
+- ``provisioner_servers`` and ``provisioner_server_events``: the seed's server table and
+  its audit trail; ``provisioner_worker_status`` and ``provisioner_orphans`` for health.
+- ``provisioner_stripe_events``: every verified webhook event, once (its id is the key),
+  with what processing made of it. A replay finds its row and changes nothing.
+- ``provisioner_stripe_subscriptions``: our copy of each Stripe subscription, written
+  only from verified events and from the Stripe API. ``last_event_created`` is the Stripe
+  time the stored state is *as of*; an older event never overwrites a newer state.
+- ``provisioner_outbox``: messages to send (email or signed webhook), written in the
+  same transaction as the state change that caused them and sent later by
+  :func:`provisioner.notify.outbox.send_pending`. ``dedupe_key`` is unique.
 
 Our tables carry the ``provisioner_`` prefix so they can live inside the WordPress
 database next to ``wp_*`` without clashing. The storefront's tables are never written.
@@ -15,6 +26,7 @@ import enum
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     DateTime,
@@ -27,9 +39,24 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from provisioner.locations import RANDOM
+from provisioner.schedule import Schedule
+
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def as_utc(value: object) -> dt.datetime | None:
+    """An aggregate's timestamp (``MIN``/``MAX`` may bypass the column type on some drivers:
+    a string on SQLite, a naive datetime on MySQL) as aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        raise TypeError(f"unexpected timestamp {value!r}")
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
 
 
 class UTCDateTime(TypeDecorator[dt.datetime]):
@@ -63,16 +90,15 @@ class Status(enum.StrEnum):
 
 
 LIVE_STATUSES = frozenset(s.value for s in Status if s is not Status.DESTROYED)
+# The statuses a rebuild may start from (an Error server is rebuilt to recover it).
+REBUILDABLE = frozenset({Status.RUNNING.value, Status.ERROR.value})
+RANDOM_LOCATION = RANDOM
 
 
-class Schedule(enum.StrEnum):
-    NONE = "none"
-    DAILY = "daily"
-    WEEKLY = "weekly"
-    MONTHLY = "monthly"
-
-
-RANDOM_LOCATION = "random"
+def is_idle(action: str | None, status: str) -> bool:
+    """The one busy rule: a server may start a rebuild when no action runs on it and it is
+    Running (or in Error). The API, the CLI, the planner and the schedule marker all ask this."""
+    return not action and status in REBUILDABLE
 
 
 class Base(DeclarativeBase):
@@ -127,6 +153,7 @@ class Server(Base):
     last_rebuilt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     rebuild_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # customer cooldown
     schedule_slot_done: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)    # last slot rebuilt for
+    schedule_set_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)       # when the schedule was chosen
     rebuild_due_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)        # spread start of a due slot
     bandwidth_synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     bandwidth_alerted: Mapped[int] = mapped_column(Integer, default=0)              # 0, 80 or 100 (% of cap)
@@ -144,11 +171,27 @@ class Server(Base):
         Index("ix_provisioner_servers_status", "status"),
         Index("ix_provisioner_servers_next_attempt", "next_attempt_at"),
         Index("ix_provisioner_servers_user_email", "user_email"),
+        # The driver's "what is due?": rows with an action are few, idle rows (action NULL) are
+        # skipped by the range on the first column; the rest of the row is answered from the index.
+        Index("ix_provisioner_servers_due", "action", "next_attempt_at", "lease_until", "needs_human", "paused"),
+        # The leader's "which customer asked for a rebuild?" (rebuild_now_status is rarely true).
+        Index("ix_provisioner_servers_rebuild_now", "rebuild_now_status", "rebuild_due_at"),
+        # The schedule marker's "whose slot is not done yet?", one range per schedule.
+        Index("ix_provisioner_servers_schedule", "rebuild_schedule", "schedule_slot_done"),
     )
 
     @property
     def live(self) -> bool:
         return self.status in LIVE_STATUSES
+
+    @property
+    def idle(self) -> bool:
+        return is_idle(self.action, self.status)
+
+    @property
+    def busy(self) -> bool:
+        """A rebuild cannot be asked for now: not idle, or one is already requested."""
+        return not self.idle or bool(self.rebuild_now_status)
 
     def __repr__(self) -> str:  # secrets never appear here
         return f"<Server {self.id} {self.server_name or '-'} sub={self.subscription_id} {self.status}>"
@@ -195,6 +238,73 @@ class ServerEvent(Base):
     __table_args__ = (Index("ix_provisioner_server_events_server_at", "server_id", "at"),)
 
 
-# Stripe and outbox tables share this metadata (one Alembic history); imported last because
-# that module imports Base from here.
-from provisioner import models_extra  # noqa: E402, F401
+# --- the Stripe storefront's copy of its subscriptions, and the notification outbox -------------
+
+
+# Outbox row states.
+PENDING = "pending"
+SENDING = "sending"
+SENT = "sent"
+FAILED = "failed"
+
+EMAIL = "email"
+WEBHOOK = "webhook"
+
+
+class StripeEvent(Base):
+    __tablename__ = "provisioner_stripe_events"
+
+    id: Mapped[str] = mapped_column(String(191), primary_key=True)            # evt_…
+    type: Mapped[str] = mapped_column(String(64))
+    created: Mapped[dt.datetime] = mapped_column(UTCDateTime)                 # Stripe's event.created
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    outcome: Mapped[str] = mapped_column(String(191), default="")
+
+
+class StripeSubscription(Base):
+    __tablename__ = "provisioner_stripe_subscriptions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)             # sub_…
+    customer_id: Mapped[str] = mapped_column(String(64), default="")          # cus_…
+    email: Mapped[str] = mapped_column(String(191), default="")
+    price_id: Mapped[str] = mapped_column(String(64), default="")             # price_… = settings.products key
+    status: Mapped[str] = mapped_column(String(32), default="")               # "" = not known yet
+    cancel_at_period_end: Mapped[bool] = mapped_column(Boolean, default=False)
+    current_period_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    ended_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    trial_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    object_created: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_event_created: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<StripeSubscription {self.id} {self.status or '?'}>"
+
+
+class OutboxMessage(Base):
+    __tablename__ = "provisioner_outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))                  # server_ready, needs_attention, …
+    channel: Mapped[str] = mapped_column(String(16))               # email | webhook
+    recipient: Mapped[str] = mapped_column(String(191), default="")  # address, or the webhook's host
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    subject: Mapped[str] = mapped_column(String(255), default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    server_id: Mapped[int | None] = mapped_column(Integer)
+    dedupe_key: Mapped[str] = mapped_column(String(191), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default=PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)   # while `sending`
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_provisioner_outbox_status_due", "status", "next_attempt_at"),)
+
+    def __repr__(self) -> str:  # no recipient or body: they are personal data
+        return f"<OutboxMessage {self.id} {self.kind}/{self.channel} {self.status} attempts={self.attempts}>"

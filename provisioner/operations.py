@@ -1,8 +1,12 @@
-"""Carrying out plans and operator requests: start actions, then drive rows forward.
+"""Carrying out plans and requests: start actions on rows, find the rows that are due, and
+drive rows forward.
 
-Used by ``provisioner check --apply``, the operator commands and the worker's tick. Each
-server is driven in its own thread with its own database session; one server's failure
-never stops the others.
+The worker's planning tick starts a plan's actions (:func:`start_plan`) and the leader
+starts the rebuilds customers asked for as soon as they are due
+(:func:`start_requested_rebuilds`); the worker's driver (:mod:`jobs.driver`) finds due rows
+with :func:`due_rows` and advances each in its own thread. ``provisioner check --apply``
+and the operator commands use :func:`drive` / :func:`drive_until_idle` to carry their own
+rows in the foreground. One server's failure never stops the others.
 """
 
 from __future__ import annotations
@@ -10,18 +14,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner.lifecycle import Lifecycle, Outcome, ServerBusy
-from provisioner.models import Server
+from provisioner import actions
+from provisioner.actions import ServerBusy
+from provisioner.lifecycle import Lifecycle, Outcome
+from provisioner.models import Server, as_utc
+from provisioner.planning import CrossCheck
 from provisioner.reconcile import Plan
-from provisioner.steps import PermanentStepError
-from provisioner.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +37,6 @@ class Applied:
     started: dict[str, list[str]] = field(default_factory=lambda: {"build": [], "destroy": [], "rebuild": []})
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
-
-
-CrossCheck = Callable[[Subscription], bool | None]
 
 
 def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None) -> Applied:
@@ -76,30 +79,67 @@ def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None) ->
                 applied.refused.append(f"destroy {state.label}: {exc}")
         for state in p.rebuild:
             asked = s.get(Server, state.id)
-            if asked is None:
-                continue
-            actor = "customer" if asked.rebuild_due_at is None else "scheduler"
-            try:
-                try:
-                    lc.begin_rebuild(s, asked, asked.rebuild_now_location, actor=actor)
-                except ValueError as exc:  # a location no longer offered: never retry it forever
-                    applied.refused.append(f"rebuild {state.label}: {exc}; rebuilding in a random location")
-                    lc.begin_rebuild(s, asked, "random", actor=actor)
-                s.commit()
-                applied.started["rebuild"].append(state.label)
-            except (ServerBusy, ValueError, PermanentStepError, StaleDataError) as exc:
-                s.rollback()
-                applied.refused.append(f"rebuild {state.label}: {exc}")
+            if asked is not None:
+                _start_requested(lc, s, asked, applied)
     return applied
 
 
-def due_rows(lc: Lifecycle, now: dt.datetime) -> list[int]:
-    """Rows with an action whose next attempt is due and that no live lease holds."""
+def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
+    """Start every rebuild a customer (or the schedule) asked for whose time has come; one
+    indexed query when there is none, so the leader can ask every second."""
     with lc.ctx.sessions() as s:
-        q = select(Server.id, Server.next_attempt_at, Server.lease_until).where(
-            Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False))
-        return [rid for rid, nxt, lease in s.execute(q)
-                if (nxt is None or nxt <= now) and (lease is None or lease <= now)]
+        ids = list(s.scalars(select(Server.id).where(
+            Server.rebuild_now_status.is_(True), or_(Server.rebuild_due_at.is_(None), Server.rebuild_due_at <= now),
+            Server.action.is_(None), Server.paused.is_(False), Server.needs_human.is_(False))))
+        applied = Applied()
+        for rid in ids:
+            row = s.get(Server, rid)
+            if row is not None:
+                _start_requested(lc, s, row, applied)
+    for line in applied.refused:
+        log.warning("rebuild request: %s", line)
+    return applied.started["rebuild"]
+
+
+def _start_requested(lc: Lifecycle, s: Session, row: Server, applied: Applied) -> None:
+    label = row.server_name or f"#{row.id}"
+    actor = "customer" if row.rebuild_due_at is None else "scheduler"
+    try:
+        actions.begin_requested_rebuild(s, lc.ctx.settings, row, actor=actor, now=lc.clock())
+        s.commit()
+        applied.started["rebuild"].append(label)
+    except (ServerBusy, actions.NotOffered, StaleDataError) as exc:
+        s.rollback()
+        applied.refused.append(f"rebuild {label}: {exc}")
+
+
+def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | None = None,
+             exclude: Collection[int] = ()) -> list[int]:
+    """Rows with an action whose next attempt is due and that no live lease holds, soonest
+    first (one query on ``ix_provisioner_servers_due``)."""
+    q = (select(Server.id).where(
+        Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
+        or_(Server.next_attempt_at.is_(None), Server.next_attempt_at <= now),
+        or_(Server.lease_until.is_(None), Server.lease_until <= now))
+        .order_by(Server.next_attempt_at, Server.id))
+    if exclude:
+        q = q.where(Server.id.not_in(list(exclude)))
+    if limit is not None:
+        q = q.limit(limit)
+    with sessions() as s:
+        return list(s.scalars(q))
+
+
+def next_due_at(sessions: sessionmaker[Session], now: dt.datetime, *,
+                exclude: Collection[int] = ()) -> dt.datetime | None:
+    """When the soonest waiting row (a boot poll, a backoff) that nobody works on becomes due."""
+    q = select(func.min(Server.next_attempt_at)).where(
+        Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
+        or_(Server.lease_until.is_(None), Server.lease_until <= now))
+    if exclude:
+        q = q.where(Server.id.not_in(list(exclude)))
+    with sessions() as s:
+        return as_utc(s.scalar(q))
 
 
 def drive(lc: Lifecycle, ids: Iterable[int], threads: int = 8) -> dict[int, Outcome]:
@@ -127,7 +167,7 @@ def drive_until_idle(lc: Lifecycle, ids: Iterable[int] | None = None, timeout: f
     outcomes: dict[int, Outcome] = {}
     while time.monotonic() < deadline:
         now = lc.clock()
-        due = due_rows(lc, now)
+        due = due_rows(lc.ctx.sessions, now)
         if watched is not None:
             due = [r for r in due if r in watched]
         outcomes.update(drive(lc, due, threads))

@@ -2,9 +2,10 @@
 (its side effect done, its result not yet recorded) converges to the same state.
 
 A step takes the row, performs at most one kind of side effect, sets the ids it produced
-on the row, and returns the name of the next step (or ``None`` when the action is done).
-It raises :class:`Wait` to be polled again, :class:`PermanentStepError` when a human must
-look, and the adapters' transient errors when a retry will do.
+on the row, and returns :class:`Next`: the next step (``None`` when the action is done),
+what it did in words for the audit trail, and when the next step may start. It raises
+:class:`Wait` to be polled again, :class:`PermanentStepError` when a human must look, and
+the adapters' errors (:class:`~provisioner.cloud.errors.ProviderError`) otherwise.
 
     create:  prepare → instance → boot → install → dns → snapshot → finish
     rebuild:           instance → boot → install → dns → carry → retire → finish
@@ -18,15 +19,17 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioner import bandwidth
 from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
-from provisioner.config_schema import Settings
 from provisioner.models import Server, Status, utcnow
+from provisioner.naming import Names
 from provisioner.secrets import SecretBox
+from provisioner.settings.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,15 @@ class Wait(Exception):  # noqa: N818 - a signal, not an error
 
 class PermanentStepError(RuntimeError):
     """Retrying will not help; a human must look (message is shown to operators)."""
+
+
+@dataclass(frozen=True)
+class Next:
+    """What a step hands back to the lifecycle."""
+
+    step: str | None                        # the next step; None when the action is complete
+    detail: str = ""                        # what happened, in words, for the "ok" event
+    not_before: dt.datetime | None = None   # the next step starts no earlier than this
 
 
 @dataclass
@@ -79,68 +91,37 @@ class Context:
     dns: Any                     # provisioner.cloud.cloudflare.CloudflareDNS
     install: Installer           # runs the install over pinned SSH (provisioner.installer)
     worker_public_key: str
+    names: Names
     crash: Crash = lambda point: None
     clock: Callable[[], dt.datetime] = utcnow
-    last_detail: dict[int, str] = field(default_factory=dict)   # row id → detail for the "ok" event
-    delay: dict[int, dt.datetime] = field(default_factory=dict)  # row id → earliest start of the next step
-
-    def budget(self, step: str) -> dt.timedelta:
-        lc = self.settings.lifecycle
-        minutes = {"boot": lc.boot_deadline_minutes, "install": lc.install_deadline_minutes,
-                   "snapshot": lc.snapshot_deadline_minutes}.get(step, lc.api_deadline_minutes)
-        if step == "retire":  # waits out the DNS TTL first
-            minutes += lc.retire_delay_seconds / 60
-        return dt.timedelta(minutes=minutes)
-
-    def label(self, row: Server, generation: int | None = None) -> str:
-        gen = row.generation if generation is None else generation
-        return f"{self.settings.vultr.label_prefix}-{row.id}-g{gen}"
-
-    def snapshot_description(self, row: Server) -> str:
-        return f"{self.settings.vultr.label_prefix}-{row.id}-snapshot"
-
-    def note(self, row: Server, detail: str) -> None:
-        self.last_detail[row.id] = detail
-
-
-def first_step(action: str) -> str:
-    return {"create": "prepare", "rebuild": "instance", "destroy": "instances"}[action]
-
-
-def status_for(action: str, current: str) -> str:
-    if action == "create":
-        return Status.QUEUED.value if current in (Status.QUEUED.value, Status.DESTROYED.value) \
-            else Status.INSTALLING.value
-    return {"rebuild": Status.REBUILDING.value, "destroy": Status.DESTROYING.value}[action]
 
 
 # --- create ------------------------------------------------------------------------------------
 
-def prepare(ctx: Context, row: Server) -> str:
+def prepare(ctx: Context, row: Server) -> Next:
     from provisioner.cloudinit import generate_host_key
     from provisioner.vpn import pki as vpn_pki
 
     if ctx.settings.product(row.product_id) is None:
         raise PermanentStepError(f"product {row.product_id} is not configured in [products]")
     if not row.server_name:
-        row.server_name = f"{ctx.settings.planner.server_name_prefix}{row.id:03d}.{ctx.settings.cloudflare.domain}"
+        row.server_name = ctx.names.server_name(row.id)
     if not row.secrets_enc:
         host = generate_host_key()
         secrets = ServerSecrets(pki=vpn_pki.to_bytes(vpn_pki.generate_pki(row.server_name)),
                                 host_private=host.private_pem, host_public=host.public_line)
         row.secrets_enc = secrets.seal(ctx.box)
-    row.instance_label = ctx.label(row)
+    row.instance_label = ctx.names.instance_label(row.id, row.generation)
     row.status = Status.INSTALLING.value
-    ctx.note(row, f"name {row.server_name}, label {row.instance_label}")
-    return "instance"
+    return Next("instance", f"name {row.server_name}, label {row.instance_label}")
 
 
-def ensure_instance(ctx: Context, row: Server) -> str:
+def ensure_instance(ctx: Context, row: Server) -> Next:
     """Adopt the instance carrying this generation's label, or create it (one POST, never retried)."""
-    label = ctx.label(row)
+    label = ctx.names.instance_label(row.id, row.generation)
     row.instance_label = label
     if row.instance_id:
-        return "boot"
+        return Next("boot")
     found = sorted(ctx.vultr.list_instances(label=label), key=lambda i: (i.date_created, i.id))
     if found:
         keep, extra = found[0], found[1:]
@@ -148,8 +129,7 @@ def ensure_instance(ctx: Context, row: Server) -> str:
             log.warning("server %s: deleting duplicate instance %s with label %s", row.server_name, dup.id, label)
             ctx.vultr.delete_instance(dup.id)
         row.instance_id = keep.id
-        ctx.note(row, f"adopted instance {keep.id} ({label})")
-        return "boot"
+        return Next("boot", f"adopted instance {keep.id} ({label})")
     product = ctx.settings.product(row.product_id)
     if product is None:
         raise PermanentStepError(f"product {row.product_id} is not configured in [products]")
@@ -166,35 +146,33 @@ def ensure_instance(ctx: Context, row: Server) -> str:
                                          ssh_key_ids=ctx.settings.vultr.ssh_key_ids,
                                          hostname=(row.server_name or label).split(".")[0])
     except VultrNotFound as exc:
-        raise PermanentStepError(f"Vultr does not offer what product {product.id} asks for: {exc}") from None
+        raise PermanentStepError(f"Vultr does not offer what product {product.id} asks for: {exc}") from exc
     except VultrPermanent as exc:
-        raise PermanentStepError(f"Vultr refused to create the server in {region}: {exc}") from None
+        raise PermanentStepError(f"Vultr refused to create the server in {region}: {exc}") from exc
     ctx.crash(f"{row.action}.instance:posted")
     # Saved in its own commit at once: the id is the only handle on something we pay for.
     row.instance_id = inst.id
     if inst.default_password:
         row.root_password_enc = ctx.box.seal(inst.default_password.encode())
     _commit(row)
-    ctx.note(row, f"created instance {inst.id} in {region}")
-    return "boot"
+    return Next("boot", f"created instance {inst.id} in {region}")
 
 
-def boot(ctx: Context, row: Server) -> str:
+def boot(ctx: Context, row: Server) -> Next:
     try:
         inst = ctx.vultr.get_instance(row.instance_id or "")
     except VultrNotFound:
         # Gone behind our back (or never recorded): make it again under the same label.
-        ctx.note(row, f"instance {row.instance_id} disappeared; creating it again")
+        detail = f"instance {row.instance_id} disappeared; creating it again"
         row.instance_id = None
-        return "instance"
+        return Next("instance", detail)
     if not inst.is_ready:
         raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
     row.server_ip = inst.main_ip
-    ctx.note(row, f"instance {inst.id} is up at {inst.main_ip}")
-    return "install"
+    return Next("install", f"instance {inst.id} is up at {inst.main_ip}")
 
 
-def install(ctx: Context, row: Server) -> str:
+def install(ctx: Context, row: Server) -> Next:
     from provisioner.vpn import config as vpn_config
     from provisioner.vpn import pki as vpn_pki
 
@@ -207,111 +185,103 @@ def install(ctx: Context, row: Server) -> str:
     ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
     vpn_config.validate_ovpn(ovpn)
     row.ovpn_file_enc = ctx.box.seal(ovpn)
-    ctx.note(row, "OpenVPN installed and active")
-    return "dns"
+    return Next("dns", "OpenVPN installed and active")
 
 
-def point_dns(ctx: Context, row: Server) -> str:
+def point_dns(ctx: Context, row: Server) -> Next:
     row.dns_record_id = ctx.dns.upsert_a(row.server_name, row.server_ip)
-    ctx.note(row, f"{row.server_name} → {row.server_ip}")
-    return "snapshot" if row.action == "create" else "carry"
+    return Next("snapshot" if row.action == "create" else "carry", f"{row.server_name} → {row.server_ip}")
 
 
-def snapshot(ctx: Context, row: Server) -> str:
+def snapshot(ctx: Context, row: Server) -> Next:
     if not ctx.settings.lifecycle.snapshots:
-        return "finish"
+        return Next("finish")
     if row.snapshot_id:
         snap = ctx.vultr.get_snapshot(row.snapshot_id)
     else:
-        description = ctx.snapshot_description(row)
+        description = ctx.names.snapshot_description(row.id)
         existing = ctx.vultr.list_snapshots(description=description)
         snap = existing[0] if existing else ctx.vultr.create_snapshot(row.instance_id or "", description)
         row.snapshot_id = snap.id
         _commit(row)
     if snap.status != "complete":
         raise Wait(ctx.settings.lifecycle.poll_seconds, f"snapshot {snap.id}")
-    ctx.note(row, f"snapshot {snap.id} complete")
-    return "finish"
+    return Next("finish", f"snapshot {snap.id} complete")
 
 
-def finish(ctx: Context, row: Server) -> None:
+def finish(ctx: Context, row: Server) -> Next:
     row.status = Status.RUNNING.value
     row.current_location = row.target_location
     if row.action == "rebuild":
         row.last_rebuilt_at = ctx.clock()
-    ctx.note(row, f"running in {row.current_location}")
+    return Next(None, f"running in {row.current_location}")
 
 
 # --- rebuild -----------------------------------------------------------------------------------
 
-def carry_bandwidth(ctx: Context, row: Server) -> str:
+def carry_bandwidth(ctx: Context, row: Server) -> Next:
     """Add the old instance's traffic this month to the carried total (same commit as the step)."""
+    detail = ""
     if row.old_instance_id:
-        month = ctx.clock().strftime("%Y-%m")
         try:
             days = ctx.vultr.bandwidth(row.old_instance_id)
         except VultrNotFound:
             days = {}
-        used = sum(i + o for d, (i, o) in days.items() if d.strftime("%Y-%m") == month)
-        if row.bandwidth_month != month:  # a new month began before any sync noticed
-            row.bandwidth_month, row.bandwidth_carried = month, 0
-            row.bandwidth_this_month, row.bandwidth_alerted = 0, 0
-        row.bandwidth_carried += used
-        row.bandwidth_this_month = max(row.bandwidth_this_month, row.bandwidth_carried)
-        ctx.note(row, f"carried {used} bytes from instance {row.old_instance_id}")
+        used = bandwidth.carry(row, days, ctx.clock())
+        detail = f"carried {used} bytes from instance {row.old_instance_id}"
     # Resolvers may still hand out the old address until the TTL runs out.
-    ctx.delay[row.id] = ctx.clock() + dt.timedelta(seconds=ctx.settings.lifecycle.retire_delay_seconds)
-    return "retire"
+    return Next("retire", detail,
+                not_before=ctx.clock() + dt.timedelta(seconds=ctx.settings.lifecycle.retire_delay_seconds))
 
 
-def retire(ctx: Context, row: Server) -> str:
+def retire(ctx: Context, row: Server) -> Next:
+    detail = ""
     if row.old_instance_id:
         _delete_ours(ctx, row, row.old_instance_id)
-        ctx.note(row, f"deleted old instance {row.old_instance_id}")
+        detail = f"deleted old instance {row.old_instance_id}"
         row.old_instance_id = None
-    return "finish"
+    return Next("finish", detail)
 
 
 # --- destroy -----------------------------------------------------------------------------------
 
-def delete_instances(ctx: Context, row: Server) -> str:
-    prefix = f"{ctx.settings.vultr.label_prefix}-{row.id}-g"
+def delete_instances(ctx: Context, row: Server) -> Next:
     ids = {i for i in (row.instance_id, row.old_instance_id) if i}
     # Also anything of ours with this server's label (a create whose reply was lost).
-    ids |= {i.id for i in ctx.vultr.list_instances(tag=ctx.settings.vultr.tag) if i.label.startswith(prefix)}
+    ids |= {i.id for i in ctx.vultr.list_instances(tag=ctx.settings.vultr.tag)
+            if ctx.names.is_servers_instance(i.label, row.id)}
     for instance_id in sorted(ids):
         _delete_ours(ctx, row, instance_id)
     row.instance_id = row.old_instance_id = None
-    ctx.note(row, f"deleted {len(ids)} instance(s)")
-    return "dns"
+    return Next("dns", f"deleted {len(ids)} instance(s)")
 
 
-def delete_dns(ctx: Context, row: Server) -> str:
+def delete_dns(ctx: Context, row: Server) -> Next:
     if row.dns_record_id:
         ctx.dns.delete(row.dns_record_id)
     if row.server_name:
         for rec in ctx.dns.list_by_name(row.server_name):
             ctx.dns.delete(rec.id)
     row.dns_record_id = None
-    return "snapshot"
+    return Next("snapshot")
 
 
-def delete_snapshot(ctx: Context, row: Server) -> str:
+def delete_snapshot(ctx: Context, row: Server) -> Next:
     ids = {row.snapshot_id} if row.snapshot_id else set()
-    description = ctx.snapshot_description(row)
+    description = ctx.names.snapshot_description(row.id)
     ids |= {s.id for s in ctx.vultr.list_snapshots(description=description)}
     for sid in sorted(ids):
         ctx.vultr.delete_snapshot(sid)
     row.snapshot_id = None
-    return "wipe"
+    return Next("wipe")
 
 
-def wipe(ctx: Context, row: Server) -> None:
+def wipe(ctx: Context, row: Server) -> Next:
     row.secrets_enc = row.ovpn_file_enc = row.root_password_enc = None
     row.server_ip = None
     row.status = Status.DESTROYED.value
     row.destroyed_at = ctx.clock()
-    ctx.note(row, "instance, DNS record, snapshot and secrets removed")
+    return Next(None, "instance, DNS record, snapshot and secrets removed")
 
 
 def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
@@ -320,7 +290,7 @@ def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
         inst = ctx.vultr.get_instance(instance_id)
     except VultrNotFound:
         return
-    if not inst.label.startswith(f"{ctx.settings.vultr.label_prefix}-{row.id}-g"):
+    if not ctx.names.is_servers_instance(inst.label, row.id):
         raise PermanentStepError(f"instance {instance_id} is labelled {inst.label!r}, not one of this server's; "
                                  "refusing to delete it")
     ctx.vultr.delete_instance(instance_id)
@@ -334,7 +304,9 @@ def _commit(row: Server) -> None:
         session.commit()
 
 
-STEPS: dict[str, dict[str, Callable[[Context, Server], str | None]]] = {
+Step = Callable[[Context, Server], Next]
+
+STEPS: dict[str, dict[str, Step]] = {
     "create": {"prepare": prepare, "instance": ensure_instance, "boot": boot, "install": install,
                "dns": point_dns, "snapshot": snapshot, "finish": finish},
     "rebuild": {"instance": ensure_instance, "boot": boot, "install": install, "dns": point_dns,

@@ -1,21 +1,103 @@
-"""Turn settings into the clouds and the lifecycle (production adapters only: the sandbox
-is reached over its ports exactly like the real APIs)."""
+"""Wiring: turn validated settings into the objects commands, jobs and the API use.
+
+The composition root's helper: the database engine and sessions, the secret box, the
+storefront, the production adapters (the sandbox is reached over its ports exactly like
+the real APIs) and the lifecycle. Constructed once per process; everything here is
+cheap until first used. Nothing below this module imports it: the domain receives what
+it needs as arguments.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
-from provisioner.app import App
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner import db, planning
 from provisioner.cloud.cloudflare import CloudflareDNS
 from provisioner.cloud.ratelimit import RateLimiter
 from provisioner.cloud.vultr import VultrCloud
 from provisioner.installer import ssh_installer
 from provisioner.lifecycle import Lifecycle
+from provisioner.models import Server, ServerEvent, utcnow
+from provisioner.naming import Names, names
+from provisioner.reconcile import Plan
+from provisioner.secrets import SecretBox
 from provisioner.settings import ConfigError
+from provisioner.settings.schema import Settings
 from provisioner.steps import Context
+from provisioner.storefront import Storefront, open_storefront
+from provisioner.subscriptions import Subscription
 
+
+@dataclass
+class App:
+    """The process's objects, built on first use from the settings."""
+
+    settings: Settings
+    clock: Callable[[], dt.datetime] = field(default=utcnow)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return db.make_engine(self.settings.database.url, echo=self.settings.database.echo)
+
+    @cached_property
+    def sessions(self) -> sessionmaker[Session]:
+        return db.session_factory(self.engine)
+
+    @cached_property
+    def secret_box(self) -> SecretBox:
+        return SecretBox(self.settings.secrets.fernet_keys)
+
+    @cached_property
+    def storefront(self) -> Storefront:
+        return open_storefront(self.settings, self.sessions)
+
+    @property
+    def names(self) -> Names:
+        return names(self.settings)
+
+    def destroy_cross_check(self) -> planning.CrossCheck | None:
+        return planning.stripe_cross_check(self.settings, self.sessions)
+
+    def plan_once(self) -> tuple[Plan, str | None]:
+        """One planning pass. Returns the plan and, if the storefront failed, why."""
+        return planning.plan_pass(self.sessions, self.storefront, self.settings, self.clock())
+
+    def find_subscription(self, sub_id: str) -> Subscription | None:
+        for sub in self.storefront.read(self.clock()):
+            if sub.id == sub_id:
+                return sub
+        return None
+
+    def find_server(self, session: Session, ref: str) -> Server | None:
+        """A server by name (g0001.vpn.example.com or just g0001), or by #id."""
+        if ref.startswith("#") and ref[1:].isdigit():
+            return session.get(Server, int(ref[1:]))
+        row = session.scalars(select(Server).where(Server.server_name == ref)).first()
+        if row is None and "." not in ref:
+            row = session.scalars(
+                select(Server).where(Server.server_name == f"{ref}.{self.settings.cloudflare.domain}")).first()
+        return row
+
+    def all_servers(self) -> list[Server]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Server).order_by(Server.id)))
+
+    def events(self, session: Session, server_id: int, limit: int = 200) -> list[ServerEvent]:
+        q = (select(ServerEvent).where(ServerEvent.server_id == server_id)
+             .order_by(ServerEvent.at.desc(), ServerEvent.id.desc()).limit(limit))
+        return list(reversed(list(session.scalars(q))))
+
+
+# --- adapters and the lifecycle ---------------------------------------------------------------
 
 def vultr(app: App) -> VultrCloud:
     v = app.settings.vultr
@@ -51,7 +133,7 @@ def context(app: App) -> Context:
                    dns=cloudflare(app),
                    install=ssh_installer(s.private_key_file, connect_timeout=s.connect_timeout,
                                          command_timeout=s.command_timeout),
-                   worker_public_key=worker_public_key(app), clock=app.clock)
+                   worker_public_key=worker_public_key(app), names=app.names, clock=app.clock)
 
 
 def lifecycle(app: App, owner: str | None = None) -> Lifecycle:

@@ -10,8 +10,8 @@ import pytest
 
 from dashboard_api.server import create_app
 from dashboard_api.tokens import MAX_TTL_SECONDS, TokenError, mint_token, verify_token
-from provisioner.app import App
 from provisioner.settings import ConfigError, load_settings
+from provisioner.wiring import App
 from tests.fixtures.api import *  # noqa: F403
 from tests.fixtures.api import NOBODIES, OTHER, OWNER, ApiEnv
 from tests.fixtures.config import write_config
@@ -179,11 +179,10 @@ def test_it_refuses_to_start_without_a_jwt_secret(tmp_path) -> None:
     assert "\n" not in message and message.startswith("api.jwt_secret")
 
 
-def test_it_refuses_to_serve_from_the_command_line_without_a_jwt_secret(tmp_path) -> None:
-    import argparse
-
-    from dashboard_api.server import main
+def test_it_refuses_to_serve_from_the_command_line_without_a_jwt_secret(tmp_path, capsys) -> None:
+    from provisioner.cli import main
 
     path = write_config(tmp_path, api={"jwt_secret": ""})
-    with pytest.raises(ConfigError, match=r"^api\.jwt_secret: empty"):
-        main(argparse.Namespace(config=str(path)))
+    code = main(["--config", str(path), "api"])
+    assert code == 2
+    assert "api.jwt_secret: empty" in capsys.readouterr().err

@@ -79,7 +79,7 @@ def test_it_lists_the_locations_of_the_callers_plans_with_cities(api_env: ApiEnv
 def test_it_serves_the_page_config_without_a_token(api_env: ApiEnv) -> None:
     r = api_env.client.get("/api/config")
     assert r.json() == {"storefront_url": f"{STOREFRONT}/pricing", "languages": ["en", "de", "fr"],
-                        "refresh_seconds": 15}
+                        "refresh_seconds": 15, "schedules": ["none", "daily", "weekly", "monthly"]}
 
 
 # --- rebuild -------------------------------------------------------------------------------------
@@ -151,15 +151,15 @@ def test_it_names_the_allowed_regions_when_the_location_is_not_offered(api_env: 
 def test_it_answers_409_when_the_worker_changed_the_row_meanwhile(api_env: ApiEnv, owner: dict[str, str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # Given the worker bumps the row between the API's read and its write
-    from dashboard_api import views
+    from provisioner import customer
 
-    real = views.is_busy
+    real = customer.busy_reason
 
     def racing(row):  # noqa: ANN001, ANN202
         api_env.set("g0001", bandwidth_this_month=1)
         return real(row)
 
-    monkeypatch.setattr(views, "is_busy", racing)
+    monkeypatch.setattr(customer, "busy_reason", racing)
     r = api_env.client.post("/api/servers/g0001/rebuild", headers=owner, json={"location": "ams"})
     assert r.status_code == 409 and r.json()["error"]["code"] == "conflict"
     assert api_env.row("g0001").rebuild_now_status is False

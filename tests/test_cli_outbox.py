@@ -9,11 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from provisioner import notify
-from provisioner.app import App
 from provisioner.cli import main
-from provisioner.models import Server
-from provisioner.models_extra import FAILED, PENDING, SENT, OutboxMessage
-from provisioner.outbox import send_pending
+from provisioner.models import FAILED, PENDING, SENT, OutboxMessage, Server
+from provisioner.notify.outbox import send_pending
+from provisioner.wiring import App
 from tests.fixtures.net import free_port
 from tests.fixtures.notify import add_server, notify_app
 from tests.fixtures.smtp import smtp_server
@@ -44,7 +43,7 @@ def failed_mail(tmp_path: Path) -> tuple[App, int]:
     server = add_server(app)
     for key in ("ready:1", "ready:2", "ready:3"):
         _queue(app, server, key)
-    assert send_pending(app, app.clock()).failed == 3
+    assert send_pending(app.sessions, app.settings.notify, app.clock()).failed == 3
     return app, port
 
 
@@ -67,8 +66,8 @@ def test_a_retried_message_is_delivered_once_when_smtp_is_back(tmp_path: Path, f
     assert code == 0 and f"#{first}" in out
     assert _statuses(app)[first] == (PENDING, 0)
     with smtp_server(port=port) as (inbox, _):
-        assert send_pending(app, app.clock()).sent == 1
-        assert send_pending(app, app.clock()).sent == 0
+        assert send_pending(app.sessions, app.settings.notify, app.clock()).sent == 1
+        assert send_pending(app.sessions, app.settings.notify, app.clock()).sent == 0
         assert len(inbox.snapshot()) == 1
     assert sorted(st for st, _ in _statuses(app).values()) == [FAILED, FAILED, SENT]
     app.engine.dispose()
@@ -104,10 +103,10 @@ def test_a_sent_message_is_never_queued_again(tmp_path: Path, capsys: pytest.Cap
     with smtp_server() as (inbox, port):
         app = notify_app(tmp_path, smtp_port=port)
         _queue(app, add_server(app), "ready:1")
-        assert send_pending(app, app.clock()).sent == 1
+        assert send_pending(app.sessions, app.settings.notify, app.clock()).sent == 1
         [msg_id] = _statuses(app)
         code, _, err = _cli(tmp_path, capsys, "outbox", "retry", str(msg_id))
         assert code == 2 and f"#{msg_id} is sent" in err
-        assert send_pending(app, app.clock()).sent == 0
+        assert send_pending(app.sessions, app.settings.notify, app.clock()).sent == 0
         assert len(inbox.snapshot()) == 1
     app.engine.dispose()

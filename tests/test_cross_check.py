@@ -7,9 +7,9 @@ import tomllib
 from sqlalchemy import select, text
 
 from provisioner import db, operations
-from provisioner.app import App
 from provisioner.models import Server, ServerEvent
 from provisioner.settings import load_settings
+from provisioner.wiring import App
 from tests.fixtures.config import dump_toml
 from tests.fixtures.stack import Stack
 from tests.fixtures.stripe_api import fake_stripe

@@ -20,16 +20,16 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.bandwidth import BandwidthReport, month_of, month_total, reset_bandwidth_monthly, sync_bandwidth
+from jobs.bandwidth import BandwidthReport, reset_bandwidth_monthly, sync_bandwidth
 from provisioner import db, notify, operations
-from provisioner.app import App
+from provisioner.bandwidth import month_of, month_total
 from provisioner.cloud.vultr import VultrCloud
-from provisioner.config_schema import Product
-from provisioner.models import Server, ServerEvent
-from provisioner.models_extra import OutboxMessage
+from provisioner.models import OutboxMessage, Server, ServerEvent
 from provisioner.sandbox.app import Sandbox
 from provisioner.settings import load_settings
+from provisioner.settings.schema import Product
 from provisioner.storefront import eddschema
+from provisioner.wiring import App
 from tests.fixtures.sandbox import DEBIAN_12, FakeClock, calls, make_vultr, sandbox_config
 from tests.fixtures.stack import Stack, build_stack, point_at
 

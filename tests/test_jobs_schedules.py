@@ -12,7 +12,6 @@ from sqlalchemy import Engine, event, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.schedules import (
-    SCHEDULE_CHANGED,
     due_time,
     mark_due_rebuilds,
     rebuild_daily,
@@ -220,8 +219,9 @@ def test_it_counts_from_when_the_schedule_was_saved(sessions: sessionmaker[Sessi
     # Given a server created long ago whose customer chose "daily" at 15:00 New York today
     rid = add_server(sessions, "daily", created=utc(2026, 1, 1))
     with sessions() as s:
-        s.add(ServerEvent(server_id=rid, at=utc(2026, 11, 20, 20), actor="customer", what=SCHEDULE_CHANGED,
-                          outcome="ok", detail="none -> daily"))
+        saved = s.get(Server, rid)
+        assert saved is not None
+        saved.schedule_set_at = utc(2026, 11, 20, 20)
         s.commit()
     # Then this morning's midnight, already past when it was saved, is not due
     assert mark(sessions, utc(2026, 11, 20, 21)) == []

@@ -14,8 +14,8 @@ from sqlalchemy import select
 from jobs.sweep import Resource, SweepReport, sweep
 from provisioner.cloud.cloudflare import CloudflareDNS
 from provisioner.cloud.vultr import VultrCloud
-from provisioner.config_schema import Settings
 from provisioner.models import Orphan, Server
+from provisioner.settings.schema import Settings
 from tests.fixtures.sandbox import DEBIAN_12, make_cloudflare, make_vultr
 from tests.fixtures.stack import Stack
 

@@ -6,8 +6,7 @@ import pytest
 from sqlalchemy import select
 
 from provisioner import operations
-from provisioner.models import Server
-from provisioner.models_extra import OutboxMessage
+from provisioner.models import OutboxMessage, Server
 from tests.fixtures.stack import Stack
 
 NOTIFY = {"notify": {"operator_email": "ops@example.com"}}

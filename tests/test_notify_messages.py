@@ -10,7 +10,7 @@ import pytest
 
 from provisioner import notify
 from provisioner.models import Server
-from provisioner.outbox import send_pending
+from provisioner.notify.outbox import send_pending
 from tests.fixtures.notify import DASHBOARD, KEY_MARKERS, OPERATOR, SECRET_VALUES, add_server, notify_app
 from tests.fixtures.smtp import Received, smtp_server
 
@@ -68,7 +68,7 @@ def test_it_sends_every_kind_in_the_customers_language(tmp_path: Path, lang: str
         app = notify_app(tmp_path, smtp_port=port)
         server = add_server(app, language=lang)
         enqueue_all(app, server)
-        report = send_pending(app, NOW)
+        report = send_pending(app.sessions, app.settings.notify, NOW)
         assert report.sent == len(CONTEXTS) and report.failed == report.retried == 0
         got = by_kind(inbox.snapshot())
     assert set(got) == set(CONTEXTS)
@@ -89,7 +89,7 @@ def test_it_alerts_the_operator_with_the_error_and_the_last_ten_events(tmp_path:
         app = notify_app(tmp_path, smtp_port=port)
         server = add_server(app, language="de")     # the operator reads notify.default_language
         enqueue_all(app, server)
-        send_pending(app, NOW)
+        send_pending(app.sessions, app.settings.notify, NOW)
         alert = by_kind(inbox.snapshot())["needs_attention"]
     assert alert.rcpt_tos == [OPERATOR]
     assert "needs attention" in alert.subject and "create install" in alert.subject
@@ -107,7 +107,7 @@ def test_it_never_puts_the_ovpn_or_a_secret_in_a_message(tmp_path: Path, lang: s
     with smtp_server() as (inbox, port):
         app = notify_app(tmp_path, smtp_port=port)
         enqueue_all(app, add_server(app, language=lang))
-        send_pending(app, NOW)
+        send_pending(app.sessions, app.settings.notify, NOW)
         raw = [m.raw.decode("utf-8", "replace") + m.body for m in inbox.snapshot()]
     assert len(raw) == len(CONTEXTS)
     for text in raw:
@@ -124,7 +124,7 @@ def test_it_uses_the_default_language_when_the_customers_is_unknown(tmp_path: Pa
                        settings=app.settings)
         notify.enqueue(s, "server_ready", server=s.get(Server, server.id), language="fr", context={},
                        dedupe_key="r2", settings=app.settings)   # no French templates: the default
-    from provisioner.models_extra import OutboxMessage
+    from provisioner.models import OutboxMessage
     with app.sessions() as s:
         rows = {r.dedupe_key: r for r in s.query(OutboxMessage)}
     assert rows["r1"].language == "de" and "ist bereit" in rows["r1"].subject

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from provisioner import notify, outbox
-from provisioner.app import App
-from provisioner.models import Server
-from provisioner.models_extra import FAILED, PENDING, SENDING, SENT, OutboxMessage
-from provisioner.outbox import LEASE, backoff, claim, send_pending
+from provisioner import notify
+from provisioner.models import FAILED, PENDING, SENDING, SENT, OutboxMessage, Server
+from provisioner.notify import outbox
+from provisioner.notify.outbox import BACKOFF_BASE, LEASE, claim, send_pending
+from provisioner.wiring import App
 from tests.fixtures.net import free_port
 from tests.fixtures.notify import add_server, notify_app
 from tests.fixtures.smtp import smtp_server
@@ -40,8 +40,8 @@ def test_it_sends_one_email_for_a_key_enqueued_twice(tmp_path: Path) -> None:
         assert queue(app, server, f"ready:{server.id}:1") == 1
         assert queue(app, server, f"ready:{server.id}:1") == 0
         assert len(rows(app)) == 1
-        assert send_pending(app, NOW).sent == 1
-        assert send_pending(app, NOW + MINUTE).sent == 0
+        assert send_pending(app.sessions, app.settings.notify, NOW).sent == 1
+        assert send_pending(app.sessions, app.settings.notify, NOW + MINUTE).sent == 0
         assert len(inbox.snapshot()) == 1
     [row] = rows(app)
     assert (row.status, row.attempts, row.sent_at) == (SENT, 1, NOW)
@@ -76,17 +76,19 @@ def test_it_delivers_every_message_exactly_once_after_the_smtp_server_comes_back
                for i in range(5)]
     for srv in servers:
         queue(app, srv, f"ready:{srv.id}")
-    down = send_pending(app, NOW)
+    down = send_pending(app.sessions, app.settings.notify, NOW)
     assert (down.sent, down.retried, down.failed) == (0, 5, 0)
     assert {r.status for r in rows(app)} == {PENDING}
-    assert send_pending(app, NOW + backoff(1) - dt.timedelta(seconds=1)).retried == 0   # not due yet
-    down_again = send_pending(app, NOW + backoff(1))
+    # the first retry waits between half and all of a minute (jitter spreads a backlog out)
+    not_yet = NOW + BACKOFF_BASE / 2 - dt.timedelta(seconds=1)
+    assert send_pending(app.sessions, app.settings.notify, not_yet).retried == 0
+    down_again = send_pending(app.sessions, app.settings.notify, NOW + BACKOFF_BASE)
     assert down_again.retried == 5
     with smtp_server(port) as (inbox, _):
-        t = NOW + backoff(1) + backoff(2)
-        up = send_pending(app, t)
+        t = NOW + BACKOFF_BASE + 2 * BACKOFF_BASE
+        up = send_pending(app.sessions, app.settings.notify, t)
         assert up.sent == 5
-        assert send_pending(app, t + dt.timedelta(hours=2)).sent == 0
+        assert send_pending(app.sessions, app.settings.notify, t + dt.timedelta(hours=2)).sent == 0
         got = sorted(r for m in inbox.snapshot() for r in m.rcpt_tos)
     assert got == [f"c{i}@shop.test" for i in range(5)]
     assert [(r.status, r.attempts) for r in rows(app)] == [(SENT, 3)] * 5
@@ -98,11 +100,11 @@ def test_it_gives_up_after_max_attempts_and_says_so_at_error(tmp_path: Path, cap
     app = notify_app(tmp_path, smtp_port=free_port(), max_attempts=3)
     queue(app, add_server(app), "ready:1")
     t = NOW
-    with caplog.at_level(logging.WARNING, logger="provisioner.outbox"):
+    with caplog.at_level(logging.WARNING, logger="provisioner.notify.outbox"):
         for _ in range(3):
-            send_pending(app, t)
+            send_pending(app.sessions, app.settings.notify, t)
             t += dt.timedelta(hours=2)
-        assert send_pending(app, t).did_work is False
+        assert send_pending(app.sessions, app.settings.notify, t).did_work is False
     [row] = rows(app)
     assert (row.status, row.attempts) == (FAILED, 3)
     assert row.last_error and "127.0.0.1" in row.last_error
@@ -130,8 +132,9 @@ def test_it_takes_back_a_row_whose_sender_died_mid_send(tmp_path: Path) -> None:
         queue(app, add_server(app), "ready:1")
         [row] = rows(app)
         assert claim(app.sessions, row.id, 0, NOW) is not None     # ... and then the worker was killed
-        assert send_pending(app, NOW + LEASE - dt.timedelta(seconds=1)).sent == 0   # still leased
-        report = send_pending(app, NOW + LEASE)
+        still_leased = NOW + LEASE - dt.timedelta(seconds=1)
+        assert send_pending(app.sessions, app.settings.notify, still_leased).sent == 0
+        report = send_pending(app.sessions, app.settings.notify, NOW + LEASE)
         assert (report.recovered, report.sent) == (1, 1)
         assert len(inbox.snapshot()) == 1
     [after] = rows(app)
@@ -143,9 +146,9 @@ def test_it_keeps_email_pending_while_no_smtp_host_is_set(tmp_path: Path, caplog
     app = notify_app(tmp_path, smtp_host="")
     queue(app, add_server(app), "ready:1")
     outbox._said_waiting.clear()
-    with caplog.at_level(logging.WARNING, logger="provisioner.outbox"):
-        first = send_pending(app, NOW)
-        second = send_pending(app, NOW + MINUTE)
+    with caplog.at_level(logging.WARNING, logger="provisioner.notify.outbox"):
+        first = send_pending(app.sessions, app.settings.notify, NOW)
+        second = send_pending(app.sessions, app.settings.notify, NOW + MINUTE)
     assert (first.waiting, first.sent, second.waiting) == (1, 0, 1)
     [row] = rows(app)
     assert (row.status, row.attempts) == (PENDING, 0)
@@ -162,7 +165,7 @@ def test_it_fails_a_permanently_refused_recipient_at_once(tmp_path: Path) -> Non
         inbox.rcpt_reply = "550 5.1.1 no such user"
         app = notify_app(tmp_path, smtp_port=port, max_attempts=10)
         queue(app, add_server(app), "ready:1")
-        report = send_pending(app, NOW)
+        report = send_pending(app.sessions, app.settings.notify, NOW)
     assert (report.failed, report.retried) == (1, 0)
     [row] = rows(app)
     assert (row.status, row.attempts) == (FAILED, 1) and "550" in (row.last_error or "")
@@ -174,9 +177,9 @@ def test_it_retries_a_temporarily_refused_recipient(tmp_path: Path) -> None:
         inbox.rcpt_reply = "451 4.7.1 greylisted, try later"
         app = notify_app(tmp_path, smtp_port=port)
         queue(app, add_server(app), "ready:1")
-        assert send_pending(app, NOW).retried == 1
+        assert send_pending(app.sessions, app.settings.notify, NOW).retried == 1
         inbox.rcpt_reply = None
-        assert send_pending(app, NOW + backoff(1)).sent == 1
+        assert send_pending(app.sessions, app.settings.notify, NOW + BACKOFF_BASE).sent == 1
         assert len(inbox.snapshot()) == 1
     app.engine.dispose()
 
@@ -190,19 +193,4 @@ def test_it_sends_the_operator_alert_only_to_the_webhook_when_no_operator_email(
     assert added == 1
     assert [(r.channel, r.dedupe_key, r.recipient) for r in rows(app)] == [
         ("webhook", "attention:1:webhook", "127.0.0.1:9")]     # the host only: URLs may carry tokens
-    app.engine.dispose()
-
-
-def test_it_finds_settings_on_the_session_when_the_caller_holds_only_a_session(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sqlalchemy.orm import sessionmaker
-
-    app = notify_app(tmp_path)
-    server = add_server(app)
-    monkeypatch.setattr(notify, "_SETTINGS", [])
-    with sessionmaker(app.engine)() as s, pytest.raises(RuntimeError, match="needs settings"):
-        notify.enqueue(s, "server_ready", server=s.get(Server, server.id), context={}, dedupe_key="r")
-    with sessionmaker(app.engine, info={"settings": app.settings}).begin() as s:
-        assert notify.enqueue(s, "server_ready", server=s.get(Server, server.id), context={}, dedupe_key="r") == 1
-    assert [r.dedupe_key for r in rows(app)] == ["r"]
     app.engine.dispose()

@@ -18,7 +18,7 @@ def _statuses(stack: Stack) -> dict[str, str]:
 
 def _settle(stack: Stack) -> None:
     lc = stack.lifecycle()
-    server_check(stack.app, lc, leader=True)
+    server_check(stack.app, lc)
     operations.drive_until_idle(lc, timeout=60)
 
 
@@ -55,6 +55,6 @@ def test_a_failed_storefront_read_destroys_nothing(stack: Stack) -> None:
     with eng.begin() as conn:
         conn.execute(text("ALTER TABLE wp_edd_subscriptions RENAME TO wp_edd_subscriptions_gone"))
     eng.dispose()
-    report = server_check(stack.app, stack.lifecycle(), leader=True)
+    report = server_check(stack.app, stack.lifecycle())
     assert report.storefront_error and report.plan is not None and report.plan.destroy == []
     assert _statuses(stack) == {"1": "Running"}

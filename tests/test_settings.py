@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.config_schema import SECTIONS, Product
 from provisioner.settings import ConfigError, load_settings
+from provisioner.settings.schema import SECTIONS, Product
 from tests.fixtures.config import ROOT, write_config
 
 

@@ -26,7 +26,7 @@ def test_it_is_unhealthy_before_the_worker_ever_ticked(stack: Stack) -> None:
 def test_it_is_healthy_after_a_good_tick_and_reports_work(stack: Stack) -> None:
     stack.add_subscription(1, "ann@example.com")
     lc = stack.lifecycle()
-    server_check(stack.app, lc, leader=True)
+    server_check(stack.app, lc)
     operations.drive_until_idle(lc, timeout=60)
     code, report = status(stack)
     assert code == 0, report
@@ -39,7 +39,7 @@ def test_it_names_servers_that_need_a_human(stack: Stack) -> None:
     stack.add_subscription(2, "bob@example.com")
     lc = stack.lifecycle()
     stack.sandbox.set_faults({"faults": {"POST /v2/instances": {"error_first": 1, "error_status": 400}}})
-    server_check(stack.app, lc, leader=True)
+    server_check(stack.app, lc)
     operations.drive_until_idle(lc, timeout=30)
     code, report = status(stack)
     assert code == 1

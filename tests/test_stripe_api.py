@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from provisioner.app import App
-from provisioner.models_extra import StripeSubscription
+from provisioner.models import StripeSubscription
 from provisioner.storefront.stripe import StripeStorefront
 from provisioner.subscriptions import StorefrontUnavailable
+from provisioner.wiring import App
 from tests.fixtures.net import free_port
 from tests.fixtures.stripe_api import FakeStripe, fake_stripe
 from tests.fixtures.stripe_events import event, invoice, make_app, subscription

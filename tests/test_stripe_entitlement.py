@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy.orm import sessionmaker
 
 from provisioner import db
-from provisioner.app import App
 from provisioner.reconcile import Policy, ServerState, plan
 from provisioner.storefront.stripe import CLOCK_SKEW, StripeStorefront
 from provisioner.subscriptions import StorefrontUnavailable
+from provisioner.wiring import App
 from tests.fixtures.stripe_events import event, make_app, subscription
 
 UTC = dt.UTC

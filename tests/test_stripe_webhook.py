@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from dashboard_api.stripe_webhook import MAX_BODY_BYTES, router
-from provisioner.app import App
-from provisioner.models_extra import StripeEvent, StripeSubscription
+from provisioner.models import StripeEvent, StripeSubscription
 from provisioner.storefront.stripe import StripeStorefront
+from provisioner.wiring import App
 from tests.fixtures.stripe_events import OLD_SECRET, SECRET, event, invoice, make_app, signed, subscription
 
 UTC = dt.UTC

@@ -19,11 +19,11 @@ from sqlalchemy import select, text
 
 from jobs.leader import FileLeaderLock, MySQLLeaderLock
 from provisioner import db
-from provisioner.app import App
 from provisioner.models import Server
 from provisioner.sandbox.app import Sandbox
 from provisioner.settings import load_settings
 from provisioner.storefront import eddschema
+from provisioner.wiring import App
 from tests.fixtures.config import dump_toml
 from tests.fixtures.services import _fresh_mysql_database
 from tests.fixtures.stack import Stack, build_stack, point_at

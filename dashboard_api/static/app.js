@@ -113,7 +113,7 @@
     });
     servers.forEach(function (s, i) {
       rows.renderServerRow(rows.ensureServerRow(tbody, keys[i]), s);
-      rows.renderScheduleRow(rows.ensureScheduleRow(sbody, keys[i]), s);
+      rows.renderScheduleRow(rows.ensureScheduleRow(sbody, keys[i], state.config && state.config.schedules), s);
     });
     rows.labelCells(document.getElementById("servers"));
     rows.labelCells(document.getElementById("scheduler"));
@@ -148,7 +148,7 @@
     if (!s || !s.name) { return; }
     state.rebuildFor = s;
     document.getElementById("rebuild-title").textContent = t("rebuild.title", { name: s.short_name || s.name });
-    rows.fillLocations(document.getElementById("rebuild-location"), s.regions, "random");
+    rows.fillLocations(document.getElementById("rebuild-location"), s.location_choices, "random");
     document.getElementById("rebuild-confirm").disabled = false;
     document.getElementById("rebuild-dialog").showModal();
     document.getElementById("rebuild-location").focus();

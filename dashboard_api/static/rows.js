@@ -117,8 +117,9 @@
     download.title = s.ovpn_available ? "" : t("servers.download_not_ready");
   }
 
-  function fillLocations(select, regions, current) {
-    var wanted = ["random"].concat(regions || []);
+  function fillLocations(select, choices, current) {
+    // the choices come from the API (the one location rule): the plan's regions, then random
+    var wanted = (choices || []).slice();
     if (current && wanted.indexOf(current) === -1) { wanted.push(current); }
     select.textContent = "";
     wanted.forEach(function (id) {
@@ -129,7 +130,7 @@
     select.value = current || "random";
   }
 
-  function ensureScheduleRow(tbody, key) {
+  function ensureScheduleRow(tbody, key, schedules) {
     var row = tbody.querySelector('tr[data-key="' + CSS.escape(key) + '"]');
     if (row) { return row; }
     row = el("tr");
@@ -141,7 +142,7 @@
     var idBase = "sched-" + key.replace(/[^A-Za-z0-9]/g, "-");
     var schedule = el("select", "schedule");
     schedule.id = idBase + "-schedule";
-    ["none", "daily", "weekly", "monthly"].forEach(function (v) {
+    (schedules || []).forEach(function (v) {
       var opt = el("option", null, t("schedule." + v));
       opt.value = v;
       schedule.appendChild(opt);
@@ -177,7 +178,7 @@
     var location = cells[2].querySelector("select");
     if (row.getAttribute("data-dirty") !== "1") {  // never overwrite what the customer is editing
       schedule.value = s.schedule;
-      fillLocations(location, s.regions, s.schedule_location);
+      fillLocations(location, s.location_choices, s.schedule_location);
     }
     cells[3].textContent = s.next_scheduled_rebuild ? formatDate(s.next_scheduled_rebuild) : t("value.none");
     var save = cells[4].querySelector("button");

@@ -37,6 +37,7 @@ from cloudflare import Cloudflare, Omit
 from cloudflare.types.dns.record_list_params import Name as NameFilter
 
 from provisioner.cloud import retry
+from provisioner.cloud.errors import PermanentError, ProviderError, TransientError
 from provisioner.cloud.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -52,27 +53,29 @@ RECORD_MISSING_CODE = 81044
 _AUTH_HEADERS = ("authorization", "x-auth-key", "x-auth-email", "x-auth-user-service-key")
 
 
-class CloudflareError(Exception):
+class CloudflareError(ProviderError):
     """Base of every error this adapter raises.  Messages never carry the token."""
 
+    provider = "cloudflare"
+
     def __init__(self, message: str, *, status: int | None = None, codes: tuple[int, ...] = (),
-                 retry_after: float | None = None, outcome_unknown: bool = True) -> None:
-        super().__init__(message)
+                 retry_after: float | None = None, outcome_unknown: bool | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, outcome_unknown=outcome_unknown)
         self.status = status
         self.codes = codes
-        self.retry_after = retry_after
-        self.outcome_unknown = outcome_unknown
 
 
-class CloudflareTransient(CloudflareError, retry.TransientError):
+class CloudflareTransient(CloudflareError, TransientError):
     """Retried by the policy."""
 
 
 class CloudflareRateLimited(CloudflareTransient):
     """429: Cloudflare blocks the token for up to 5 minutes."""
 
+    outcome_unknown = False
 
-class CloudflarePermanent(CloudflareError):
+
+class CloudflarePermanent(CloudflareError, PermanentError):
     """Retrying will not help."""
 
 
@@ -240,7 +243,7 @@ class CloudflareDNS:
             try:
                 return fn()
             except sdk.CloudflareError as exc:
-                raise _translate(what, exc) from None
+                raise _translate(what, exc) from exc
 
         return retry.call(attempt, self._policy, what=f"cloudflare {what}", sleep=self._sleep)
 

@@ -29,32 +29,32 @@ import smtplib
 import ssl
 from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from provisioner.config_schema import NotifySettings
+from provisioner.cloud.errors import PermanentError, ProviderError, TransientError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 30.0
 
 
-class MailError(Exception):
+class MailError(ProviderError):
+    provider = "smtp"
+
     def __init__(self, message: str, *, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
 
 
-class MailTransient(MailError):
-    pass
+class MailTransient(MailError, TransientError):
+    """Deferred, unreachable, or refused for now: sent again later."""
 
 
 class MailConfigError(MailTransient):
-    pass
+    """Our SMTP settings are wrong (login refused, no STARTTLS): sent again once fixed."""
 
 
-class MailPermanent(MailError):
-    pass
+class MailPermanent(MailError, PermanentError):
+    """The server refused this recipient or message for good (5xx)."""
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,6 @@ class SmtpConfig:
     username: str = ""
     password: str = field(default="", repr=False)
     timeout: float = DEFAULT_TIMEOUT
-
-    @classmethod
-    def from_settings(cls, notify: NotifySettings) -> SmtpConfig:
-        return cls(host=notify.smtp_host, port=notify.smtp_port, security=notify.smtp_security,
-                   username=notify.smtp_username, password=notify.smtp_password)
 
 
 class SmtpMailer:
@@ -111,37 +106,37 @@ class SmtpMailer:
         except smtplib.SMTPAuthenticationError as exc:
             self._close(smtp)
             raise MailConfigError(f"SMTP {self.where} rejected the login for notify.smtp_username "
-                                  f"({exc.smtp_code})", code=exc.smtp_code) from None
+                                  f"({exc.smtp_code})", code=exc.smtp_code) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             self._close(smtp)
             codes = [code for code, _ in exc.recipients.values()]
             shown = ", ".join(str(c) for c in codes)
             if codes and all(c >= 500 for c in codes):
-                raise MailPermanent(f"SMTP {self.where} refused the recipient ({shown})", code=codes[0]) from None
+                raise MailPermanent(f"SMTP {self.where} refused the recipient ({shown})", code=codes[0]) from exc
             raise MailTransient(f"SMTP {self.where} deferred the recipient ({shown})",
-                                code=codes[0] if codes else None) from None
+                                code=codes[0] if codes else None) from exc
         except smtplib.SMTPSenderRefused as exc:
             self._close(smtp)
             cls: type[MailError] = MailConfigError if exc.smtp_code >= 500 else MailTransient
             raise cls(f"SMTP {self.where} refused the sender notify.from_address ({exc.smtp_code})",
-                      code=exc.smtp_code) from None
+                      code=exc.smtp_code) from exc
         except smtplib.SMTPDataError as exc:
             self._close(smtp)
             cls = MailPermanent if exc.smtp_code >= 500 else MailTransient
-            raise cls(f"SMTP {self.where} refused the message ({exc.smtp_code})", code=exc.smtp_code) from None
+            raise cls(f"SMTP {self.where} refused the message ({exc.smtp_code})", code=exc.smtp_code) from exc
         except smtplib.SMTPResponseException as exc:
             self._close(smtp)
-            raise MailTransient(f"SMTP {self.where} answered {exc.smtp_code}", code=exc.smtp_code) from None
-        except smtplib.SMTPNotSupportedError:
+            raise MailTransient(f"SMTP {self.where} answered {exc.smtp_code}", code=exc.smtp_code) from exc
+        except smtplib.SMTPNotSupportedError as exc:
             self._close(smtp)
             raise MailConfigError(f"SMTP {self.where} does not support what the settings ask for "
-                                  "(AUTH without TLS?)") from None
+                                  "(AUTH without TLS?)") from exc
         except (ssl.SSLError, ssl.CertificateError) as exc:
             self._close(smtp)
-            raise MailTransient(f"SMTP {self.where}: TLS failed ({_brief(exc)})") from None
+            raise MailTransient(f"SMTP {self.where}: TLS failed ({_brief(exc)})") from exc
         except (smtplib.SMTPException, OSError) as exc:  # OSError covers refused, reset, timeouts
             self._close(smtp)
-            raise MailTransient(f"SMTP {self.where}: {_brief(exc)}") from None
+            raise MailTransient(f"SMTP {self.where}: {_brief(exc)}") from exc
         # accepted: from here on a failure must not make us send it again
         try:
             smtp.quit()

@@ -1,18 +1,15 @@
 """The one retry policy for every outside API call, as data.
 
 What is retried is decided by the *type* of the error an adapter raises, never by the
-call site::
+call site: a :class:`~provisioner.cloud.errors.ProviderError` that is ``transient``
+(timeouts, connection errors, HTTP 5xx, 429 with its ``retry_after``). Every other
+exception (the ``PermanentError`` family: 4xx other than 429, bad input, unexpected
+bodies) escapes on the first attempt.
 
-    Exception
-    └── TransientError          retried: timeouts, connection errors, HTTP 5xx
-        (retry_after: float | None, outcome_unknown: bool)
-        └── (adapters' *RateLimited)  HTTP 429, ``retry_after`` from the Retry-After header
-
-Every other exception (the adapters' ``*Permanent`` family: 4xx other than 429, bad
-input, unexpected bodies) escapes on the first attempt.
-
-How long to wait is :class:`RetryPolicy`: capped exponential backoff with "equal jitter"
-(a random point in the upper half of ``min(cap, base * 2**(n-1))``).  A ``retry_after``
+How long to wait is :func:`backoff`, the one backoff rule of the product (the retry
+policy here, the lifecycle's retries of a failed step, the outbox's resends): capped
+exponential backoff with "equal jitter" (a random point in the upper half of
+``min(cap, base * 2**(n-1))``), never shorter than what the provider asked for.  A ``retry_after``
 carried by the error replaces the backoff for that wait.  The whole call gives up when
 ``max_attempts`` is reached or when the next wait would end past ``max_total_seconds``
 (measured on the injectable ``clock``) -- then the last error is re-raised unchanged.
@@ -34,6 +31,10 @@ from typing import TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception
 
+from provisioner.cloud.errors import ProviderError, TransientError
+
+__all__ = ["TransientError", "RetryPolicy", "backoff", "call", "is_transient", "parse_retry_after"]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -42,16 +43,17 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], None]
 
 
-class TransientError(Exception):
-    """Base of every error the retry policy may retry.
+def backoff(attempt: int, base: float, cap: float, *, retry_after: float | None = None,
+            rng: random.Random | None = None) -> float:
+    """Seconds to wait after failed attempt number ``attempt`` (1-based): equal jitter under
+    ``min(cap, base * 2**(attempt-1))``, and at least ``retry_after`` when the provider said so
+    (retrying sooner only extends a lockout such as Cloudflare's 300 s)."""
+    ceiling = min(cap, base * (2 ** max(0, attempt - 1)))
+    wait = ceiling / 2 + (rng or _RNG).uniform(0, ceiling / 2)
+    return max(wait, retry_after) if retry_after else wait
 
-    ``retry_after``: seconds the server asked us to wait (HTTP Retry-After), if any.
-    ``outcome_unknown``: the request may have been applied before the failure (timeout,
-    dropped connection, 5xx); ``False`` when it certainly was not (429, refused connect).
-    """
 
-    retry_after: float | None = None
-    outcome_unknown: bool = True
+_RNG = random.Random()  # noqa: S311 - jitter, not crypto
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,7 @@ class RetryPolicy:
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Wait after failed attempt number ``attempt`` (1-based), jitter included."""
-        ceiling = min(self.cap, self.base * (2 ** (attempt - 1)))
-        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+        return backoff(attempt, self.base, self.cap, rng=rng)
 
 
 # Defaults chosen for a background worker: a call may take a minute, never hours.
@@ -82,7 +83,7 @@ NO_RETRY = RetryPolicy(max_attempts=1)
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TransientError)
+    return isinstance(exc, ProviderError) and exc.transient
 
 
 def call(

@@ -42,9 +42,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Self
 
 import paramiko
+
+from provisioner.cloud.errors import ProviderError, TransientError
 
 PARAMIKO_LOGGER = "provisioner.cloud.ssh.paramiko"
 logging.getLogger(PARAMIKO_LOGGER).setLevel(logging.CRITICAL)
@@ -56,16 +58,16 @@ _PEM_BLOCK = re.compile(r"-----BEGIN [^\n-]+-----.*?(?:-----END [^\n-]+-----|\Z)
 _NetErrors = (paramiko.SSHException, OSError, EOFError)
 
 
-class SSHError(Exception):
-    transient: ClassVar[bool] = False
+class SSHError(ProviderError):
+    provider = "ssh"
 
 
-class SSHUnreachable(SSHError):
-    transient = True
+class SSHUnreachable(SSHError, TransientError):
+    """The host did not answer or the connection dropped: it may still be booting."""
 
 
-class SSHTimeout(SSHError):
-    transient = True
+class SSHTimeout(SSHError, TransientError):
+    """A command or transfer ran past its timeout (its outcome is unknown)."""
 
 
 class SSHHostKeyMismatch(SSHError):

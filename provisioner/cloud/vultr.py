@@ -36,6 +36,7 @@ import requests
 from vultr import Vultr, VultrException
 
 from provisioner.cloud import retry
+from provisioner.cloud.errors import PermanentError, ProviderError, TransientError
 from provisioner.cloud.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -48,26 +49,28 @@ PER_PAGE = 100
 MAX_PAGES = 10_000
 
 
-class VultrError(Exception):
+class VultrError(ProviderError):
     """Base of every error this adapter raises.  Messages never carry the API key."""
 
+    provider = "vultr"
+
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
-                 outcome_unknown: bool = True) -> None:
-        super().__init__(message)
+                 outcome_unknown: bool | None = None) -> None:
+        super().__init__(message, retry_after=retry_after, outcome_unknown=outcome_unknown)
         self.status = status
-        self.retry_after = retry_after
-        self.outcome_unknown = outcome_unknown
 
 
-class VultrTransient(VultrError, retry.TransientError):
+class VultrTransient(VultrError, TransientError):
     """Retried by the policy.  ``outcome_unknown``: the request may have been applied."""
 
 
 class VultrRateLimited(VultrTransient):
     """429: certainly not applied; ``retry_after`` seconds if the server said so."""
 
+    outcome_unknown = False
 
-class VultrPermanent(VultrError):
+
+class VultrPermanent(VultrError, PermanentError):
     """4xx other than 429, or a reply we cannot use: retrying will not help."""
 
 
@@ -240,8 +243,8 @@ class VultrCloud:
         try:
             return {dt.date.fromisoformat(day): (int(v.get("incoming_bytes", 0)), int(v.get("outgoing_bytes", 0)))
                     for day, v in days.items()}
-        except (AttributeError, TypeError, ValueError):
-            raise VultrPermanent(f"vultr GET /instances/{instance_id}/bandwidth: unexpected shape") from None
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise VultrPermanent(f"vultr GET /instances/{instance_id}/bandwidth: unexpected shape") from exc
 
     def create_snapshot(self, instance_id: str, description: str) -> Snapshot:
         # One attempt too; a lost reply is resolved by list_snapshots(description=...).
@@ -301,15 +304,15 @@ class VultrCloud:
             except VultrException as exc:
                 response = client.http.last_response
                 retry_after = response.headers.get("Retry-After") if response is not None else None
-                raise _from_status(what, exc.status, exc.error, retry_after) from None
-            except requests.Timeout:
-                raise VultrTransient(f"vultr {what}: no reply within {self._timeout:g}s") from None
+                raise _from_status(what, exc.status, exc.error, retry_after) from exc
+            except requests.Timeout as exc:
+                raise VultrTransient(f"vultr {what}: no reply within {self._timeout:g}s") from exc
             except (requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
-                raise VultrTransient(f"vultr {what}: connection failed ({type(exc).__name__})") from None
-            except requests.JSONDecodeError:
-                raise VultrTransient(f"vultr {what}: reply body is not valid JSON") from None
+                raise VultrTransient(f"vultr {what}: connection failed ({type(exc).__name__})") from exc
+            except requests.JSONDecodeError as exc:
+                raise VultrTransient(f"vultr {what}: reply body is not valid JSON") from exc
             except requests.RequestException as exc:
-                raise VultrPermanent(f"vultr {what}: request failed ({type(exc).__name__})") from None
+                raise VultrPermanent(f"vultr {what}: request failed ({type(exc).__name__})") from exc
 
         return retry.call(attempt, self._policy, idempotent=idempotent, what=f"vultr {what}", sleep=self._sleep)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from provisioner.subscriptions import StorefrontUnavailable, Subscription
 
 if TYPE_CHECKING:
-    from provisioner.config_schema import Settings
+    from provisioner.settings.schema import Settings
 
 __all__ = ["Storefront", "StorefrontUnavailable", "Subscription", "open_storefront"]
 

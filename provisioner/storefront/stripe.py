@@ -56,8 +56,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner.models import utcnow
-from provisioner.models_extra import StripeSubscription
+from provisioner.models import StripeSubscription, utcnow
 from provisioner.storefront.stripe_objects import (
     INVOICE_EVENTS,
     SUBSCRIPTION_EVENTS,
@@ -72,7 +71,7 @@ from provisioner.storefront.stripe_objects import (
 from provisioner.subscriptions import StorefrontUnavailable, Subscription
 
 if TYPE_CHECKING:
-    from provisioner.config_schema import Settings
+    from provisioner.settings.schema import Settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Send what :mod:`provisioner.notify` queued: ``send_pending(app, now, limit=100) -> SendReport``.
+"""Send what :mod:`provisioner.notify` queued: ``send_pending(sessions, notify_settings, now) -> SendReport``.
 
 One pass, called by the worker every minute (and by ``provisioner job send_outbox``):
 
@@ -12,7 +12,8 @@ One pass, called by the worker every minute (and by ``provisioner job send_outbo
    POST (10 s timeout) signed ``X-Provisioner-Signature: t=<unix>,v1=<hex>`` where hex is
    HMAC-SHA256(key=notify.webhook_secret, msg=f"{t}.{raw body}").
 4. The row becomes ``sent``; or, on failure, ``pending`` again with ``next_attempt_at``
-   pushed by capped exponential backoff (1, 2, 4 … minutes, at most 1 hour); after
+   pushed by the product's one backoff rule (:func:`provisioner.cloud.retry.backoff`: about
+   1, 2, 4 … minutes with jitter, at most 1 hour); after
    ``notify.max_attempts`` attempts, or at once on a permanent refusal (SMTP 5xx for the
    recipient or the message), ``failed`` and logged at ERROR. Nothing is deleted.
 
@@ -36,17 +37,16 @@ import logging
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from provisioner.cloud import retry
 from provisioner.cloud.mail import MailError, MailPermanent, SmtpConfig, SmtpMailer
-from provisioner.models_extra import EMAIL, FAILED, PENDING, SENDING, SENT, WEBHOOK, OutboxMessage
-
-if TYPE_CHECKING:
-    from provisioner.app import App
+from provisioner.models import EMAIL, FAILED, PENDING, SENDING, SENT, WEBHOOK, OutboxMessage
+from provisioner.settings.schema import NotifySettings
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ class SendReport:
     def did_work(self) -> bool:
         return bool(self.sent or self.retried or self.failed or self.recovered)
 
+    def summary(self) -> str:
+        return (f"{self.sent} sent, {self.retried} to retry, {self.failed} failed, {self.waiting} waiting for "
+                f"their channel's settings, {self.recovered} recovered")
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -96,13 +100,12 @@ class DeliveryError(Exception):
 
 
 def backoff(attempts: int) -> dt.timedelta:
-    return min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempts - 1))
+    """How long a message waits after its ``attempts``-th failed attempt (jitter included)."""
+    return dt.timedelta(seconds=retry.backoff(attempts, BACKOFF_BASE.total_seconds(), BACKOFF_CAP.total_seconds()))
 
 
-def send_pending(app: App, now: dt.datetime, limit: int = 100, *, mailer: SmtpMailer | None = None,
-                 http: httpx.Client | None = None) -> SendReport:
-    notify = app.settings.notify
-    sessions = app.sessions
+def send_pending(sessions: sessionmaker[Session], notify: NotifySettings, now: dt.datetime, limit: int = 100, *,
+                 mailer: SmtpMailer | None = None, http: httpx.Client | None = None) -> SendReport:
     report = SendReport(recovered=recover_expired(sessions, now, notify.max_attempts))
     channels = [c for c, on in ((EMAIL, bool(notify.smtp_host)), (WEBHOOK, bool(notify.webhook_url))) if on]
     _note_waiting(sessions, now, report, {EMAIL: notify.smtp_host, WEBHOOK: notify.webhook_url})
@@ -116,7 +119,9 @@ def send_pending(app: App, now: dt.datetime, limit: int = 100, *, mailer: SmtpMa
             .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)).all())
     if not due:
         return report
-    mailer = mailer or SmtpMailer(SmtpConfig.from_settings(notify))
+    mailer = mailer or SmtpMailer(SmtpConfig(host=notify.smtp_host, port=notify.smtp_port,
+                                             security=notify.smtp_security, username=notify.smtp_username,
+                                             password=notify.smtp_password))
     own_http = http is None
     client = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False)
     try:

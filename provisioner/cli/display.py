@@ -6,8 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from provisioner.models import Server, ServerEvent
-from provisioner.models_extra import OutboxMessage
+from provisioner.models import OutboxMessage, Server, ServerEvent
 from provisioner.reconcile import Plan
 
 
@@ -89,15 +88,6 @@ def outbox_table(messages: Sequence[OutboxMessage]) -> str:
     return table(["ID", "KIND", "CHANNEL", "TO", "STATUS", "TRIES", "CREATED (UTC)", "LAST ERROR"],
                  [[str(m.id), m.kind, m.channel, m.recipient, m.status, str(m.attempts), when(m.created_at),
                    m.last_error.splitlines()[0][:60] if m.last_error else ""] for m in messages])
-
-
-def job_result(name: str, result: Any) -> str:
-    if result is None:
-        return f"{name}: done"
-    if hasattr(result, "did_work"):
-        worked = f"worked on {len(result.outcomes)} server(s)" if result.did_work else "nothing to do"
-        return f"{name}: {worked}"
-    return f"{name}: {result}"
 
 
 def health_text(report: dict[str, Any]) -> str:

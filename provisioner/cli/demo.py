@@ -63,10 +63,10 @@ def _write_private(path: Path, text: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> int:
     from provisioner import db
-    from provisioner.app import App
-    from provisioner.cli import config_path
+    from provisioner.cli.common import config_path
     from provisioner.settings import ConfigError, load_settings
     from provisioner.storefront.demo import seed_demo_storefront
+    from provisioner.wiring import App
 
     path = config_path(args)
     assert path is not None
@@ -81,7 +81,7 @@ def run_demo(args: argparse.Namespace) -> int:
     edd_engine.dispose()
     print(f"Provisioner demo: config {path}, database {db.safe_url(settings.database.url)}", flush=True)
     if args.plan_only:
-        from provisioner import display
+        from provisioner.cli import display
 
         result, error = app.plan_once()
         print(display.plan_text(result))

@@ -1,6 +1,6 @@
 """Notifications: write them to the outbox in the caller's transaction; ``outbox.py`` sends.
 
-``enqueue(session, kind, *, server=None, recipient=None, language=None, context, dedupe_key)``
+``enqueue(session, kind, *, settings, server=None, recipient=None, language=None, context, dedupe_key)``
 adds an email row (and, when ``notify.webhook_url`` is set, a webhook copy keyed
 ``<dedupe_key>:webhook``) to ``provisioner_outbox`` in *the caller's* session, so the
 message commits or rolls back with the state change that caused it. ``dedupe_key`` is
@@ -72,7 +72,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import insert, select
@@ -80,11 +80,8 @@ from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from provisioner.models import Server, ServerEvent, utcnow
-from provisioner.models_extra import EMAIL, PENDING, WEBHOOK, OutboxMessage
-
-if TYPE_CHECKING:
-    from provisioner.config_schema import Settings
+from provisioner.models import EMAIL, PENDING, WEBHOOK, OutboxMessage, Server, ServerEvent, utcnow
+from provisioner.settings.schema import Settings
 
 log = logging.getLogger(__name__)
 
@@ -152,20 +149,16 @@ def render(kind: str, language: str, values: dict[str, Any]) -> tuple[str, str]:
     return " ".join(subject.split()), body + "\n"
 
 
-def enqueue(session: Session, kind: str, *, server: Server | None = None, recipient: str | None = None,
-            language: str | None = None, context: dict[str, Any], dedupe_key: str,
-            settings: Settings | None = None, now: dt.datetime | None = None) -> int:
+def enqueue(session: Session, kind: str, *, settings: Settings, server: Server | None = None,
+            recipient: str | None = None, language: str | None = None, context: dict[str, Any], dedupe_key: str,
+            now: dt.datetime | None = None) -> int:
     """Queue ``kind`` in the caller's transaction; return how many rows were added (0 = deduped).
 
-    Settings (addresses, links, languages) come from ``settings=``, else from
-    ``session.info["settings"]`` (``sessionmaker(info={"settings": ...})``), else from
-    :func:`bind_settings`.
-    """
+    ``settings`` give the addresses, links and languages."""
     if kind not in KINDS:
         raise ValueError(f"unknown notification kind {kind!r}; known: {', '.join(KINDS)}")
     if not dedupe_key or len(dedupe_key) > 180:
         raise ValueError("dedupe_key must be 1-180 characters")
-    settings = settings or session.info.get("settings") or _bound_settings()
     spec = KINDS[kind]
     now = now or utcnow()
     ctx = _checked_context(kind, spec, context)
@@ -198,20 +191,6 @@ def enqueue(session: Session, kind: str, *, server: Server | None = None, recipi
         added += _insert_once(session, {**base, "channel": WEBHOOK, "recipient": where,
                                         "dedupe_key": f"{dedupe_key}:webhook"})
     return added
-
-
-_SETTINGS: list[Settings] = []
-
-
-def bind_settings(settings: Settings) -> None:
-    """Let callers that only hold a session (jobs) call :func:`enqueue` without ``settings``."""
-    _SETTINGS[:] = [settings]
-
-
-def _bound_settings() -> Settings:
-    if not _SETTINGS:
-        raise RuntimeError("notify.enqueue needs settings: pass settings=... or call notify.bind_settings()")
-    return _SETTINGS[0]
 
 
 def _checked_context(kind: str, spec: Kind, context: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,10 @@ from typing import Any, ClassVar
 REQUIRED = object()
 
 
+class ConfigError(ValueError):
+    """A configuration problem, described in one line that names the key."""
+
+
 @dataclass(frozen=True)
 class Field:
     kind: type
@@ -26,8 +30,6 @@ class Field:
     allow_empty: bool = True
 
     def check(self, dotted: str, value: Any, env_name: str) -> Any:
-        from provisioner.settings import ConfigError
-
         how = f"set {dotted} in the config file or {env_name}"
         if value is REQUIRED:
             if self.secret:

@@ -8,7 +8,7 @@ Where a value comes from, in order of precedence:
    ``<key>_file`` in the TOML file (relative paths are taken from the working directory;
    ``%d/name`` means ``$CREDENTIALS_DIRECTORY/name``; a list secret holds one value a line),
 3. the TOML file (path from ``--config`` or ``PROVISIONER_CONFIG``),
-4. the default in :mod:`provisioner.config_schema`.
+4. the default in :mod:`provisioner.settings.schema`.
 
 Everything is validated before anything runs: an unknown key, a bad value or a missing
 secret raises :class:`ConfigError` with one line that names the key and how to fix it.
@@ -25,13 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from provisioner.config_schema import SECTIONS, Field, Product, Settings
+from provisioner.settings import schema
+from provisioner.settings.schema import SECTIONS, ConfigError, Field, Product, Settings
 
 ENV_PREFIX = "PROVISIONER_"
-
-
-class ConfigError(ValueError):
-    """A configuration problem, described in one line that names the key."""
 
 
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
@@ -92,9 +89,7 @@ def _section(name: str, fields: dict[str, Field], table: dict[str, Any], env: Ma
 
 
 def fields_to_section(name: str, values: dict[str, Any]) -> Any:
-    from provisioner import config_schema
-
-    cls = getattr(config_schema, name.capitalize() + "Settings")
+    cls = getattr(schema, name.capitalize() + "Settings")
     return cls(**values)
 
 

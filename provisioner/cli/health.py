@@ -13,8 +13,8 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from provisioner.app import App
 from provisioner.models import Orphan, Server, WorkerStatus
+from provisioner.wiring import App
 
 
 def health(app: App) -> dict[str, Any]:

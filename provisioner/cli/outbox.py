@@ -11,7 +11,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from provisioner.models_extra import FAILED, PENDING, SENDING, SENT
+from provisioner.models import FAILED, PENDING, SENDING, SENT
 
 STATUSES = (PENDING, SENDING, SENT, FAILED)
 
@@ -19,9 +19,10 @@ STATUSES = (PENDING, SENDING, SENT, FAILED)
 def cmd_outbox(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from provisioner import db, display
-    from provisioner.cli import make_app
-    from provisioner.models_extra import OutboxMessage
+    from provisioner import db
+    from provisioner.cli import display
+    from provisioner.cli.common import make_app
+    from provisioner.models import OutboxMessage
 
     app = make_app(args)
     db.require_schema(app.engine)
@@ -36,8 +37,8 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def cmd_outbox_retry(args: argparse.Namespace) -> int:
     from provisioner import db
-    from provisioner.cli import UsageError, make_app
-    from provisioner.outbox import requeue_failed
+    from provisioner.cli.common import UsageError, make_app
+    from provisioner.notify.outbox import requeue_failed
 
     if bool(args.ids) == bool(args.all_failed):
         raise UsageError("name the message ids to retry, or pass --all-failed (see `provisioner outbox`)")

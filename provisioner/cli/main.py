@@ -11,54 +11,14 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
-from provisioner import __version__, display
-from provisioner.settings import ConfigError, load_settings
-
-if TYPE_CHECKING:  # imported lazily at run time to keep --help fast
-    from sqlalchemy.orm import Session
-
-    from provisioner.app import App
-    from provisioner.models import Server
+from provisioner import __version__
+from provisioner.cli import display
+from provisioner.cli.common import Command, UsageError, cli_owner, config_path, make_app, named_server
+from provisioner.settings import ConfigError
 
 log = logging.getLogger("provisioner")
-
-DEFAULT_CONFIGS = (Path("/etc/provisioner/provisioner.toml"), Path("config/sandbox.toml"))
-
-Command = Callable[[argparse.Namespace], int]
-
-
-class UsageError(Exception):
-    """Bad command-line input (exit 2)."""
-
-
-def config_path(args: argparse.Namespace) -> str | None:
-    if args.config:
-        return str(args.config)
-    if os.environ.get("PROVISIONER_CONFIG"):
-        return os.environ["PROVISIONER_CONFIG"]
-    for candidate in DEFAULT_CONFIGS:
-        if candidate.exists():
-            return str(candidate)
-    raise ConfigError("no configuration: pass --config FILE or set PROVISIONER_CONFIG "
-                      "(config/provisioner.example.toml documents every key)")
-
-
-def make_app(args: argparse.Namespace):  # -> App, imported lazily to keep --help fast
-    from provisioner.app import App
-
-    return App(load_settings(config_path(args)))
-
-
-def named_server(app: App, session: Session, ref: str) -> Server:
-    server = app.find_server(session, ref)
-    if server is None:
-        raise UsageError(f"no server named {ref!r} (see `provisioner servers`)")
-    return server
-
 
 # --- commands ---------------------------------------------------------------------------------
 
@@ -84,10 +44,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.apply:
         from provisioner import operations, wiring
 
-        lc = wiring.lifecycle(app, owner="cli")
+        lc = wiring.lifecycle(app, owner=cli_owner())
         applied = operations.start_plan(lc, result, app.destroy_cross_check())
         ids = [st.id for st in result.resume]
-        ids += operations.due_rows(lc, app.clock())
+        ids += operations.due_rows(app.sessions, app.clock())
         if args.wait:
             operations.drive_until_idle(lc, timeout=args.wait)
         else:
@@ -107,7 +67,7 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
 
     app = make_app(args)
     db.require_schema(app.engine)
-    lc = wiring.lifecycle(app, owner="cli")
+    lc = wiring.lifecycle(app, owner=cli_owner())
     user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
     with app.sessions() as s:
         if what == "create":
@@ -214,9 +174,21 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import threading
+
     from jobs.worker import Worker
 
-    return Worker(make_app(args)).run_forever()
+    code = Worker(make_app(args)).run_forever()
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if stuck:
+        # A step still blocked after the grace (an install mid-command): its row's lease runs out
+        # and the restarted worker resumes it. Do not let the interpreter wait for it at exit.
+        log.warning("exiting with %d step(s) still running (%s); they resume on restart", len(stuck),
+                    ", ".join(sorted(stuck)[:5]))
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 def cmd_job(args: argparse.Namespace) -> int:
@@ -225,14 +197,14 @@ def cmd_job(args: argparse.Namespace) -> int:
 
     app = make_app(args)
     db.require_schema(app.engine)
-    result = registry.job(app, args.name, wiring.lifecycle(app))()
-    print(display.job_result(args.name, result))
+    result = registry.job(app, args.name, wiring.lifecycle(app, owner=cli_owner()))()
+    print(registry.summary(args.name, result))
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from provisioner import db
-    from provisioner.health import health
+    from provisioner.cli.health import health
 
     app = make_app(args)
     db.require_schema(app.engine)
@@ -242,9 +214,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    from dashboard_api.server import main as api_main
+    from dashboard_api.server import serve
 
-    return api_main(args)
+    return serve(make_app(args).settings)
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -273,7 +245,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from provisioner.demo import run_demo
+    from provisioner.cli.demo import run_demo
 
     return run_demo(args)
 
@@ -338,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("email")
     tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
     tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
-    from provisioner import cli_outbox
+    from provisioner.cli import outbox as cli_outbox
 
     cli_outbox.register(add)
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
@@ -368,8 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_guarded(func: Command, args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
-    from provisioner.errors import RUNTIME_ERRORS
+    from provisioner.db import DatabaseUnavailable
+    from provisioner.secrets import SecretKeyError, UndecryptableSecret
+    from provisioner.subscriptions import StorefrontUnavailable
 
+    # Runtime errors are reported as one line (exit 1), not as an internal error.
+    runtime_errors = (DatabaseUnavailable, StorefrontUnavailable, SecretKeyError, UndecryptableSecret)
     try:
         return func(args)
     except (ConfigError, UsageError) as exc:
@@ -377,7 +353,7 @@ def run_guarded(func: Command, args: argparse.Namespace, parser: argparse.Argume
             raise
         print(f"provisioner: error: {exc}", file=sys.stderr)
         return 2
-    except RUNTIME_ERRORS as exc:
+    except runtime_errors as exc:
         if args.debug:
             raise
         print(f"provisioner: error: {exc}", file=sys.stderr)

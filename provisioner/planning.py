@@ -1,0 +1,83 @@
+"""One planning pass: read what we run and what the storefront says, and decide.
+
+:func:`provisioner.reconcile.plan` decides (pure); this module gathers its inputs from the
+database and the storefront, and knows the planner's policy and the optional second
+opinion before a destroy (Stripe behind EDD). The leader runs a pass every tick and
+whenever someone asks for one (:func:`request`), e.g. a Stripe webhook that just told us
+about a new subscription.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from provisioner.models import Server, WorkerStatus
+from provisioner.reconcile import Plan, Policy, ServerState, plan
+from provisioner.settings.schema import Settings
+from provisioner.storefront import Storefront
+from provisioner.subscriptions import StorefrontUnavailable, Subscription
+
+CrossCheck = Callable[[Subscription], bool | None]
+REQUESTED = "plan_requested"    # a WorkerStatus row: someone wants a pass before the next tick
+
+
+def policy(settings: Settings) -> Policy:
+    p = settings.planner
+    return Policy(max_destroy_count=p.max_destroy_count, max_destroy_fraction=p.max_destroy_fraction,
+                  destroy_grace=dt.timedelta(hours=p.destroy_grace_hours), products=frozenset(settings.products))
+
+
+def server_states(sessions: sessionmaker[Session]) -> list[ServerState]:
+    # Only the planner's columns: full rows would drag every server's sealed PKI and .ovpn along.
+    cols = (Server.id, Server.server_name, Server.subscription_id, Server.status, Server.action,
+            Server.step_deadline, Server.rebuild_now_status, Server.paused, Server.needs_human,
+            Server.rebuild_due_at)
+    with sessions() as s:
+        return [ServerState(id=r[0], name=r[1], subscription_id=r[2], status=r[3], action=r[4],
+                            step_deadline=r[5], rebuild_now=bool(r[6]), paused=bool(r[7]),
+                            needs_human=bool(r[8]), rebuild_due_at=r[9])
+                for r in s.execute(select(*cols))]
+
+
+def plan_pass(sessions: sessionmaker[Session], storefront: Storefront, settings: Settings,
+              now: dt.datetime) -> tuple[Plan, str | None]:
+    """One planning pass. Returns the plan and, if the storefront failed, why."""
+    servers = server_states(sessions)
+    try:
+        subs = storefront.read(now)
+    except StorefrontUnavailable as exc:
+        return plan(None, servers, now, policy(settings)), str(exc)
+    return plan(subs, servers, now, policy(settings)), None
+
+
+def stripe_cross_check(settings: Settings, sessions: sessionmaker[Session]) -> CrossCheck | None:
+    """With EDD and a Stripe key: ask Stripe before destroying (EDD can miss webhooks)."""
+    st = settings.stripe
+    if settings.storefront.kind != "edd" or not st.api_key or not st.cross_check_destroys:
+        return None
+    from provisioner.storefront.stripe import StripeStorefront
+
+    stripe_view = StripeStorefront(sessions, settings)
+    return lambda sub: stripe_view.cross_check_ended(sub.profile_id)
+
+
+def request(session: Session, now: dt.datetime, why: str) -> None:
+    """Ask the leader for a planning pass soon (within seconds), in the caller's transaction."""
+    row = session.get(WorkerStatus, REQUESTED)
+    value = json.dumps({"at": now.isoformat(), "why": why})
+    if row is None:
+        session.add(WorkerStatus(name=REQUESTED, value=value, updated_at=now))
+    else:
+        row.value, row.updated_at = value, now
+
+
+def requested_since(sessions: sessionmaker[Session], since: dt.datetime) -> bool:
+    """Whether a pass was asked for after ``since`` (one primary-key read)."""
+    with sessions() as s:
+        at = s.scalar(select(WorkerStatus.updated_at).where(WorkerStatus.name == REQUESTED))
+    return at is not None and at > since
