@@ -19,14 +19,13 @@ $(STAMP): requirements.txt pyproject.toml
 run: $(STAMP)
 	$(PY) -m provisioner demo
 
-test: $(STAMP)
-	$(PY) -m ruff check provisioner jobs dashboard_api tests bench
-	$(PY) -m mypy
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check provisioner jobs dashboard_api tests bench
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(PY) $$b || exit 1; done

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner import bandwidth
+from provisioner.cloud.installer import Installer
 from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
 from provisioner.models import Server, Status, utcnow
 from provisioner.naming import Names
@@ -76,7 +77,6 @@ class ServerSecrets:
         return "ServerSecrets(<hidden>)"
 
 
-Installer = Callable[[str, int, str, dict[str, bytes]], None]   # (ip, port, pinned host key, files)
 Crash = Callable[[str], None]
 
 
@@ -89,7 +89,7 @@ class Context:
     box: SecretBox
     vultr: VultrCloud
     dns: Any                     # provisioner.cloud.cloudflare.CloudflareDNS
-    install: Installer           # runs the install over pinned SSH (provisioner.installer)
+    install: Installer           # runs the install over pinned SSH (provisioner.cloud.installer)
     worker_public_key: str
     names: Names
     crash: Crash = lambda point: None

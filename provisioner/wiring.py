@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner import db, planning
 from provisioner.cloud.cloudflare import CloudflareDNS
+from provisioner.cloud.installer import ssh_installer
 from provisioner.cloud.ratelimit import RateLimiter
 from provisioner.cloud.vultr import VultrCloud
-from provisioner.installer import ssh_installer
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import Server, ServerEvent, utcnow
 from provisioner.naming import Names, names

@@ -110,3 +110,10 @@ def test_a_sent_message_is_never_queued_again(tmp_path: Path, capsys: pytest.Cap
         assert send_pending(app.sessions, app.settings.notify, app.clock()).sent == 0
         assert len(inbox.snapshot()) == 1
     app.engine.dispose()
+
+
+def test_the_status_filter_offers_exactly_the_outbox_states() -> None:
+    from provisioner.cli.outbox import STATUSES
+    from provisioner.models import SENDING
+
+    assert STATUSES == (PENDING, SENDING, SENT, FAILED)

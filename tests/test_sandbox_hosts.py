@@ -248,8 +248,10 @@ def test_it_refuses_bad_addresses_user_data_and_faults(simulated_hosts: Simulate
         simulated_hosts.start("i-1", "192.0.2.10", user_data)
     with pytest.raises(SimulatedHostError):
         simulated_hosts.start("../escape", "127.0.0.2", user_data)
-    with pytest.raises(SimulatedHostError, match="user_data line"):
-        simulated_hosts.start("i-1", "127.0.0.2", user_data.replace("ssh_pwauth: false", "ssh_pwauth: true"))
+    with pytest.raises(SimulatedHostError, match="ssh_keys.ed25519_private"):   # no host key: cloud-init makes one
+        simulated_hosts.start("i-1", "127.0.0.2", user_data.replace("ed25519_private:", "rsa_private:"))
+    with pytest.raises(SimulatedHostError, match="not valid YAML"):
+        simulated_hosts.start("i-1", "127.0.0.2", user_data.replace("ssh_deletekeys: true", "ssh_deletekeys: [true"))
     with pytest.raises(ValueError, match="unknown fault"):
         simulated_hosts.set_fault("*", "explode")
     with pytest.raises(ValueError):

@@ -4,11 +4,9 @@ graceful shutdown."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import signal
 import subprocess
 import sys
-import time
 import tomllib
 from collections import Counter
 from collections.abc import Iterator
@@ -26,7 +24,7 @@ from provisioner.storefront import eddschema
 from provisioner.wiring import App
 from tests.fixtures.config import dump_toml
 from tests.fixtures.services import _fresh_mysql_database
-from tests.fixtures.stack import Stack, build_stack, point_at
+from tests.fixtures.stack import Stack, build_stack, point_at, start_worker, wait_until
 
 
 def test_only_one_file_lock_holder_at_a_time(tmp_path: Path) -> None:
@@ -73,21 +71,6 @@ def test_only_one_mysql_leader_and_a_dead_connection_hands_over(mysql_db: str) -
     engine.dispose()
 
 
-def _worker(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
-    return subprocess.Popen([sys.executable, "-m", "provisioner", "--config", str(cfg), "run"], env=env,
-                            stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=cfg.parent)
-
-
-def _wait(predicate, timeout: float) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _statuses(app: App) -> list[str]:
     with app.sessions() as s:
         return [r.status for r in s.scalars(select(Server))]
@@ -116,18 +99,18 @@ def test_two_workers_on_mariadb_one_leads_killing_it_hands_over_and_nothing_is_d
                                               expiration=expiration)
         edd.dispose()
         logs = [tmp_path / "w1.log", tmp_path / "w2.log"]
-        w1 = _worker(cfg, logs[0])
-        assert _wait(lambda: b"now the leader" in logs[0].read_bytes(), 30), logs[0].read_text()
-        w2 = _worker(cfg, logs[1])
+        w1 = start_worker(cfg, logs[0])
+        assert wait_until(lambda: b"now the leader" in logs[0].read_bytes(), 30), logs[0].read_text()
+        w2 = start_worker(cfg, logs[1])
         try:
-            assert _wait(lambda: b"worker started" in logs[1].read_bytes(), 30), logs[1].read_text()
+            assert wait_until(lambda: b"worker started" in logs[1].read_bytes(), 30), logs[1].read_text()
             assert b"now the leader" not in logs[1].read_bytes()
             # kill the leader mid-work: the follower takes the clock over and finishes
-            assert _wait(lambda: "Installing" in _statuses(app) or "Running" in _statuses(app), 30)
+            assert wait_until(lambda: "Installing" in _statuses(app) or "Running" in _statuses(app), 30)
             w1.send_signal(signal.SIGKILL)
             w1.wait(10)
-            assert _wait(lambda: b"now the leader" in logs[1].read_bytes(), 30), logs[1].read_text()
-            assert _wait(lambda: _statuses(app) == ["Running"] * 6, 120), _statuses(app)
+            assert wait_until(lambda: b"now the leader" in logs[1].read_bytes(), 30), logs[1].read_text()
+            assert wait_until(lambda: _statuses(app) == ["Running"] * 6, 120), _statuses(app)
         finally:
             for w in (w1, w2):
                 if w.poll() is None:
@@ -148,14 +131,14 @@ def test_sigterm_stops_the_worker_cleanly_and_a_restart_finishes_the_work(stack:
     for i in range(1, 4):
         stack.add_subscription(i, f"c{i}@example.com")
     log = stack.tmp / "worker.log"
-    w = _worker(stack.config_path, log)
+    w = start_worker(stack.config_path, log)
     try:
-        assert _wait(lambda: "Installing" in _statuses(stack.app), 30), log.read_text()
+        assert wait_until(lambda: "Installing" in _statuses(stack.app), 30), log.read_text()
         w.send_signal(signal.SIGTERM)
         assert w.wait(40) == 0, log.read_text()
         assert b"worker stopped" in log.read_bytes()
-        w = _worker(stack.config_path, stack.tmp / "worker2.log")
-        assert _wait(lambda: _statuses(stack.app) == ["Running"] * 3, 90), _statuses(stack.app)
+        w = start_worker(stack.config_path, stack.tmp / "worker2.log")
+        assert wait_until(lambda: _statuses(stack.app) == ["Running"] * 3, 90), _statuses(stack.app)
     finally:
         if w.poll() is None:
             w.send_signal(signal.SIGTERM)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from provisioner.models import OutboxMessage, Server, ServerEvent
-from provisioner.reconcile import Plan
+if TYPE_CHECKING:  # renders objects it is handed; importing their modules would slow --help
+    from provisioner.models import OutboxMessage, Server, ServerEvent
+    from provisioner.reconcile import Plan
 
 
 def human_bytes(n: int) -> str:

@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
 
     add("run", cmd_run, "the worker daemon: reconcile every tick, schedules, bandwidth, sweeper (systemd)")
-    from jobs.registry import NAMES
+    from jobs.catalog import NAMES
 
     jb = add("job", cmd_job, "run one job once (for cron): " + ", ".join(NAMES))
     jb.add_argument("name", choices=NAMES)

@@ -11,9 +11,7 @@ import argparse
 import json
 from collections.abc import Callable
 
-from provisioner.models import FAILED, PENDING, SENDING, SENT
-
-STATUSES = (PENDING, SENDING, SENT, FAILED)
+STATUSES = ("pending", "sending", "sent", "failed")   # provisioner.models' outbox states, by name
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@
     GET    /_sandbox/faults           the fault specs in force (with counters left)
     POST   /_sandbox/faults           body: a fault document (see faults.py) -> 200 / 400
     DELETE /_sandbox/faults           ?key=<endpoint> to drop one, else all
+    POST   /_sandbox/host-faults      body: {"target": "<host ip>" | "*", "kind": "<fault>", params...}
+                                      a fault of the simulated SSH hosts (see hosts.py) -> 200 / 400
+    DELETE /_sandbox/host-faults      clear every host fault
     POST   /_sandbox/reset            empty cloud, empty call log, hosts stopped
 """
 
@@ -16,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from provisioner.sandbox.faults import FaultInjector
+from provisioner.sandbox.hostapi import HostRunner
 from provisioner.sandbox.httpbase import HttpError, Request, Response, Service
 from provisioner.sandbox.state import SimState
 
@@ -24,13 +28,14 @@ class AdminService(Service):
     name = "admin"
 
     def __init__(self, state: SimState, faults: FaultInjector, describe: Callable[[], dict[str, Any]],
-                 reset: Callable[[], None]) -> None:
+                 reset: Callable[[], None], hosts: HostRunner) -> None:
         # Faults never apply to the admin API itself, and its calls are not logged.
         super().__init__(FaultInjector(), lambda entry: None)
         self.state = state
         self.cloud_faults = faults
         self._describe = describe
         self._reset = reset
+        self.hosts = hosts
         r = self.router.add
         r("GET", "/_sandbox/health", lambda req: Response(200, {"ok": True}))
         r("GET", "/_sandbox/state", lambda req: Response(200, self._describe()))
@@ -39,6 +44,8 @@ class AdminService(Service):
         r("POST", "/_sandbox/faults", self.set_faults)
         r("DELETE", "/_sandbox/faults", self.clear_faults)
         r("POST", "/_sandbox/reset", self.reset)
+        r("POST", "/_sandbox/host-faults", self.set_host_fault)
+        r("DELETE", "/_sandbox/host-faults", self.clear_host_faults)
 
     def calls(self, req: Request) -> Response:
         try:
@@ -53,6 +60,21 @@ class AdminService(Service):
         except ValueError as exc:
             raise HttpError(400, str(exc)) from None
         return Response(200, {"faults": self.cloud_faults.describe()})
+
+    def set_host_fault(self, req: Request) -> Response:
+        body = req.json()
+        if not isinstance(body, dict) or not isinstance(body.get("kind"), str):
+            raise HttpError(400, 'expected {"target": "<ip>" | "*", "kind": "<fault>", ...params}')
+        params = {k: v for k, v in body.items() if k not in ("target", "kind")}
+        try:
+            self.hosts.set_fault(str(body.get("target", "*")), body["kind"], **params)
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, str(exc)) from None
+        return Response(200, {"ok": True})
+
+    def clear_host_faults(self, req: Request) -> Response:
+        self.hosts.clear_faults()
+        return Response(200, {"ok": True})
 
     def clear_faults(self, req: Request) -> Response:
         self.cloud_faults.clear(req.arg("key"))

@@ -50,9 +50,10 @@ class Sandbox:
         self.faults = FaultInjector(self.config.seed)
         if self.config.faults:
             self.faults.configure(self.config.faults)
-        self.vultr = VultrSimulator(self.config, self.state, self.faults, host_runner or NoopHostRunner(), clock)
+        self.hosts = host_runner or NoopHostRunner()
+        self.vultr = VultrSimulator(self.config, self.state, self.faults, self.hosts, clock)
         self.cloudflare = CloudflareSimulator(self.config, self.state, self.faults, clock)
-        self.admin = AdminService(self.state, self.faults, self.describe, self.reset)
+        self.admin = AdminService(self.state, self.faults, self.describe, self.reset, self.hosts)
         self._servers: list[SimServer] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None

@@ -10,7 +10,7 @@ Calls come from a sandbox thread, never while the simulator holds its state lock
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +20,19 @@ class HostRunner(Protocol):
 
     def stop(self, instance_id: str) -> None: ...
 
+    def set_fault(self, target: str, kind: str, **params: Any) -> None: ...  # ValueError: unknown fault
+
+    def clear_faults(self) -> None: ...
+
 
 class NoopHostRunner:
     """No hosts at all: instances boot on paper only."""
+
+    def set_fault(self, target: str, kind: str, **params: Any) -> None:
+        raise ValueError("this sandbox runs no simulated hosts (started with --no-hosts)")
+
+    def clear_faults(self) -> None:
+        return None
 
     def start(self, instance_id: str, ip: str, user_data: str) -> None:
         log.debug("sandbox host %s would start on %s", instance_id, ip)

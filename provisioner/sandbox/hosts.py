@@ -33,7 +33,9 @@ Faults (``set_fault(target, kind, **params)``, target a host IP or ``"*"``; ``cl
 ``refuse`` stop listening (ECONNREFUSED); ``hang`` accept TCP, never send the banner (until
 clear_faults/stop); ``wrong_host_key`` present another ed25519 key; ``command_hang`` exec never
 answers until the client closes the channel or stop() (``match="text"``: only commands
-containing it).
+containing it); ``slow_install`` the next ``count`` installs to start (default: every one)
+take ``seconds`` longer (stop() still interrupts them) -- one server whose install hangs
+for ten minutes among healthy ones, as the worker benchmark needs.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ from types import TracebackType
 from typing import Any
 
 import paramiko
-
-from provisioner.cloudinit import generate_host_key, parse_user_data
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 PARAMIKO_LOGGER = "provisioner.sandbox.hosts.paramiko"
@@ -65,7 +68,8 @@ INSTALL_DIR = "/root/provisioner"
 INSTALL_FILES = ("install.sh", "server.conf", "ca.crt", "server.crt", "server.key", "tls-crypt.key", "crl.pem")
 CONF_DIRECTIVES = ("ca", "cert", "key", "tls-crypt", "crl-verify")
 INSTALLED_MARKER = "/var/lib/provisioner/installed"
-FAULT_KINDS = {"refuse": set(), "hang": set(), "wrong_host_key": set(), "command_hang": {"match"}}
+FAULT_KINDS = {"refuse": set(), "hang": set(), "wrong_host_key": set(), "command_hang": {"match"},
+               "slow_install": {"seconds", "count"}}
 _HANG_BOUND = 600.0  # a hung exec still ends at stop(); this only bounds a forgotten one
 
 
@@ -75,6 +79,32 @@ class SimulatedHostError(RuntimeError):
 
 def _pkey(private_pem: str) -> paramiko.PKey:
     return paramiko.Ed25519Key.from_private_key(io.StringIO(private_pem))
+
+
+def _new_host_key() -> paramiko.PKey:
+    pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                     serialization.NoEncryption())
+    return _pkey(pem.decode("ascii"))
+
+
+def read_cloud_config(user_data: str) -> tuple[str, list[str]]:
+    """The ed25519 host key and the authorized keys, read the way cloud-init reads them: as YAML
+    (PyYAML, as cloud-init itself uses), never with the product's own renderer's parser, so a
+    document the product renders wrongly fails here as it would on a real VPS."""
+    if not user_data.startswith("#cloud-config\n"):
+        raise ValueError("user_data does not start with '#cloud-config' (cloud-init would ignore it)")
+    try:
+        doc = yaml.safe_load(user_data)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"user_data is not valid YAML: {exc}") from None
+    keys = doc.get("ssh_keys") if isinstance(doc, dict) else None
+    private = keys.get("ed25519_private") if isinstance(keys, dict) else None
+    authorized = doc.get("ssh_authorized_keys") if isinstance(doc, dict) else None
+    if not isinstance(private, str):
+        raise ValueError("user_data has no ssh_keys.ed25519_private")
+    if not isinstance(authorized, list) or not authorized or not all(isinstance(k, str) for k in authorized):
+        raise ValueError("user_data has no ssh_authorized_keys list")
+    return private, authorized
 
 
 def _mode(attr: paramiko.SFTPAttributes, default: int) -> int:
@@ -159,13 +189,13 @@ class _Host(paramiko.ServerInterface):
 
     def __init__(self, hosts: SimulatedHosts, instance_id: str, ip: str, user_data: str) -> None:
         try:
-            parsed = parse_user_data(user_data)
-        except ValueError as exc:
+            host_private, authorized = read_cloud_config(user_data)
+            self.host_key = _pkey(host_private)
+        except (ValueError, paramiko.SSHException) as exc:
             raise SimulatedHostError(f"instance {instance_id}: {exc}") from None
         self.hosts, self.instance_id, self.ip, self.user_data = hosts, instance_id, ip, user_data
         self.dir = hosts.root_dir / instance_id
-        self.host_key = _pkey(parsed.host_private)
-        self.authorized = {tuple(line.split()[:2]) for line in parsed.authorized_keys}
+        self.authorized = {tuple(line.split()[:2]) for line in authorized}
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
         self.transports: list[paramiko.Transport] = []
@@ -323,7 +353,7 @@ class _Host(paramiko.ServerInterface):
         return bytes(out), bytes(err), 1 if err else 0
 
     def _install(self) -> tuple[bytes, bytes, int]:
-        if self.stopping.wait(self.hosts.install_seconds):
+        if self.stopping.wait(self.hosts.install_seconds + self.hosts.take_slow_install(self.ip)):
             return b"", b"", 130  # never sent: exec() sees the host stopping
         problems = []
         for name in INSTALL_FILES:
@@ -433,6 +463,19 @@ class SimulatedHosts:
             if host.listener is None and not host.stopping.is_set():
                 host.listen()
 
+    def take_slow_install(self, ip: str) -> float:
+        """Extra seconds for an install starting on ``ip`` now (a ``slow_install`` fault), counted down."""
+        with self._lock:
+            key = (ip, "slow_install") if (ip, "slow_install") in self._faults else ("*", "slow_install")
+            spec = self._faults.get(key)
+            if spec is None:
+                return 0.0
+            if "count" in spec:
+                if spec["count"] <= 0:
+                    return 0.0
+                spec["count"] -= 1
+            return float(spec.get("seconds", _HANG_BOUND))
+
     def fault(self, ip: str, kind: str) -> dict[str, Any] | None:
         with self._lock:
             return self._faults.get((ip, kind), self._faults.get(("*", kind)))
@@ -455,5 +498,5 @@ class SimulatedHosts:
         """The key a host presents under the "wrong_host_key" fault (one per simulator)."""
         with self._lock:
             if self._alternate is None:
-                self._alternate = _pkey(generate_host_key().private_pem)
+                self._alternate = _new_host_key()
             return self._alternate

@@ -8,12 +8,16 @@ script, which is idempotent and prints ``provisioner-install: ok`` as its last l
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from provisioner.cloud.ssh import SSHCommandFailed, SSHSession, SSHTarget, scrub
-from provisioner.steps import Installer
 
 log = logging.getLogger(__name__)
+
+# (ip, port, pinned host key, files to upload) -> None; raises SSHError (InstallFailed when the
+# script ran but did not report success)
+Installer = Callable[[str, int, str, dict[str, bytes]], None]
 
 REMOTE_DIR = "/root/provisioner"
 OK_MARKER = "provisioner-install: ok"

@@ -1,0 +1,78 @@
+"""The driver never waits for the slowest server: one install that hangs occupies one thread,
+while the real worker (`provisioner run`) plans, builds ten other servers and starts a
+customer's rebuild."""
+
+from __future__ import annotations
+
+import signal
+import time
+import tomllib
+
+import pytest
+from sqlalchemy import select
+
+from provisioner import customer
+from provisioner.models import Server, ServerEvent
+from tests.fixtures.config import dump_toml
+from tests.fixtures.stack import Stack, start_worker, wait_until
+
+INSTALL = "bash /root/provisioner/install.sh"
+
+
+def _rows(stack: Stack) -> dict[str, Server]:
+    with stack.app.sessions() as s:
+        return {r.subscription_id: r for r in s.scalars(select(Server))}
+
+
+def _first_rebuild_step(stack: Stack, rid: int) -> ServerEvent | None:
+    with stack.app.sessions() as s:
+        return s.scalars(select(ServerEvent).where(ServerEvent.server_id == rid,
+                                                   ServerEvent.what == "rebuild.instance",
+                                                   ServerEvent.outcome == "started")).first()
+
+
+@pytest.mark.slow
+def test_a_hung_install_delays_neither_ten_new_servers_nor_a_customers_rebuild(stack: Stack) -> None:
+    data = tomllib.loads(stack.config_path.read_text())
+    data["worker"].update({"tick_seconds": 1.0, "threads": 4})
+    stack.config_path.write_text(dump_toml(data))
+    stack.add_subscription(1, "owner@example.com")
+    log = stack.tmp / "worker.log"
+    worker = start_worker(stack.config_path, log)
+    try:
+        # Given a Running server whose owner will ask for a rebuild
+        assert wait_until(lambda: _rows(stack).get("1") and _rows(stack)["1"].status == "Running", 60), \
+            log.read_text()
+        # And a new server whose install hangs (ten minutes: far past many ticks)
+        stack.hosts.set_fault("*", "slow_install", seconds=600, count=1)
+        stack.add_subscription(2, "slow@example.com")
+        assert stack.hosts.wait_for(lambda: INSTALL in stack.hosts.running_commands(), 60), log.read_text()
+
+        # When ten more subscriptions arrive and the owner clicks Rebuild
+        for i in range(3, 13):
+            stack.add_subscription(i, f"c{i}@example.com")
+        with stack.app.sessions() as s:
+            owned = s.scalars(select(Server).where(Server.subscription_id == "1")).one()
+            customer.request_rebuild(s, stack.app.settings, owned, "random", now=stack.app.clock())
+            s.commit()
+            owned_id = owned.id
+        asked = time.monotonic()
+
+        # Then the rebuild starts while the hung install is still running...
+        assert wait_until(lambda: _first_rebuild_step(stack, owned_id) is not None, 30), log.read_text()
+        print(f"rebuild started {time.monotonic() - asked:.2f}s after the request")
+        assert INSTALL in stack.hosts.running_commands()
+        # ...and the ten reach Running while the hung one is still installing
+        ten = [str(i) for i in range(3, 13)]
+        assert wait_until(lambda: all(_rows(stack)[k].status == "Running" for k in ten if k in _rows(stack))
+                          and all(k in _rows(stack) for k in ten), 120), \
+            {k: r.status for k, r in _rows(stack).items()}
+        slow = _rows(stack)["2"]
+        assert (slow.status, slow.step) == ("Installing", "install")
+        assert INSTALL in stack.hosts.running_commands()
+        assert wait_until(lambda: _rows(stack)["1"].status == "Running", 60)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+    # The worker stopped without waiting for the hung install; its row resumes on restart.
+    assert worker.returncode == 0, log.read_text()
