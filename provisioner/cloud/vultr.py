@@ -215,9 +215,14 @@ class VultrCloud:
         return _instance(self._one("GET", f"/instances/{instance_id}", "instance"))
 
     def list_instances(self, *, label: str | None = None, tag: str | None = None) -> list[Instance]:
-        """All instances matching the exact filters, following the cursor to the last page."""
-        params = {k: v for k, v in (("label", label), ("tag", tag)) if v is not None}
-        return [_instance(i) for i in self._paginate("/instances", "instances", params)]
+        """All instances matching the exact filters, following the cursor to the last page.
+
+        ``label`` is filtered by the API; ``tag`` here, against each instance's ``tags``: the
+        API's ``tag`` filter is deprecated (it belongs to the single legacy ``tag`` field).
+        """
+        params = {"label": label} if label is not None else {}
+        found = [_instance(i) for i in self._paginate("/instances", "instances", params)]
+        return [i for i in found if tag is None or tag in i.tags]
 
     def delete_instance(self, instance_id: str) -> bool:
         """True if this call deleted it, False if it was already gone (404)."""
