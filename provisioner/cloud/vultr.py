@@ -318,7 +318,7 @@ class VultrCloud:
                 raise VultrPermanent(f"vultr {what}: request failed ({type(exc).__name__})") from None
             except (KeyError, TypeError):
                 # An SDK helper indexing a reply that is text (wrong Content-Type) or lacks its key.
-                raise VultrPermanent(f"vultr {what}: unusable reply") from None
+                raise VultrPermanent(f"vultr {what}: reply has no usable JSON object") from None
 
         return retry.call(attempt, self._policy, idempotent=idempotent, what=f"vultr {what}", sleep=self._sleep)
 
