@@ -3,18 +3,28 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
+PIP_TOOLS := pip-tools==7.6.2
 
-.PHONY: run test lint bench clean venv
+.PHONY: run test lint bench clean venv lock
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+# Installs exactly the locked set: every package pinned, every file checked against its hash.
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is required"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# Recompiles requirements.lock from requirements.txt (after changing a pin there).
+lock:
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(PIP_TOOLS)"
+	$(PY) -m piptools compile --quiet --generate-hashes --strip-extras --no-emit-index-url \
+		--no-emit-find-links --output-file $(LOCK) requirements.txt
 
 run: $(STAMP)
 	$(PY) -m provisioner demo

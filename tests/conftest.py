@@ -14,4 +14,6 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.hosts",
     "tests.fixtures.stack",
+    "tests.fixtures.browser",
+    "tests.fixtures.wordpress",
 ]

@@ -1,13 +1,12 @@
 """The dashboard page in a real browser (Playwright + Debian's chromium), against the API served
 by uvicorn on 127.0.0.1. Screenshots go to test-artifacts/ (gitignored).
 
-Needs /usr/bin/chromium (apt-get install chromium) and the playwright package; Playwright's
-own browser downloads are never used. Skipped locally when missing, required under CI=true.
+Needs /usr/bin/chromium (apt-get install chromium) and the playwright package
+(tests/fixtures/browser.py). Skipped locally when missing, required under CI=true.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,32 +16,11 @@ import pytest
 from provisioner.models import Status
 from tests.fixtures.api import *  # noqa: F403
 from tests.fixtures.api import OTHER, OVPN, OWNER, STOREFRONT, ApiEnv, build_env, live_server
-from tests.fixtures.services import require_or_skip
+from tests.fixtures.browser import ARTIFACTS
 
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 TIMEOUT_MS = 10_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require_or_skip("the playwright package is not installed")
-    if not Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is None:
-        require_or_skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True, timeout=30_000)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture

@@ -178,7 +178,8 @@ def test_it_creates_snapshots_with_201_and_completes_them_later(sandbox: Sandbox
     sandbox_clock.advance(sandbox.config.snapshot_seconds)
     listed = sdk(sandbox).get("/snapshots", {"description": "golden"})
     assert [s["status"] for s in listed["snapshots"]] == ["complete"]
-    assert create(sandbox, os_id=None, snapshot_id=snap["id"], label="from-snap")["snapshot_id"] == snap["id"]
+    clone = create(sandbox, os_id=None, snapshot_id=snap["id"], label="from-snap")
+    assert sandbox.state.instances[clone["id"]]["snapshot_id"] == snap["id"]
     sdk(sandbox).delete(f"/snapshots/{snap['id']}")
     assert [c["status"] for c in calls(sandbox, "DELETE /v2/snapshots/{id}")] == [204]
 

@@ -193,3 +193,14 @@ def test_it_takes_a_rate_limiter_token_per_attempt(sandbox: Sandbox) -> None:
     sandbox.set_faults({"faults": {"GET /v2/plans": {"error_first": 2}}})
     vultr.plans()
     assert limiter.stats().acquired == 3
+
+
+def test_it_turns_a_reply_the_sdk_cannot_parse_into_a_permanent_error(sandbox: Sandbox, vultr: VultrCloud) -> None:
+    # Given replies labelled "application/json; charset=utf-8", which vultr-python hands back as text
+    inst_id = make(vultr, "charset")
+    snap_id = vultr.create_snapshot(inst_id, "charset").id
+    sandbox.set_faults({"faults": {"GET /v2/*": {"content_type": "application/json; charset=utf-8"}}})
+    # Then through the SDK's helpers and its generic get alike, the adapter's own error comes out
+    for call in (lambda: vultr.get_instance(inst_id), vultr.list_instances, lambda: vultr.get_snapshot(snap_id)):
+        with pytest.raises(VultrPermanent, match="reply"):
+            call()

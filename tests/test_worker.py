@@ -23,7 +23,7 @@ from provisioner.settings import load_settings
 from provisioner.storefront import eddschema
 from provisioner.wiring import App
 from tests.fixtures.config import dump_toml
-from tests.fixtures.services import _fresh_mysql_database
+from tests.fixtures.services import fresh_mysql_database
 from tests.fixtures.stack import Stack, build_stack, point_at, start_worker, wait_until
 
 
@@ -52,7 +52,7 @@ def test_a_killed_holder_releases_the_file_lock(tmp_path: Path) -> None:
 
 @pytest.fixture
 def mysql_db(mysql_server_url: str) -> Iterator[str]:
-    yield from _fresh_mysql_database(mysql_server_url)
+    yield from fresh_mysql_database(mysql_server_url)
 
 
 @pytest.mark.mysql

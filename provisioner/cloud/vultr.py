@@ -15,10 +15,15 @@ Every attempt takes a token from the shared :class:`RateLimiter` and runs under
 or lost reply may hide a create that happened.  After ``VultrTransient`` from
 ``create_instance`` (see ``outcome_unknown``), list by label before creating again.
 
-vultr-python's ``_req`` has a fixed ``timeout=10`` and drops response headers (so 429's
-Retry-After would be lost); :class:`_Session` forces our timeout and keeps the last
-response.  The SDK parses JSON only for a Content-Type of exactly ``application/json``
-and returns text otherwise, which :func:`_dict` rejects (REFERENCE §1.10).
+The SDK is used through its public surface: the documented ``url`` override, its instance
+helpers (``create_instance``, ``get_instance``, ``delete_instance``) and, through
+:meth:`VultrCloud._request`, its generic ``get``/``post``/``delete`` for what it has no
+helper for.  It takes no timeout, session or hooks, and :class:`VultrException` keeps the
+status but drops the headers (429's Retry-After with them), so :class:`_Transport` -- a
+``requests`` transport adapter, mounted with ``Session.mount`` on the session the SDK made
+-- applies our timeout and keeps the last reply.  The SDK parses JSON only for a
+Content-Type of exactly ``application/json`` and returns text otherwise, which
+:func:`_dict` rejects (REFERENCE §1.10).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import requests
+import requests.adapters
 from vultr import Vultr, VultrException
 
 from provisioner.cloud import retry
@@ -149,28 +155,19 @@ class OperatingSystem:
     family: str
 
 
-class _Session(requests.Session):
-    """Forces our timeout on every request and keeps the last response for its headers."""
+class _Transport(requests.adapters.HTTPAdapter):
+    """Our timeout on every request (the SDK fixes 10 s) and the last reply kept for its headers."""
 
     def __init__(self, timeout: float) -> None:
         super().__init__()
-        self.forced_timeout = timeout
+        self.timeout = timeout
         self.last_response: requests.Response | None = None
 
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> requests.Response:
+    def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         self.last_response = None
-        kwargs["timeout"] = self.forced_timeout
-        self.last_response = response = super().request(method, url, *args, **kwargs)
+        kwargs["timeout"] = self.timeout
+        self.last_response = response = super().send(request, *args, **kwargs)
         return response
-
-
-class _Client(Vultr):
-    def __init__(self, api_key: str, base_url: str, timeout: float) -> None:
-        super().__init__(api_key)
-        self.url = base_url.rstrip("/")
-        self.http = _Session(timeout)
-        self.http.headers.update({"Authorization": f"Bearer {api_key}"})
-        self._session = self.http
 
 
 class VultrCloud:
@@ -210,27 +207,36 @@ class VultrCloud:
             **({"os_id": os_id} if os_id is not None else {"snapshot_id": snapshot_id}),
         }
         log.info("creating Vultr instance label=%s region=%s plan=%s", label, region, plan)
-        inst = _instance(self._one("POST", "/instances", "instance", body, idempotent=False))
+        rest = {k: v for k, v in body.items() if k not in ("region", "plan")}
+        inst = _instance(_dict(self._call("POST /instances", lambda sdk: sdk.create_instance(region, plan, **rest),
+                                          idempotent=False), "POST /instances"))
         log.info("created Vultr instance id=%s label=%s", inst.id, inst.label)
         return inst
 
     def get_instance(self, instance_id: str) -> Instance:
-        return _instance(self._one("GET", f"/instances/{instance_id}", "instance"))
+        what = f"GET /instances/{instance_id}"
+        return _instance(_dict(self._call(what, lambda sdk: sdk.get_instance(instance_id)), what))
 
     def list_instances(self, *, label: str | None = None, tag: str | None = None) -> list[Instance]:
-        """All instances matching the exact filters, following the cursor to the last page."""
-        params = {k: v for k, v in (("label", label), ("tag", tag)) if v is not None}
-        return [_instance(i) for i in self._paginate("/instances", "instances", params)]
+        """All instances matching the exact filters, following the cursor to the last page.
+
+        ``label`` is filtered by the API; ``tag`` here, against each instance's ``tags``: the
+        API's ``tag`` filter is deprecated (it belongs to the single legacy ``tag`` field).
+        """
+        params = {"label": label} if label is not None else {}
+        found = [_instance(i) for i in self._paginate("/instances", "instances", params)]
+        return [i for i in found if tag is None or tag in i.tags]
 
     def delete_instance(self, instance_id: str) -> bool:
         """True if this call deleted it, False if it was already gone (404)."""
-        return self._delete(f"/instances/{instance_id}")
+        what = f"DELETE /instances/{instance_id}"
+        return self._gone_is_fine(what, lambda: self._call(what, lambda sdk: sdk.delete_instance(instance_id)))
 
     def halt_instance(self, instance_id: str) -> None:
-        self._send("POST", f"/instances/{instance_id}/halt")
+        self._request("POST", f"/instances/{instance_id}/halt")
 
     def start_instance(self, instance_id: str) -> None:
-        self._send("POST", f"/instances/{instance_id}/start")
+        self._request("POST", f"/instances/{instance_id}/start")
 
     def reinstall_instance(self, instance_id: str, hostname: str | None = None) -> Instance:
         """Same id and IP, fresh disk from the same OS (REFERENCE §1.8)."""
@@ -259,7 +265,8 @@ class VultrCloud:
         return [_snapshot(s) for s in self._paginate("/snapshots", "snapshots", params)]
 
     def delete_snapshot(self, snapshot_id: str) -> bool:
-        return self._delete(f"/snapshots/{snapshot_id}")
+        path = f"/snapshots/{snapshot_id}"
+        return self._gone_is_fine(f"DELETE {path}", lambda: self._request("DELETE", path))
 
     def regions(self) -> list[Region]:
         return [Region(r["id"], r.get("city", ""), r.get("country", ""), r.get("continent", ""))
@@ -281,28 +288,27 @@ class VultrCloud:
                 return os_.id
         raise VultrNotFound(f"no Vultr OS named {name!r}")
 
-    def _client(self) -> _Client:
-        client: _Client | None = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = _Client(self._api_key, self.base_url, self._timeout)
-        return client
+    def _client(self) -> tuple[Vultr, _Transport]:
+        """This thread's SDK client (a requests session is not thread-safe) and its transport."""
+        pair: tuple[Vultr, _Transport] | None = getattr(self._local, "client", None)
+        if pair is None:
+            sdk, transport = Vultr(self._api_key), _Transport(self._timeout)
+            sdk.url = self.base_url  # the SDK's documented way to point it elsewhere
+            # The one reach past the SDK's surface: it offers no session, timeout or hook.
+            sdk._session.mount(self.base_url + "/", transport)
+            pair = self._local.client = (sdk, transport)
+        return pair
 
-    def _send(self, method: str, path: str, body: dict[str, Any] | None = None,
-              params: dict[str, Any] | None = None, *, idempotent: bool = True) -> Any:
-        """One call through the SDK's generic helpers, rate limited and under the policy."""
-        what = f"{method} {path}"
+    def _call(self, what: str, fn: Callable[[Vultr], Any], *, idempotent: bool = True) -> Any:
+        """One SDK call, rate limited, under the retry policy, with its errors translated."""
 
         def attempt() -> Any:
             self._limiter.acquire()
-            client = self._client()
+            sdk, transport = self._client()
             try:
-                if method == "GET":
-                    return client.get(path, params)
-                if method == "DELETE":
-                    return client.delete(path)
-                return getattr(client, method.lower())(path, **(body or {}))
+                return fn(sdk)
             except VultrException as exc:
-                response = client.http.last_response
+                response = transport.last_response
                 retry_after = response.headers.get("Retry-After") if response is not None else None
                 raise _from_status(what, exc.status, exc.error, retry_after) from exc
             except requests.Timeout as exc:
@@ -313,19 +319,36 @@ class VultrCloud:
                 raise VultrTransient(f"vultr {what}: reply body is not valid JSON") from exc
             except requests.RequestException as exc:
                 raise VultrPermanent(f"vultr {what}: request failed ({type(exc).__name__})") from exc
+            except (KeyError, TypeError) as exc:
+                # An SDK helper indexing a reply that is text (wrong Content-Type) or lacks its key.
+                raise VultrPermanent(f"vultr {what}: reply has no usable JSON object") from exc
 
         return retry.call(attempt, self._policy, idempotent=idempotent, what=f"vultr {what}", sleep=self._sleep)
 
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None,
+                 params: dict[str, Any] | None = None, *, idempotent: bool = True) -> Any:
+        """The SDK's generic ``get``/``post``/``delete``, for what it has no helper for.
+
+        vultr-python 0.2.0 has helpers for instances, the catalogue, SSH keys and startup
+        scripts only: none for snapshots, bandwidth, halt/start or reinstall, and its list
+        helpers return the bare list without ``meta``, so they cannot follow a cursor.
+        """
+        calls: dict[str, Callable[[Vultr], Any]] = {
+            "GET": lambda sdk: sdk.get(path, params), "POST": lambda sdk: sdk.post(path, **(body or {})),
+            "DELETE": lambda sdk: sdk.delete(path)}
+        return self._call(f"{method} {path}", calls[method], idempotent=idempotent)
+
     def _one(self, method: str, path: str, key: str, body: dict[str, Any] | None = None,
              *, idempotent: bool = True) -> dict[str, Any]:
-        data = self._send(method, path, body, idempotent=idempotent)
+        data = self._request(method, path, body, idempotent=idempotent)
         return _dict(_dict(data, f"{method} {path}"), f"{method} {path}", key)
 
-    def _delete(self, path: str) -> bool:
+    @staticmethod
+    def _gone_is_fine(what: str, delete: Callable[[], object]) -> bool:
         try:
-            self._send("DELETE", path)
+            delete()
         except VultrNotFound:
-            log.info("vultr DELETE %s: already gone", path)
+            log.info("vultr %s: already gone", what)
             return False
         return True
 
@@ -334,7 +357,7 @@ class VultrCloud:
         cursor, seen = "", set()
         for _ in range(MAX_PAGES):
             query = {**params, "per_page": self._per_page, **({"cursor": cursor} if cursor else {})}
-            page = _dict(self._send("GET", path, params=query), f"GET {path}")
+            page = _dict(self._request("GET", path, params=query), f"GET {path}")
             batch = page.get(key)
             if not isinstance(batch, list):
                 raise VultrPermanent(f"vultr GET {path}: reply has no {key!r} list")

@@ -20,7 +20,7 @@ _REGIONS = [
 
 REGIONS: list[dict[str, Any]] = [
     {"id": rid, "city": city, "country": country, "continent": continent,
-     "options": ["ddos_protection"], "connectivity": []}
+     "options": ["ddos_protection"]}
     for rid, city, country, continent in _REGIONS
 ]
 

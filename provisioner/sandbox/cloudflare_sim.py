@@ -32,6 +32,7 @@ TYPES = frozenset({"A", "AAAA", "CNAME", "TXT", "MX", "NS", "CAA", "SRV"})
 PROXIABLE = frozenset({"A", "AAAA", "CNAME"})
 ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
 ACCOUNT = {"id": "0" * 31 + "1", "name": "Sandbox account"}
+OWNER = {"id": "0" * 31 + "2", "name": "Sandbox owner", "type": "user"}
 
 
 class CloudflareSimulator(Service):
@@ -88,10 +89,13 @@ class CloudflareSimulator(Service):
     # -- zones -----------------------------------------------------------------------
 
     def _zone_view(self) -> dict[str, Any]:
-        return {"id": self.config.zone_id, "name": self.config.zone_name, "status": "active", "paused": False,
-                "type": "full", "development_mode": 0, "name_servers": ["ada.ns.cloudflare.com",
-                                                                        "bob.ns.cloudflare.com"],
-                "account": ACCOUNT, "created_on": _iso(0), "modified_on": _iso(0)}
+        # The zone object of the published document (its required fields; no status/paused/type: it has none).
+        return {"id": self.config.zone_id, "name": self.config.zone_name, "development_mode": 0,
+                "owner": OWNER, "account": ACCOUNT, "meta": {"step": 2, "page_rule_quota": 3,
+                                                             "custom_certificate_quota": 0, "phishing_detected": False},
+                "name_servers": ["ada.ns.cloudflare.com", "bob.ns.cloudflare.com"], "original_name_servers": None,
+                "original_registrar": None, "original_dnshost": None, "created_on": _iso(0), "modified_on": _iso(0),
+                "activated_on": _iso(0)}
 
     def list_zones(self, req: Request) -> Response:
         zones = [self._zone_view()]
@@ -269,10 +273,10 @@ def _ok(result: Any) -> dict[str, Any]:
 
 
 def _view(r: dict[str, Any]) -> dict[str, Any]:
-    return {"id": r["id"], "zone_id": r["zone_id"], "name": r["name"], "type": r["type"], "content": r["content"],
-            "proxiable": r["type"] in PROXIABLE, "proxied": r["proxied"], "ttl": r["ttl"], "settings": {},
-            "meta": {}, "comment": r["comment"], "tags": r["tags"], "created_on": r["created_on"],
-            "modified_on": r["modified_on"]}
+    # No zone_id/zone_name: Cloudflare dropped them from record replies, and the document has neither.
+    return {"id": r["id"], "name": r["name"], "type": r["type"], "content": r["content"],
+            "proxiable": r["type"] in PROXIABLE, "proxied": r["proxied"], "ttl": r["ttl"], "meta": {},
+            "comment": r["comment"], "tags": r["tags"], "created_on": r["created_on"], "modified_on": r["modified_on"]}
 
 
 def _subject(r: dict[str, Any]) -> dict[str, str]:

@@ -44,8 +44,7 @@ def instance_view(inst: dict[str, Any], now: float, gateway: str = "127.77.0.1")
         "status": "active" if booted else "pending",
         "power_status": "running" if is_running(inst) else "stopped",
         "server_status": "ok" if booted else "installingbooting",
-        "kvm": "", "app_id": 0, "image_id": "", "snapshot_id": inst.get("snapshot_id", ""),
-        "firewall_group_id": "", "features": [], "user_scheme": "root", "vpc_only": False,
+        "kvm": "", "app_id": 0, "image_id": "", "firewall_group_id": "", "features": [], "user_scheme": "root",
     }
 
 
