@@ -4,7 +4,7 @@
 
 Routes: the page at ``/`` (static, no build step), the JSON API under ``/api/``, OpenAPI at
 ``/docs`` and ``/openapi.json``, ``/healthz`` and ``/metrics``; the Stripe webhook at
-``/webhooks/stripe`` when that module is installed.
+``/webhooks/stripe``.
 
 Guards, outermost first: metrics, security headers, CORS (one origin), per-address rate limit
 on /api/, body size limit; then FastAPI (per-customer rate limit and auth in the routes).
@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dashboard_api import errors, guards, routes
+from dashboard_api import errors, guards, routes, stripe_webhook
 from dashboard_api.context import ApiState, state
 from dashboard_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboard_api.schemas import HealthOut, document_locations
@@ -55,7 +55,7 @@ def create_app(app: App, *, clock: Callable[[], dt.datetime] | None = None) -> F
     errors.install(api)
     api.include_router(routes.router)
     _add_service_routes(api)
-    _include_stripe_webhook(api)
+    api.include_router(stripe_webhook.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")
     _document_locations(api, settings)
 
@@ -103,16 +103,6 @@ def _add_service_routes(api: FastAPI) -> None:
     def metrics(st: ApiState = Depends(state)) -> Response:  # noqa: B008
         return Response(generate_latest(st.metrics.registry), media_type=CONTENT_TYPE_LATEST,
                         headers={"Cache-Control": "no-store"})
-
-
-def _include_stripe_webhook(api: FastAPI) -> None:
-    # Another module (dashboard_api/stripe_webhook.py) serves POST /webhooks/stripe when the
-    # storefront is Stripe. Until it exists the import fails and the API runs without it.
-    try:
-        from dashboard_api.stripe_webhook import router as stripe_router  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    api.include_router(stripe_router)
 
 
 def serve(settings: Settings) -> int:

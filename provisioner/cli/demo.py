@@ -44,10 +44,8 @@ def prepare_local_secrets(config_file: str) -> None:
         _write_private(Path(jwt), secrets.token_urlsafe(48) + "\n")
     ssh_key = raw.get("ssh", {}).get("private_key_file")
     if ssh_key and not Path(ssh_key).exists():
-        try:
-            from provisioner.cloudinit import generate_client_key
-        except ImportError:
-            return
+        from provisioner.cloudinit import generate_client_key
+
         key = generate_client_key()
         _write_private(Path(ssh_key), key.private_pem)
         Path(ssh_key + ".pub").write_text(key.public_line + "\n", encoding="utf-8")
@@ -111,20 +109,17 @@ class Supervisor:
                 print("provisioner: error: the sandbox did not start (is another `make run` running?)", flush=True)
                 return 1
             self.spawn("worker", "run")
-            api = _api_available()
-            if api:
-                self.spawn("api", "api")
-            self._banner(api)
+            self.spawn("api", "api")
+            self._banner()
             return self._watch()
         finally:
             self._terminate()
 
-    def _banner(self, api: bool) -> None:
+    def _banner(self) -> None:
         s = self.app.settings
-        print("\nThe sandbox clouds, the worker" + (" and the dashboard API" if api else "") + " are running.")
-        if api:
-            url = _dashboard_url(s, DEMO_LOGIN_EMAIL)
-            print(f"Dashboard for demo customer {DEMO_LOGIN_EMAIL}:\n  {url}")
+        print("\nThe sandbox clouds, the worker and the dashboard API are running.")
+        url = _dashboard_url(s, DEMO_LOGIN_EMAIL)
+        print(f"Dashboard for demo customer {DEMO_LOGIN_EMAIL}:\n  {url}")
         print(f"Sandbox admin (state, call log, faults): http://127.0.0.1:{s.sandbox.admin_port}/")
         print(f"In another terminal: .venv/bin/provisioner --config {self.config} servers")
         print("Ctrl-C stops everything.\n", flush=True)
@@ -161,14 +156,6 @@ def _summary(app: Any) -> str:
     rows = app.all_servers()
     counts = Counter(r.status for r in rows)
     return "servers: " + (", ".join(f"{n} {st}" for st, n in sorted(counts.items())) or "none yet")
-
-
-def _api_available() -> bool:
-    try:
-        import dashboard_api.server  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def _dashboard_url(settings: Any, email: str) -> str:

@@ -108,7 +108,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
     "lifecycle": {
         "snapshots": Field(bool, False),
         "poll_seconds": Field(float, 10.0, minimum=0.05, maximum=600),
-        "lease_seconds": Field(float, 600.0, minimum=1, maximum=7200),
+        "lease_seconds": Field(float, 60.0, minimum=1, maximum=7200),
         "max_attempts": Field(int, 8, minimum=1, maximum=100),
         "error_after_attempts": Field(int, 3, minimum=1, maximum=100),
         "backoff_base_seconds": Field(float, 30.0, minimum=0.01, maximum=3600),
