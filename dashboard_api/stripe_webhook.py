@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from provisioner import planning
 from provisioner.models import StripeEvent
 from provisioner.storefront.stripe import StripeStorefront
 from provisioner.storefront.stripe_objects import as_dict, ts
@@ -100,6 +101,8 @@ def process(app: App, storefront: StripeStorefront, event: Any) -> JSONResponse:
             outcome = storefront.handle_event(s, ev, now)
             s.add(StripeEvent(id=event_id, type=str(ev.get("type", ""))[:64], created=ts(ev.get("created")) or now,
                               received_at=now, processed_at=now, outcome=outcome[:191]))
+            # the worker plans within seconds instead of at its next tick (a new sale, a cancellation)
+            planning.request(s, now, f"stripe {ev.get('type', 'event')}")
             s.flush()
     except IntegrityError:
         # a concurrent delivery of the same event won the race, or (rarely) of another event

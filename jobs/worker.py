@@ -69,6 +69,7 @@ class Worker:
         self.scheduler.add_listener(self._job_failed, EVENT_JOB_ERROR)
         self._planning = threading.Lock()
         self._last_plan_started = dt.datetime.min.replace(tzinfo=dt.UTC)
+        self._storefront_marker: object | None = None
         # APScheduler says "Running job …" at INFO for every run: the journal wants our lines.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
@@ -96,7 +97,12 @@ class Worker:
             return
         if operations.start_requested_rebuilds(self.lc, now):
             self.driver.wake()
-        if not self._planning.locked() and planning.requested_since(self.app.sessions, self._last_plan_started):
+        if self._planning.locked():
+            return
+        marker = self.app.storefront.change_marker()
+        arrived = marker is not None and self._storefront_marker is not None and marker != self._storefront_marker
+        self._storefront_marker = marker if marker is not None else self._storefront_marker
+        if arrived or planning.requested_since(self.app.sessions, self._last_plan_started):
             self.scheduler.modify_job("server_check", next_run_time=dt.datetime.now(dt.UTC))
 
     def _leader_only(self, name: str, func: Callable[[], Any]) -> Callable[[], None]:

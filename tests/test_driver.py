@@ -76,3 +76,26 @@ def test_a_hung_install_delays_neither_ten_new_servers_nor_a_customers_rebuild(s
         worker.wait(30)
     # The worker stopped without waiting for the hung install; its row resumes on restart.
     assert worker.returncode == 0, log.read_text()
+
+
+@pytest.mark.slow
+def test_a_new_sale_is_planned_within_seconds_not_at_the_next_tick(stack: Stack) -> None:
+    # Given a worker whose clock ticks once an hour (the first tick runs at start-up)
+    data = tomllib.loads(stack.config_path.read_text())
+    data["worker"].update({"tick_seconds": 3600.0})
+    stack.config_path.write_text(dump_toml(data))
+    log = stack.tmp / "worker.log"
+    worker = start_worker(stack.config_path, log)
+    try:
+        assert wait_until(lambda: b"worker started" in log.read_bytes(), 30), log.read_text()
+        assert wait_until(lambda: b"now the leader" in log.read_bytes(), 30), log.read_text()
+        time.sleep(2)  # past the first tick, which found nothing
+        assert _rows(stack) == {}
+        # When a customer buys a plan (a new row in the EDD tables)
+        stack.add_subscription(7, "new@example.com")
+        # Then it is planned and built long before the next tick
+        assert wait_until(lambda: "7" in _rows(stack) and _rows(stack)["7"].status == "Running", 60), \
+            log.read_text()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)

@@ -18,6 +18,12 @@ class Storefront(Protocol):
         """Every subscription the storefront knows, or raise StorefrontUnavailable."""
         ...
 
+    def change_marker(self) -> object | None:
+        """Something cheap that changes when a subscription is added (None: not known). The
+        leader polls it every second and plans at once when it moves; a storefront that
+        pushes (Stripe's webhook) asks for a pass itself and answers None."""
+        ...
+
 
 def open_storefront(settings: Settings, sessions: Any = None) -> Storefront:
     """The configured storefront. ``sessions`` (our database) is needed by the Stripe one,

@@ -205,6 +205,17 @@ class EddStorefront:
         found = self._fetch("WHERE s.id = :id", {"id": int(key)})
         return found[0] if found else None
 
+    def change_marker(self) -> object | None:
+        """A cheap fingerprint of "a new subscription arrived": the highest subscription id, one
+        primary-key lookup. The worker asks it every second so a new sale is planned within
+        seconds instead of at the next tick. None when it cannot be read (the tick says why)."""
+        try:
+            with self._engine.connect() as conn:
+                table = table_name(conn, self._prefix, "edd_subscriptions")
+                return ("max-id", conn.execute(text(f"SELECT MAX(id) FROM {table}")).scalar())  # an empty table too
+        except SQLAlchemyError:
+            return None
+
     # -- internals -------------------------------------------------------------------------
 
     def _select(self, conn: Connection, where: str) -> str:
