@@ -24,7 +24,6 @@ repr, a log line or an exception.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 import secrets
@@ -36,7 +35,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from provisioner.vpn import certs
+from provisioner.vpn import certs, stored
 from provisioner.vpn.certs import BACKDATE, PKIFormatError
 from provisioner.vpn.devices import (
     DeviceError,
@@ -279,7 +278,7 @@ _PEM_FIELDS = ("ca_cert_pem", "ca_key_pem", "server_cert_pem", "server_key_pem",
 
 def to_bytes(pki: ServerPKI) -> bytes:
     """Canonical JSON (version 2): the same PKI always gives the same bytes (encrypt before storing)."""
-    doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "server_name": pki.server_name}
+    doc: dict[str, Any] = {"server_name": pki.server_name}
     for field in _PEM_FIELDS:
         doc[field] = getattr(pki, field).decode("ascii")
     doc["devices"] = [
@@ -287,20 +286,12 @@ def to_bytes(pki: ServerPKI) -> bytes:
          "key_pem": d.key_pem.decode("ascii")}
         for d in pki.devices
     ]
-    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("ascii")
+    return stored.dump(FORMAT, VERSION, doc)
 
 
 def from_bytes(data: bytes) -> ServerPKI:
     """Parse and check what :func:`to_bytes` wrote, in version 2 or the single-client version 1."""
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PKIFormatError("serialised PKI is not JSON") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise PKIFormatError(f"serialised PKI is not in the {FORMAT!r} format")
-    version = doc.get("version")
-    if version not in (1, 2):
-        raise PKIFormatError(f"serialised PKI has unsupported version {version!r}")
+    doc, version = stored.load(data, FORMAT, (1, 2), PKIFormatError, "serialised PKI")
     values = {field: _ascii(doc, field) for field in _PEM_FIELDS}
     name = doc.get("server_name")
     if not isinstance(name, str) or not _SERVER_NAME.fullmatch(name):
