@@ -16,4 +16,6 @@ pytest_plugins = [
     "tests.fixtures.stack",
     "tests.fixtures.browser",
     "tests.fixtures.wordpress",
+    "tests.fixtures.machine",
+    "tests.fixtures.netns",
 ]

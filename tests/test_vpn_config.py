@@ -16,11 +16,14 @@ from provisioner.vpn.config import (
     InvalidOvpn,
     install_script,
     render_client_ovpn,
+    render_device_ovpn,
     render_server_conf,
     server_files,
     validate_ovpn,
 )
-from provisioner.vpn.pki import ServerPKI, from_bytes, generate_pki, revoke_client, to_bytes
+from provisioner.vpn.pki import ServerPKI, add_device, from_bytes, generate_pki, revoke_device, to_bytes
+from provisioner.vpn.remote import install_run
+from tests.fixtures.machine import Machine
 from tests.fixtures.services import require_or_skip
 
 DNS_NAME = "g0001.vpn.example.net"
@@ -67,8 +70,8 @@ def test_it_points_the_ovpn_at_the_dns_name_and_pins_the_server_cn(pki: ServerPK
 def test_it_inlines_the_ca_the_client_certificate_only_its_key_and_tls_crypt(pki: ServerPKI) -> None:
     ovpn = render_client_ovpn(pki, DNS_NAME)
     assert block(ovpn, "ca").strip() == pki.ca_cert_pem.decode().strip()
-    assert block(ovpn, "cert").strip() == pki.client_cert_pem.decode().strip()
-    assert block(ovpn, "key").strip() == pki.client_key_pem.decode().strip()
+    assert block(ovpn, "cert").strip() == pki.device("1").cert_pem.decode().strip()
+    assert block(ovpn, "key").strip() == pki.device("1").key_pem.decode().strip()
     assert block(ovpn, "tls-crypt").strip() == pki.tls_crypt_key.decode().strip()
     assert pki.ca_key_pem not in ovpn and pki.server_key_pem.decode().strip() not in ovpn.decode()
 
@@ -95,17 +98,19 @@ def test_it_rejects_an_ovpn_a_client_could_not_use(pki: ServerPKI, damage: str) 
     elif damage == "key in cert block":
         text = text.replace("</cert>", key + "</cert>")
     elif damage == "foreign key":
-        text = text.replace(key, generate_pki("g0002").client_key_pem.decode())
+        text = text.replace(key, generate_pki("g0002").device("1").key_pem.decode())
     data = text.encode() + (b"\xff" if damage == "not ascii" else b"")
     with pytest.raises(InvalidOvpn) as info:
         validate_ovpn(data)
     assert "BEGIN" not in str(info.value) and key.splitlines()[1] not in str(info.value)
 
 
-def test_it_issues_a_working_ovpn_after_revocation(pki: ServerPKI) -> None:
-    replaced = render_client_ovpn(revoke_client(pki), DNS_NAME)
-    validate_ovpn(replaced)
-    assert replaced != render_client_ovpn(pki, DNS_NAME)
+def test_it_renders_a_working_ovpn_for_each_added_device(pki: ServerPKI) -> None:
+    with_phone, phone = add_device(pki, "Phone")
+    ovpn = render_device_ovpn(with_phone, phone, DNS_NAME)
+    validate_ovpn(ovpn)
+    assert ovpn != render_client_ovpn(with_phone, DNS_NAME)
+    assert block(ovpn, "ca") == block(render_client_ovpn(pki, DNS_NAME), "ca")
 
 
 @pytest.mark.parametrize(
@@ -130,6 +135,7 @@ def test_it_renders_a_hardened_server_conf(pki: ServerPKI) -> None:
         "allow-compression no", "keepalive 10 120", "persist-key", "persist-tun", "user nobody",
         "group nogroup", "explicit-exit-notify 1", 'push "redirect-gateway def1 bypass-dhcp"',
         'push "dhcp-option DNS 1.1.1.1"', "status /run/openvpn-server/status-server.log",
+        "management /run/openvpn-server/management.sock unix", "management-client-user root",
     ):
         assert expected in lines, expected
     assert not any(re.match(r"(comp-lzo|compress)\b", ln) for ln in lines)
@@ -146,7 +152,7 @@ def test_it_renders_tcp_without_the_udp_only_exit_notify_and_relocates_files(pki
 @pytest.mark.parametrize("kwargs", [
     {"port": 0}, {"port": 70000}, {"proto": "icmp"}, {"subnet": "10.8.0.0/24 x"}, {"subnet": "10.8.0.1 255.255.255.0"},
     {"dns": ("one.one.one.one",)}, {"path_prefix": "relative"}, {"path_prefix": "/etc/x\nscript-security 2"},
-    {"path_prefix": "/etc/x\n"}, {"status_path": "/run/x\n"},
+    {"path_prefix": "/etc/x\n"}, {"status_path": "/run/x\n"}, {"management_path": "/run/m.sock\nverb 11"},
 ])
 def test_it_refuses_server_settings_that_would_break_or_inject_the_conf(pki: ServerPKI, kwargs: dict) -> None:
     with pytest.raises(ValueError):
@@ -159,7 +165,7 @@ def test_it_ships_the_server_only_its_own_material_with_keys_private(pki: Server
     assert set(files) | {"server.conf"} == set(SERVER_FILE_MODES)
     assert files["server.key"] == pki.server_key_pem and files["tls-crypt.key"] == pki.tls_crypt_key
     everything = b"".join(files.values())
-    assert pki.ca_key_pem not in everything and pki.client_key_pem not in everything
+    assert pki.ca_key_pem not in everything and pki.device("1").key_pem not in everything
     readable = {name for name, mode in SERVER_FILE_MODES.items() if mode & 0o077}
     assert readable == {"server.conf", "ca.crt", "server.crt", "crl.pem"}
     assert SERVER_FILE_MODES["server.key"] == SERVER_FILE_MODES["tls-crypt.key"] == 0o600
@@ -212,80 +218,11 @@ def test_it_stops_the_firewall_helper_before_any_change_when_settings_are_missin
 
 # ------------------------------------------------------------------ install.sh, run for real
 
-STUBS = {
-    # Every command that would touch the machine is a stand-in that records its arguments.
-    "cloud-init": "exit 0",
-    "dpkg": "exit 0",
-    "dpkg-query": '[ -e "$STATE/installed-$3" ] && printf "install ok installed"; exit 0',
-    "apt-get": 'for a in "$@"; do case $a in openvpn|iptables) touch "$STATE/installed-$a";; esac; done',
-    "systemctl": (
-        'unit=""; for a in "$@"; do case $a in -*) ;; *) unit=$a;; esac; done\n'
-        'case $1 in is-active) [ -e "$STATE/active-$unit" ];; start|restart) touch "$STATE/active-$unit";;'
-        ' stop) rm -f "$STATE/active-$unit";; esac'
-    ),
-    "ss": 'echo "UNCONN 0 0 *:1194 *:*"',
-    "ip": 'echo "default via 203.0.113.1 dev ens3 proto dhcp src 203.0.113.7 metric 100"',
-    "iptables": 'case " $* " in *" -C "*) exit 1;; esac',
-    "sysctl": "exit 0",
-    "journalctl": "exit 0",
-    "modprobe": "exit 1",
-}
-MOUNTS = ("/etc/openvpn", "/etc/systemd/system", "/etc/default", "/etc/sysctl.d", "/usr/local/sbin", "/root")
-
-
-class Machine:
-    """install.sh in a private mount namespace: the system directories it writes are bind
-    mounts of temp dirs and every system command is a recording stub."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.bin, self.state = root, root / "bin", root / "state"
-        for d in (self.bin, self.state):
-            d.mkdir()
-        for name, body in STUBS.items():
-            stub = self.bin / name
-            stub.write_text(f'#!/bin/sh\necho "{name} $*" >> "$STATE/calls"\n{body}\n')
-            stub.chmod(0o755)
-        for mount in MOUNTS:
-            (root / "fs" / mount.strip("/")).mkdir(parents=True)
-
-    def path(self, system_path: str) -> Path:
-        mount = next(m for m in MOUNTS if system_path.startswith(m + "/"))
-        return self.root / "fs" / mount.strip("/") / system_path[len(mount) + 1 :]
-
-    def upload(self, pki: ServerPKI) -> None:
-        up = self.path("/root/provisioner/x").parent
-        up.mkdir(parents=True, exist_ok=True)
-        for name, content in {**server_files(pki), "server.conf": render_server_conf(pki).encode()}.items():
-            (up / name).write_bytes(content)
-        (up / "install.sh").write_bytes(install_script())
-
-    def install(self) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-        (self.state / "calls").unlink(missing_ok=True)
-        binds = " && ".join(f"mount --bind {self.root / 'fs' / m.strip('/')} {m}" for m in MOUNTS)
-        result = subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "bash", "-c",
-             f"{binds} && exec bash /root/provisioner/install.sh"],
-            env={"PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin", "STATE": str(self.state)},
-            capture_output=True, text=True, timeout=60, check=False,
-        )
-        calls = (self.state / "calls").read_text().splitlines() if (self.state / "calls").exists() else []
-        return result, calls
-
-
-@pytest.fixture
-def machine(tmp_path: Path) -> Machine:
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        require_or_skip("running install.sh in a private mount namespace needs root and unshare")
-    if not all(Path(m).is_dir() for m in MOUNTS):
-        require_or_skip(f"this host lacks one of {MOUNTS}")
-    return Machine(tmp_path)
-
-
 def test_it_installs_once_and_reruns_without_churn(machine: Machine, pki: ServerPKI) -> None:
     # Given a fresh machine with the worker's uploads
-    machine.upload(pki)
+    machine.upload(install_run(pki=pki).files)
     # When the installer runs
-    first, calls = machine.install()
+    first, calls = machine.run()
     # Then it succeeds with the marker last, having installed packages and started the services
     assert first.returncode == 0, first.stdout + first.stderr
     assert first.stdout.splitlines()[-1] == INSTALL_OK_MARKER
@@ -314,25 +251,25 @@ def test_it_installs_once_and_reruns_without_churn(machine: Machine, pki: Server
     assert not any(fragment in first.stdout + first.stderr for fragment in secret_lines(pki))
 
     # When the worker uploads the same files again and reruns
-    machine.upload(pki)
-    second, calls = machine.install()
+    machine.upload(install_run(pki=pki).files)
+    second, calls = machine.run()
     # Then nothing is reinstalled or restarted
     assert second.returncode == 0 and second.stdout.splitlines()[-1] == INSTALL_OK_MARKER, second.stderr
     assert not any(c.startswith("apt-get") for c in calls), calls
     assert "systemctl restart openvpn-server@server" not in calls
 
-    # And a changed CRL (a revocation) restarts the server so connected clients are cut off
-    machine.upload(revoke_client(pki))
-    third, calls = machine.install()
+    # And a full install with a changed CRL (a revocation) restarts the server
+    machine.upload(install_run(pki=revoke_device(add_device(pki, "Phone")[0], "2")).files)
+    third, calls = machine.run()
     assert third.returncode == 0, third.stderr
     assert "systemctl restart openvpn-server@server" in calls
     assert machine.path("/etc/openvpn/server/crl.pem").read_bytes() != pki.crl_pem
 
 
 def test_it_refuses_to_install_with_an_upload_missing(machine: Machine, pki: ServerPKI) -> None:
-    machine.upload(pki)
+    machine.upload(install_run(pki=pki).files)
     machine.path("/root/provisioner/tls-crypt.key").write_bytes(b"")
-    result, calls = machine.install()
+    result, calls = machine.run()
     assert result.returncode != 0
     assert "tls-crypt.key" in result.stderr and INSTALL_OK_MARKER not in result.stdout
     assert not any(c.startswith(("apt-get", "systemctl")) for c in calls), calls

@@ -19,11 +19,13 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from provisioner.vpn.pki import (
     PKIFormatError,
     ServerPKI,
+    add_device,
     crl_next_update,
+    crl_number,
     from_bytes,
     generate_pki,
     reissue_crl,
-    revoke_client,
+    revoke_device,
     to_bytes,
 )
 from tests.fixtures.services import require_or_skip
@@ -40,10 +42,15 @@ def cert(pem: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(pem)
 
 
+def client(pki: ServerPKI, device_id: str = "1") -> x509.Certificate:
+    return cert(pki.device(device_id).cert_pem)
+
+
 def secret_fragments(pki: ServerPKI) -> list[str]:
     """Every base64/hex body line of every private key and of the tls-crypt key."""
     lines: list[str] = []
-    for pem in (pki.ca_key_pem, pki.server_key_pem, pki.client_key_pem, pki.tls_crypt_key):
+    keys = [pki.ca_key_pem, pki.server_key_pem, pki.tls_crypt_key, *(d.key_pem for d in pki.devices)]
+    for pem in keys:
         lines += [ln for ln in pem.decode().splitlines() if ln and not ln.startswith(("-", "#"))]
     return lines
 
@@ -52,7 +59,7 @@ def test_it_chains_server_and_client_certificates_to_their_ca(pki: ServerPKI) ->
     ca = cert(pki.ca_cert_pem)
     ca.verify_directly_issued_by(ca)
     cert(pki.server_cert_pem).verify_directly_issued_by(ca)
-    cert(pki.client_cert_pem).verify_directly_issued_by(ca)
+    client(pki).verify_directly_issued_by(ca)
 
 
 @pytest.mark.parametrize(("purpose", "which", "ok"), [
@@ -68,7 +75,7 @@ def test_it_passes_openssl_strict_verification_with_the_crl_for_the_right_purpos
         require_or_skip("the openssl command is missing (apt-get install openssl)")
     (tmp_path / "ca.crt").write_bytes(pki.ca_cert_pem)
     (tmp_path / "crl.pem").write_bytes(pki.crl_pem)
-    (tmp_path / "leaf.crt").write_bytes(pki.server_cert_pem if which == "server" else pki.client_cert_pem)
+    (tmp_path / "leaf.crt").write_bytes(pki.server_cert_pem if which == "server" else pki.device("1").cert_pem)
     result = subprocess.run(
         ["openssl", "verify", "-x509_strict", "-purpose", purpose, "-crl_check",
          "-attime", str(int(NOW.timestamp())), "-CAfile", "ca.crt", "-CRLfile", "crl.pem", "leaf.crt"],
@@ -78,13 +85,13 @@ def test_it_passes_openssl_strict_verification_with_the_crl_for_the_right_purpos
 
 
 def test_it_sets_the_extensions_openvpn_checks(pki: ServerPKI) -> None:
-    ca, server, client = cert(pki.ca_cert_pem), cert(pki.server_cert_pem), cert(pki.client_cert_pem)
+    ca, server, device = cert(pki.ca_cert_pem), cert(pki.server_cert_pem), client(pki)
     basic = ca.extensions.get_extension_for_class(x509.BasicConstraints)
     assert basic.critical and basic.value.ca
     ca_usage = ca.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ca_usage.key_cert_sign and ca_usage.crl_sign
     ca_ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    for leaf, eku in ((server, ExtendedKeyUsageOID.SERVER_AUTH), (client, ExtendedKeyUsageOID.CLIENT_AUTH)):
+    for leaf, eku in ((server, ExtendedKeyUsageOID.SERVER_AUTH), (device, ExtendedKeyUsageOID.CLIENT_AUTH)):
         assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [eku]
         assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         assert leaf.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature
@@ -96,7 +103,7 @@ def test_it_sets_the_extensions_openvpn_checks(pki: ServerPKI) -> None:
 
 
 def test_it_uses_p256_sha256_and_ten_year_validity(pki: ServerPKI) -> None:
-    for pem in (pki.ca_cert_pem, pki.server_cert_pem, pki.client_cert_pem):
+    for pem in (pki.ca_cert_pem, pki.server_cert_pem, pki.device("1").cert_pem):
         c = cert(pem)
         key = c.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name == "secp256r1"
@@ -105,9 +112,9 @@ def test_it_uses_p256_sha256_and_ten_year_validity(pki: ServerPKI) -> None:
         assert c.not_valid_after_utc - NOW >= dt.timedelta(days=3649)
 
 
-def test_it_names_the_server_randomly_and_the_client_after_the_server(pki: ServerPKI) -> None:
+def test_it_names_the_server_randomly_and_the_first_device_after_the_server(pki: ServerPKI) -> None:
     assert re.fullmatch(r"server_[0-9a-f]{16}", pki.server_cn)
-    assert pki.client_cn == "g0001"
+    assert pki.device("1").common_name == "g0001"
     assert cert(pki.server_cert_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == pki.server_cn
 
 
@@ -115,7 +122,7 @@ def test_it_pairs_each_private_key_with_its_certificate(pki: ServerPKI) -> None:
     for cert_pem, key_pem in (
         (pki.ca_cert_pem, pki.ca_key_pem),
         (pki.server_cert_pem, pki.server_key_pem),
-        (pki.client_cert_pem, pki.client_key_pem),
+        (pki.device("1").cert_pem, pki.device("1").key_pem),
     ):
         key = serialization.load_pem_private_key(key_pem, password=None)
         assert cert(cert_pem).public_key() == key.public_key()
@@ -143,7 +150,7 @@ def test_it_round_trips_through_its_stored_form_byte_for_byte(pki: ServerPKI) ->
     restored = from_bytes(stored)
     assert restored == pki
     assert to_bytes(restored) == stored
-    assert json.loads(stored)["version"] == 1
+    assert json.loads(stored)["version"] == 2
 
 
 @pytest.mark.parametrize("damage", ["not json", "wrong format", "future version", "swapped key", "bad name"])
@@ -154,7 +161,7 @@ def test_it_refuses_damaged_stored_pki_without_quoting_it(pki: ServerPKI, damage
     elif damage == "future version":
         doc["version"] = 99
     elif damage == "swapped key":
-        doc["server_key_pem"] = doc["client_key_pem"]
+        doc["server_key_pem"] = doc["devices"][0]["key_pem"]
     elif damage == "bad name":
         doc["server_name"] = "g1\nremote evil"
     data = b"{not json" + to_bytes(pki) if damage == "not json" else json.dumps(doc).encode()
@@ -167,12 +174,12 @@ def test_it_refuses_damaged_stored_pki_without_quoting_it(pki: ServerPKI, damage
 
 def test_it_gives_two_servers_unrelated_pkis(pki: ServerPKI) -> None:
     other = generate_pki("g0001", now=NOW)
-    for name in ("ca_cert_pem", "ca_key_pem", "server_cert_pem", "server_key_pem",
-                 "client_cert_pem", "client_key_pem", "tls_crypt_key"):
+    for name in ("ca_cert_pem", "ca_key_pem", "server_cert_pem", "server_key_pem", "tls_crypt_key"):
         assert getattr(pki, name) != getattr(other, name), name
+    assert pki.devices[0].key_pem != other.devices[0].key_pem
     assert pki.server_cn != other.server_cn
     with pytest.raises(ValueError):  # a certificate of one server is not issued by another's CA
-        cert(other.client_cert_pem).verify_directly_issued_by(cert(pki.ca_cert_pem))
+        client(other).verify_directly_issued_by(cert(pki.ca_cert_pem))
 
 
 def test_it_never_shows_key_material_in_repr_or_str(pki: ServerPKI) -> None:
@@ -182,42 +189,21 @@ def test_it_never_shows_key_material_in_repr_or_str(pki: ServerPKI) -> None:
         assert not any(fragment in shown for fragment in secret_fragments(pki))
 
 
-def test_it_revokes_the_client_and_issues_a_replacement_for_the_same_server(pki: ServerPKI) -> None:
-    later = NOW + dt.timedelta(days=30)
-    revoked = revoke_client(pki, now=later)
-    crl = x509.load_pem_x509_crl(revoked.crl_pem)
-    assert revoked.revoked_serials == (pki.client_serial,)
-    entry = crl.get_revoked_certificate_by_serial_number(pki.client_serial)
-    assert entry is not None and entry.revocation_date_utc == later
-    assert crl.is_signature_valid(cert(pki.ca_cert_pem).public_key())
-    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
-    # The replacement client works with the unchanged server side.
-    assert revoked.client_serial != pki.client_serial and revoked.client_cn == pki.client_cn
-    assert revoked.client_key_pem != pki.client_key_pem
-    cert(revoked.client_cert_pem).verify_directly_issued_by(cert(pki.ca_cert_pem))
-    for same in ("ca_cert_pem", "ca_key_pem", "server_cert_pem", "server_key_pem", "tls_crypt_key"):
-        assert getattr(revoked, same) == getattr(pki, same), same
-    # Revoking again keeps the earlier entry.
-    twice = revoke_client(revoked, now=later)
-    assert twice.revoked_serials == tuple(sorted((pki.client_serial, revoked.client_serial)))
-    assert from_bytes(to_bytes(twice)) == twice
-
-
 def test_it_reissues_the_crl_with_the_same_revocations_and_a_later_expiry(pki: ServerPKI) -> None:
-    revoked = revoke_client(pki, now=NOW)
+    two, _ = add_device(pki, "Phone", now=NOW)
+    revoked = revoke_device(two, "2", now=NOW)
     refreshed = reissue_crl(revoked, now=NOW + dt.timedelta(days=400))
-    assert refreshed.revoked_serials == revoked.revoked_serials
+    assert refreshed.revoked_serials == revoked.revoked_serials == (two.device("2").serial,)
     assert crl_next_update(refreshed) - crl_next_update(revoked) == dt.timedelta(days=400)
-    number = x509.load_pem_x509_crl(refreshed.crl_pem).extensions.get_extension_for_class(x509.CRLNumber)
-    assert number.value.crl_number == 3
-    assert refreshed.client_cert_pem == revoked.client_cert_pem
+    assert crl_number(refreshed) == 3
+    assert refreshed.devices == revoked.devices
 
 
-def test_it_names_the_client_after_a_dns_server_name_even_when_it_is_long() -> None:
-    assert generate_pki("g0001.vpn.example.com", now=NOW).client_cn == "g0001.vpn.example.com"
+def test_it_names_the_first_device_after_a_dns_server_name_even_when_it_is_long() -> None:
+    assert generate_pki("g0001.vpn.example.com", now=NOW).device("1").common_name == "g0001.vpn.example.com"
     long_name = "g0001." + "d" * 60 + ".example.com"
     long = generate_pki(long_name, now=NOW)
-    assert long.client_cn == "g0001" and long.server_name == long_name
+    assert long.device("1").common_name == "g0001" and long.server_name == long_name
     assert from_bytes(to_bytes(long)) == long
 
 

@@ -1,12 +1,17 @@
 """OpenVPN server configuration, the files it reads, the customer's ``.ovpn`` and the installer.
 
 Everything here is a pure function of a :class:`~provisioner.vpn.pki.ServerPKI` plus a few
-parameters. :func:`render_client_ovpn` is deterministic on purpose: a rebuild renders the
+parameters. :func:`render_device_ovpn` is deterministic on purpose: a rebuild renders the
 same PKI and DNS name again and must hand the customer the exact same bytes.
 
 The worker uploads :func:`server_files` plus ``server.conf`` to ``/root/provisioner/`` and
 runs :func:`install_script` there as ``bash /root/provisioner/install.sh``; the script moves
 them to ``/etc/openvpn/server/`` (modes from :data:`SERVER_FILE_MODES`).
+:mod:`provisioner.vpn.remote` bundles the files and commands for each change.
+
+``server.conf`` opens a management socket that only root may use: after a revocation the
+CRL update cuts the revoked device's open connection there (``kill <cn>``) instead of
+restarting the server, so the other devices stay connected.
 """
 
 from __future__ import annotations
@@ -18,12 +23,13 @@ from importlib import resources
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from provisioner.vpn.pki import PKIFormatError, ServerPKI, check_tls_crypt_key
+from provisioner.vpn.inputs import DEFAULT_DNS, check_host_name, check_port, ip_address
+from provisioner.vpn.pki import FIRST_DEVICE_ID, PKIFormatError, ServerPKI, active_device, check_tls_crypt_key
 
 SERVER_DIR = "/etc/openvpn/server"
 STATUS_PATH = "/run/openvpn-server/status-server.log"
+MANAGEMENT_PATH = "/run/openvpn-server/management.sock"
 DATA_CIPHERS = "AES-256-GCM:AES-128-GCM:CHACHA20-POLY1305"
-DEFAULT_DNS = ("1.1.1.1", "1.0.0.1")
 INSTALL_OK_MARKER = "provisioner-install: ok"
 
 # crl.pem stays world-readable: OpenVPN re-reads it after dropping to nobody/nogroup.
@@ -36,9 +42,7 @@ SERVER_FILE_MODES: dict[str, int] = {
     "crl.pem": 0o644,
 }
 
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # Always fullmatch: "$" would accept a trailing newline, i.e. an injected directive.
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 _PATH = re.compile(r"/[A-Za-z0-9_./-]*")
 _BLOCKS = ("ca", "cert", "key", "tls-crypt")
 
@@ -56,11 +60,12 @@ def render_server_conf(
     dns: tuple[str, ...] = DEFAULT_DNS,
     path_prefix: str = SERVER_DIR,
     status_path: str = STATUS_PATH,
+    management_path: str = MANAGEMENT_PATH,
 ) -> str:
     """``server.conf`` for ``openvpn-server@server``; ``path_prefix`` relocates the files (tests)."""
     _check_port_proto(port, proto)
     network = _parse_subnet(subnet)
-    for path in (path_prefix, status_path):
+    for path in (path_prefix, status_path, management_path):
         if not _PATH.fullmatch(path):
             raise ValueError("paths must be absolute and contain only letters, digits and ./_-")
     prefix = path_prefix.rstrip("/")
@@ -84,13 +89,16 @@ def render_server_conf(
         "tls-version-min 1.2",
         "allow-compression no",
         'push "redirect-gateway def1 bypass-dhcp"',
-        *(f'push "dhcp-option DNS {_ip(server)}"' for server in dns),
+        *(f'push "dhcp-option DNS {ip_address(server)}"' for server in dns),
         "keepalive 10 120",
         "persist-key",
         "persist-tun",
         "user nobody",
         "group nogroup",
         f"status {status_path}",
+        # Created before the privilege drop, owned by root; only root may connect.
+        f"management {management_path} unix",
+        "management-client-user root",
         "verb 3",
     ]
     if proto == "udp":
@@ -110,10 +118,20 @@ def server_files(pki: ServerPKI) -> dict[str, bytes]:
 
 
 def render_client_ovpn(pki: ServerPKI, dns_name: str, *, port: int = 1194, proto: str = "udp") -> bytes:
-    """The customer's ``.ovpn`` (a secret: it holds the client key). Same inputs, same bytes."""
+    """The first device's ``.ovpn``: the single profile every server had before devices."""
+    return render_device_ovpn(pki, FIRST_DEVICE_ID, dns_name, port=port, proto=proto)
+
+
+def render_device_ovpn(
+    pki: ServerPKI, device_id: str, dns_name: str, *, port: int = 1194, proto: str = "udp"
+) -> bytes:
+    """A device's ``.ovpn`` (a secret: it holds the device's key). Same inputs, same bytes.
+
+    Raises DeviceNotFound or DeviceRevoked (a revoked device's key is gone).
+    """
+    device = active_device(pki, device_id)
     _check_port_proto(port, proto)
-    if not _HOSTNAME.fullmatch(dns_name):
-        raise ValueError("dns_name must be a plain DNS host name")
+    check_host_name(dns_name)
     lines = [
         "client",
         "dev tun",
@@ -136,8 +154,8 @@ def render_client_ovpn(pki: ServerPKI, dns_name: str, *, port: int = 1194, proto
     text = "\n".join(lines) + "\n"
     for tag, body in (
         ("ca", pki.ca_cert_pem),
-        ("cert", pki.client_cert_pem),
-        ("key", pki.client_key_pem),
+        ("cert", device.cert_pem),
+        ("key", device.key_pem),
         ("tls-crypt", pki.tls_crypt_key),
     ):
         text += f"<{tag}>\n{body.decode('ascii').strip()}\n</{tag}>\n"
@@ -182,8 +200,7 @@ def install_script() -> bytes:
 
 
 def _check_port_proto(port: int, proto: str) -> None:
-    if not 1 <= port <= 65535:
-        raise ValueError("port must be 1-65535")
+    check_port(port)
     if proto not in ("udp", "tcp"):
         raise ValueError("proto must be 'udp' or 'tcp'")
 
@@ -194,10 +211,3 @@ def _parse_subnet(subnet: str) -> ipaddress.IPv4Network:
         return ipaddress.IPv4Network(f"{address}/{mask}")
     except ValueError:
         raise ValueError("subnet must be '<network> <netmask>', e.g. '10.8.0.0 255.255.255.0'") from None
-
-
-def _ip(value: str) -> str:
-    try:
-        return str(ipaddress.ip_address(value))
-    except ValueError:
-        raise ValueError("DNS servers must be IP addresses") from None
