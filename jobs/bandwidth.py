@@ -49,7 +49,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner.bandwidth import month_of, month_total
+from provisioner.bandwidth import month_of, month_total, record_days
 from provisioner.cloud.vultr import VultrError, VultrNotFound
 from provisioner.models import LIVE_STATUSES, Server, ServerEvent, Status
 from provisioner.settings.schema import Product
@@ -207,6 +207,7 @@ def _sync_one(session: Session, vultr: BandwidthCloud, rid: int, now: dt.datetim
     if used != row.bandwidth_this_month:
         report.updated += 1
     row.bandwidth_this_month, row.bandwidth_synced_at = used, now
+    record_days(session, row.id, instance_id, days, month)   # the customer's daily usage chart
     limit, policy = _limit(row, products), _policy(row, products)
     percent = used * 100 // limit if limit else 0
     for level in (100, 80):

@@ -16,11 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from zoneinfo import ZoneInfo
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from jobs.schedules import mark_due_rebuilds
-from provisioner import operations
+from provisioner import operations, standing
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import WorkerStatus
 from provisioner.reconcile import Plan
+from provisioner.subscriptions import Subscription
 from provisioner.wiring import App
 
 log = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ def server_check(app: App, lc: Lifecycle, *, still_leader: Callable[[], bool] = 
         report.scheduled = len(mark_due_rebuilds(s, now, spread_minutes=w.rebuild_spread_minutes,
                                                  tz=ZoneInfo(w.timezone)))
         s.commit()
-    result, error = app.plan_once()
+    result, error = app.plan_once(on_read=lambda subs: keep_standing(app, subs, now))
     report.plan, report.storefront_error = result, error
     if error:
         log.error("storefront could not be read: %s", error)
@@ -84,6 +87,16 @@ def server_check(app: App, lc: Lifecycle, *, still_leader: Callable[[], bool] = 
     if report.did_work:
         log.info("tick: %s", report.summary())
     return report
+
+
+def keep_standing(app: App, subs: list[Subscription], now: dt.datetime) -> None:
+    """What the dashboard shows of each subscription (renews, ends, in grace); never stops the tick."""
+    try:
+        with app.sessions() as s:
+            if standing.record(s, subs, now):
+                s.commit()
+    except SQLAlchemyError as exc:
+        log.warning("could not keep the subscriptions' standing for the dashboard: %s", type(exc).__name__)
 
 
 def record_status(app: App, name: str, value: dict[str, object]) -> None:

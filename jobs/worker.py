@@ -22,8 +22,9 @@ send_outbox                every minute
 =========================  ======================================
 
 The leader's driver loop also starts the rebuilds customers asked for as soon as they are
-due (within a second of the click). Every job is a plain function that ``provisioner job
-NAME`` also runs once, for operators who prefer cron. Shutdown: SIGTERM/SIGINT stop new
+due (within a second of the click), and the short actions that carry a customer's changes
+to their running server (a revoked device's CRL, SSH keys, a restart). Every job is a plain
+function that ``provisioner job NAME`` also runs once, for operators who prefer cron. Shutdown: SIGTERM/SIGINT stop new
 work; running steps stop at their next recorded boundary (at most
 ``worker.shutdown_grace_seconds``); exit 0.
 """
@@ -95,7 +96,7 @@ class Worker:
         """Every driver loop on the leader: requests that must not wait for the next tick."""
         if not self.leader or self.stop.is_set():
             return
-        if operations.start_requested_rebuilds(self.lc, now):
+        if operations.start_requested_rebuilds(self.lc, now) + operations.start_customer_changes(self.lc, now):
             self.driver.wake()
         if self._planning.locked():
             return

@@ -1,4 +1,5 @@
-"""Starting an action on a server row: create, rebuild, destroy, and resuming a stuck one.
+"""Starting an action on a server row: create, rebuild, destroy, the short sync and restart, and
+resuming a stuck one.
 
 Starting records intent only (``action``, its first ``step``, a deadline, an event): no
 provider is touched, so the planner, the operator's CLI and the customer service all start
@@ -14,14 +15,15 @@ import logging
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from provisioner import locations
+from provisioner import history, locations
 from provisioner.models import Server, ServerEvent, Status
 from provisioner.settings.schema import LifecycleSettings, Settings
 from provisioner.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
-FIRST_STEP = {"create": "prepare", "rebuild": "instance", "destroy": "instances"}
+FIRST_STEP = {"create": "prepare", "rebuild": "instance", "destroy": "instances", "sync": "push",
+              "restart": "reboot"}
 
 
 class ServerBusy(RuntimeError):
@@ -34,7 +36,8 @@ class NotOffered(ValueError):
 
 def budget(lc: LifecycleSettings, step: str) -> dt.timedelta:
     """How long one step may take before it counts as failed (and is retried)."""
-    minutes = {"boot": lc.boot_deadline_minutes, "install": lc.install_deadline_minutes,
+    minutes = {"boot": lc.boot_deadline_minutes, "settle": lc.boot_deadline_minutes,
+               "install": lc.install_deadline_minutes,
                "snapshot": lc.snapshot_deadline_minutes}.get(step, lc.api_deadline_minutes)
     if step == "retire":  # waits out the DNS TTL first
         minutes += lc.retire_delay_seconds / 60
@@ -46,7 +49,10 @@ def status_for(action: str, current: str) -> str:
     if action == "create":
         return Status.QUEUED.value if current in (Status.QUEUED.value, Status.DESTROYED.value) \
             else Status.INSTALLING.value
-    return {"rebuild": Status.REBUILDING.value, "destroy": Status.DESTROYING.value}[action]
+    if action == "sync":  # the VPN keeps running while the customer's changes are sent
+        return Status.RUNNING.value if current == Status.ERROR.value else current
+    return {"rebuild": Status.REBUILDING.value, "destroy": Status.DESTROYING.value,
+            "restart": Status.RESTARTING.value}[action]
 
 
 def record(session: Session, row: Server, what: str, outcome: str, detail: str, *, actor: str,
@@ -119,7 +125,24 @@ def _begin_rebuild_to(session: Session, settings: Settings, row: Server, target:
     row.generation += 1
     row.target_location = target
     row.rebuild_now_status, row.rebuild_now_location, row.rebuild_due_at = False, None, None
-    _start(session, settings.lifecycle, row, "rebuild", actor, f"to {target}", now)
+    row.new_ip = None
+    detail = history.rebuild_target(target, row.rebuild_schedule if actor == "scheduler" else None)
+    _start(session, settings.lifecycle, row, "rebuild", actor, detail, now)
+
+
+def begin_sync(session: Session, settings: Settings, row: Server, *, actor: str, now: dt.datetime) -> None:
+    """Send the running server the customer's changes (:mod:`provisioner.access`)."""
+    if not row.idle or row.status != Status.RUNNING.value:
+        raise ServerBusy(f"server {row.server_name} is busy ({row.action or row.status})")
+    _start(session, settings.lifecycle, row, "sync", actor, f"revision {row.access_revision}", now)
+
+
+def begin_restart(session: Session, settings: Settings, row: Server, *, actor: str, now: dt.datetime) -> None:
+    """Reboot the instance the customer asked to restart."""
+    if not row.idle or row.status != Status.RUNNING.value or not row.instance_id:
+        raise ServerBusy(f"server {row.server_name} is busy ({row.action or row.status})")
+    row.restart_pending = False
+    _start(session, settings.lifecycle, row, "restart", actor, f"instance {row.instance_id}", now)
 
 
 def begin_destroy(session: Session, settings: Settings, row: Server, *, actor: str, reason: str,

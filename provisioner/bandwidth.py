@@ -8,6 +8,11 @@ these functions, so the two can never disagree about which month they are fillin
 
 ``bandwidth_this_month = bandwidth_carried + the current instance's total this month``;
 ``bandwidth_carried`` holds the earlier instances of this month, added by each rebuild.
+
+The customer's usage chart needs the days too: :func:`record_days` keeps each instance's
+per-day totals of the month (the sync for the current instance, the ``carry`` step for the
+one a rebuild retires), replacing its own earlier numbers, so a day is never counted twice;
+:func:`usage_days` adds up a server's instances per day.
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from provisioner.models import Server
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from provisioner.models import BandwidthDay, Server
 
 
 def month_of(now: dt.datetime) -> str:
@@ -41,3 +49,30 @@ def carry(row: Server, days: Mapping[dt.date, tuple[int, int]], now: dt.datetime
     row.bandwidth_carried += used
     row.bandwidth_this_month = max(row.bandwidth_this_month, row.bandwidth_carried)
     return used
+
+
+def record_days(session: Session, server_id: int, instance_id: str, days: Mapping[dt.date, tuple[int, int]],
+                month: str) -> None:
+    """Keep one instance's in + out bytes per day of ``month`` (the caller commits)."""
+    wanted = {day: i + o for day, (i, o) in days.items() if day.strftime("%Y-%m") == month}
+    if not wanted:
+        return
+    stored = {r.day: r for r in session.scalars(select(BandwidthDay).where(
+        BandwidthDay.server_id == server_id, BandwidthDay.instance_id == instance_id,
+        BandwidthDay.day.in_(list(wanted))))}
+    for day, total in wanted.items():
+        row = stored.get(day)
+        if row is None:
+            session.add(BandwidthDay(server_id=server_id, instance_id=instance_id, day=day, bytes=total))
+        elif row.bytes != total:
+            row.bytes = total
+
+
+def usage_days(session: Session, server_id: int, month: str) -> dict[dt.date, int]:
+    """Bytes per UTC day of ``month`` (all the server's instances), for the days that have any."""
+    first = dt.date.fromisoformat(f"{month}-01")
+    after = (first + dt.timedelta(days=32)).replace(day=1)
+    q = (select(BandwidthDay.day, func.sum(BandwidthDay.bytes))
+         .where(BandwidthDay.server_id == server_id, BandwidthDay.day >= first, BandwidthDay.day < after)
+         .group_by(BandwidthDay.day))
+    return {day: int(total or 0) for day, total in session.execute(q)}

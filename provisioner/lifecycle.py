@@ -158,7 +158,7 @@ class Lifecycle:
                 self._fail(session, row, str(exc), permanent=True)
                 return Outcome.FAILED
             except ProviderError as exc:  # transient ones retried with backoff; 4xx, a host-key mismatch…: a human
-                where = f"SSH to {row.server_ip}: " if isinstance(exc, SSHError) else ""
+                where = f"SSH to {row.new_ip or row.server_ip}: " if isinstance(exc, SSHError) else ""
                 self._fail(session, row, where + _human(exc), permanent=not exc.transient, retry_after=exc.retry_after)
                 return Outcome.FAILED
             except Exception as exc:  # noqa: BLE001 - a bug or an unmapped library error
@@ -183,10 +183,12 @@ class Lifecycle:
         if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
-            kind, context = {"create": ("server_ready", {}),
-                             "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
-                             "destroy": ("server_destroyed", {})}[action]
-            self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
+            message = {"create": ("server_ready", {}),
+                       "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
+                       "destroy": ("server_destroyed", {})}.get(action)   # sync and restart: the page says it
+            if message is not None:
+                kind, context = message
+                self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
             row.next_attempt_at = result.not_before
@@ -198,9 +200,11 @@ class Lifecycle:
         now = self.clock()
         row.attempts += 1
         row.last_error = message
+        # A failed sync leaves the VPN as it was: the customer's server is not in error.
+        in_error = Status.ERROR.value if row.action != "sync" else row.status
         if permanent or row.attempts >= lc.max_attempts:
             row.needs_human = True
-            row.status = Status.ERROR.value
+            row.status = in_error
             row.next_attempt_at = None
             self.event(session, row, f"{row.action}.{row.step}", "failed", f"needs a human: {message}")
             key = f"attention:{row.id}:{row.action}:{row.step}:g{row.generation}"
@@ -214,7 +218,7 @@ class Lifecycle:
             row.next_attempt_at = now + dt.timedelta(seconds=wait)
             row.step_deadline = row.next_attempt_at + budget(lc, row.step or "")
             if row.attempts >= lc.error_after_attempts:
-                row.status = Status.ERROR.value
+                row.status = in_error
                 if row.action == "create":  # tell the customer once that it takes longer
                     self._notify(session, row, "provisioning_delayed", f"delayed:{row.id}:g{row.generation}", {})
             self.event(session, row, f"{row.action}.{row.step}", "failed",

@@ -29,6 +29,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     ForeignKey,
     Index,
@@ -36,6 +37,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -87,6 +89,7 @@ class Status(enum.StrEnum):
     DESTROYED = "Destroyed"
     ERROR = "Error"
     SUSPENDED = "Suspended"
+    RESTARTING = "Restarting"
 
 
 LIVE_STATUSES = frozenset(s.value for s in Status if s is not Status.DESTROYED)
@@ -159,6 +162,17 @@ class Server(Base):
     bandwidth_alerted: Mapped[int] = mapped_column(Integer, default=0)              # 0, 80 or 100 (% of cap)
     suspended_by_cap: Mapped[bool] = mapped_column(Boolean, default=False)
     language: Mapped[str | None] = mapped_column(String(8))                        # customer's, for messages
+    # --- what the customer controls on the server (provisioner.customer, provisioner.access) ------
+    key_only: Mapped[bool] = mapped_column(Boolean, default=False)          # SSH: keys only, no root password
+    # Set when the customer changed something the running server must get (a revoked device's CRL,
+    # SSH keys, key-only login); cleared by the step that shipped the state the row then had.
+    # Every such change also bumps the revision, so it always rewrites the row: a step that read
+    # the row before the change cannot record "shipped" (the version column fences it).
+    access_pending_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    access_revision: Mapped[int] = mapped_column(Integer, default=0)
+    restart_pending: Mapped[bool] = mapped_column(Boolean, default=False)   # a reboot asked for, not started
+    restart_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # customer cooldown
+    new_ip: Mapped[str | None] = mapped_column(String(45))      # a rebuild's new instance, until DNS moves
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -178,6 +192,9 @@ class Server(Base):
         Index("ix_provisioner_servers_rebuild_now", "rebuild_now_status", "rebuild_due_at"),
         # The schedule marker's "whose slot is not done yet?", one range per schedule.
         Index("ix_provisioner_servers_schedule", "rebuild_schedule", "schedule_slot_done"),
+        # The leader's "which running server must get the customer's changes?" (rarely any).
+        Index("ix_provisioner_servers_access_pending", "access_pending_since"),
+        Index("ix_provisioner_servers_restart", "restart_pending"),
     )
 
     @property
@@ -235,7 +252,9 @@ class ServerEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16))     # started | ok | failed | skipped | info
     detail: Mapped[str] = mapped_column(Text, default="")
 
-    __table_args__ = (Index("ix_provisioner_server_events_server_at", "server_id", "at"),)
+    __table_args__ = (Index("ix_provisioner_server_events_server_at", "server_id", "at"),
+                      # the customer's paged history: newest first, from a cursor
+                      Index("ix_provisioner_server_events_server_id", "server_id", "id"))
 
 
 # --- the Stripe storefront's copy of its subscriptions, and the notification outbox -------------
@@ -308,3 +327,90 @@ class OutboxMessage(Base):
 
     def __repr__(self) -> str:  # no recipient or body: they are personal data
         return f"<OutboxMessage {self.id} {self.kind}/{self.channel} {self.status} attempts={self.attempts}>"
+
+
+# --- what the customer keeps on a server: devices, SSH keys; usage per day; the plan's standing ----
+
+
+class Device(Base):
+    """One of a server's devices: a name the customer chose, and one profile per protocol.
+
+    The keys live in the server's sealed secrets (the OpenVPN PKI); these rows are what a
+    list shows without opening them. ``device_id`` is the PKI's id ("1", "2", ...), never reused.
+    """
+
+    __tablename__ = "provisioner_devices"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"))
+    device_id: Mapped[str] = mapped_column(String(40))
+    name: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("server_id", "device_id", name="uq_provisioner_devices_server_device"),)
+
+    def __repr__(self) -> str:
+        return f"<Device {self.server_id}/{self.device_id} {'revoked' if self.revoked_at else 'active'}>"
+
+
+class DeviceProfile(Base):
+    """A device's profile for one protocol (``openvpn``; ``wireguard`` next). Revoking a device
+    revokes every one of its profiles."""
+
+    __tablename__ = "provisioner_device_profiles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_pk: Mapped[int] = mapped_column(ForeignKey("provisioner_devices.id"))
+    protocol: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (UniqueConstraint("device_pk", "protocol", name="uq_provisioner_device_profiles_protocol"),)
+
+
+class SSHKey(Base):
+    """A public key the customer put on their server (personal data, not a secret)."""
+
+    __tablename__ = "provisioner_ssh_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"))
+    fingerprint: Mapped[str] = mapped_column(String(64))     # SHA256:<base64>, as ssh-keygen -l prints it
+    key_type: Mapped[str] = mapped_column(String(32))
+    bits: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str] = mapped_column(String(100), default="")
+    public_key: Mapped[str] = mapped_column(Text)            # the authorized_keys line, normalised
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("server_id", "fingerprint", name="uq_provisioner_ssh_keys_fingerprint"),)
+
+    def __repr__(self) -> str:
+        return f"<SSHKey {self.server_id} {self.key_type} {self.fingerprint}>"
+
+
+class BandwidthDay(Base):
+    """Bytes one instance of a server moved on one UTC day (the usage chart). A rebuild's old
+    instance keeps its rows, so a day's total is the sum over the server's instances."""
+
+    __tablename__ = "provisioner_bandwidth_days"
+
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"), primary_key=True)
+    instance_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class SubscriptionStanding(Base):
+    """What the storefront last said about a subscription, for the customer's page: the status
+    word, whether it renews, the paid-through date and how long it entitles. Written by the
+    planning pass when it changes; read by the dashboard (which never reads the storefront)."""
+
+    __tablename__ = "provisioner_subscription_standing"
+
+    subscription_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(32), default="")
+    renews: Mapped[bool] = mapped_column(Boolean, default=False)
+    paid_through: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    entitled_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

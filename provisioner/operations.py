@@ -25,7 +25,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from provisioner import actions
 from provisioner.actions import ServerBusy
 from provisioner.lifecycle import Lifecycle, Outcome
-from provisioner.models import Server, as_utc
+from provisioner.models import Server, Status, as_utc
 from provisioner.planning import CrossCheck
 from provisioner.reconcile import Plan
 
@@ -99,6 +99,32 @@ def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
     for line in applied.refused:
         log.warning("rebuild request: %s", line)
     return applied.started["rebuild"]
+
+
+def start_customer_changes(lc: Lifecycle, now: dt.datetime) -> list[str]:
+    """Start a ``sync`` for every Running, idle server with changes its customer made (a revoked
+    device, SSH keys, key-only login) and a ``restart`` for every one whose customer asked for
+    it: two indexed queries when there is none, so the leader asks every second. A server that
+    is busy now (a rebuild) is found again once it is idle: its change is still pending."""
+    idle = (Server.action.is_(None), Server.status == Status.RUNNING.value, Server.paused.is_(False),
+            Server.needs_human.is_(False))
+    started: list[str] = []
+    with lc.ctx.sessions() as s:
+        syncs = list(s.scalars(select(Server.id).where(Server.access_pending_since.is_not(None), *idle)))
+        restarts = list(s.scalars(select(Server.id).where(Server.restart_pending.is_(True), *idle)))
+        for rid, begin in [(r, actions.begin_sync) for r in syncs] + \
+                          [(r, actions.begin_restart) for r in restarts if r not in syncs]:
+            row = s.get(Server, rid)
+            if row is None:
+                continue
+            try:
+                begin(s, lc.ctx.settings, row, actor="customer", now=lc.clock())
+                s.commit()
+                started.append(row.server_name or f"#{rid}")
+            except (ServerBusy, StaleDataError) as exc:
+                s.rollback()
+                log.info("customer change on %s not started yet: %s", row.server_name or f"#{rid}", exc)
+    return started
 
 
 def _start_requested(lc: Lifecycle, s: Session, row: Server, applied: Applied) -> None:

@@ -45,13 +45,17 @@ def server_states(sessions: sessionmaker[Session]) -> list[ServerState]:
 
 
 def plan_pass(sessions: sessionmaker[Session], storefront: Storefront, settings: Settings,
-              now: dt.datetime) -> tuple[Plan, str | None]:
-    """One planning pass. Returns the plan and, if the storefront failed, why."""
+              now: dt.datetime, on_read: Callable[[list[Subscription]], None] | None = None
+              ) -> tuple[Plan, str | None]:
+    """One planning pass. Returns the plan and, if the storefront failed, why. ``on_read`` gets
+    the subscriptions of a successful read (the worker keeps their standing for the dashboard)."""
     servers = server_states(sessions)
     try:
         subs = storefront.read(now)
     except StorefrontUnavailable as exc:
         return plan(None, servers, now, policy(settings)), str(exc)
+    if on_read is not None:
+        on_read(subs)
     return plan(subs, servers, now, policy(settings)), None
 
 

@@ -10,13 +10,17 @@ the adapters' errors (:class:`~provisioner.cloud.errors.ProviderError`) otherwis
     create:  prepare → instance → boot → install → dns → snapshot → finish
     rebuild:           instance → boot → install → dns → carry → retire → finish
     destroy: instances → dns → snapshot → wipe
+    sync:    push                   (the customer's CRL and SSH access to the running server)
+    restart: reboot → settle        (the customer's "Restart server")
+
+The install step also ships the customer's SSH access, and a rebuild keeps the old address
+and location on the row until its ``dns`` step moves the name to the new instance, so what
+the customer sees always agrees with where their VPN connects.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,13 +28,17 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from provisioner import bandwidth
-from provisioner.cloud.installer import Installer
+from provisioner import access, bandwidth, history
+from provisioner.cloud.installer import Host, Remote
+from provisioner.cloud.ssh import SSHTimeout, SSHUnreachable
 from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
 from provisioner.models import Server, Status, utcnow
 from provisioner.naming import Names
 from provisioner.secrets import SecretBox
+from provisioner.server_secrets import ServerSecrets
 from provisioner.settings.schema import Settings
+
+__all__ = ["STEPS", "Context", "Next", "PermanentStepError", "ServerSecrets", "Wait"]
 
 log = logging.getLogger(__name__)
 
@@ -56,27 +64,6 @@ class Next:
     not_before: dt.datetime | None = None   # the next step starts no earlier than this
 
 
-@dataclass
-class ServerSecrets:
-    """Everything secret about one server, sealed as one Fernet token in ``secrets_enc``."""
-
-    pki: bytes
-    host_private: str
-    host_public: str
-
-    def seal(self, box: SecretBox) -> str:
-        return box.seal(json.dumps({"pki": base64.b64encode(self.pki).decode(), "host_private": self.host_private,
-                                    "host_public": self.host_public}).encode())
-
-    @classmethod
-    def open(cls, box: SecretBox, token: str) -> ServerSecrets:
-        d = json.loads(box.open(token))
-        return cls(pki=base64.b64decode(d["pki"]), host_private=d["host_private"], host_public=d["host_public"])
-
-    def __repr__(self) -> str:
-        return "ServerSecrets(<hidden>)"
-
-
 Crash = Callable[[str], None]
 
 
@@ -89,7 +76,7 @@ class Context:
     box: SecretBox
     vultr: VultrCloud
     dns: Any                     # provisioner.cloud.cloudflare.CloudflareDNS
-    install: Installer           # runs the install over pinned SSH (provisioner.cloud.installer)
+    remote: Remote               # runs our scripts over pinned SSH (provisioner.cloud.installer)
     worker_public_key: str
     names: Names
     crash: Crash = lambda point: None
@@ -108,9 +95,11 @@ def prepare(ctx: Context, row: Server) -> Next:
         row.server_name = ctx.names.server_name(row.id)
     if not row.secrets_enc:
         host = generate_host_key()
-        secrets = ServerSecrets(pki=vpn_pki.to_bytes(vpn_pki.generate_pki(row.server_name)),
-                                host_private=host.private_pem, host_public=host.public_line)
+        pki = vpn_pki.generate_pki(row.server_name)
+        secrets = ServerSecrets(pki=vpn_pki.to_bytes(pki), host_private=host.private_pem,
+                                host_public=host.public_line)
         row.secrets_enc = secrets.seal(ctx.box)
+        access.sync_devices(_session(row), row, pki, ctx.clock())   # the first device: today's .ovpn
     row.instance_label = ctx.names.instance_label(row.id, row.generation)
     row.status = Status.INSTALLING.value
     return Next("instance", f"name {row.server_name}, label {row.instance_label}")
@@ -168,29 +157,38 @@ def boot(ctx: Context, row: Server) -> Next:
         return Next("instance", detail)
     if not inst.is_ready:
         raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
-    row.server_ip = inst.main_ip
+    if row.action == "rebuild":
+        row.new_ip = inst.main_ip       # the customer keeps seeing the old one until DNS moves
+    else:
+        row.server_ip = inst.main_ip
     return Next("install", f"instance {inst.id} is up at {inst.main_ip}")
 
 
 def install(ctx: Context, row: Server) -> Next:
     from provisioner.vpn import config as vpn_config
-    from provisioner.vpn import pki as vpn_pki
+    from provisioner.vpn.pki import FIRST_DEVICE_ID
 
     secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
-    pki = vpn_pki.from_bytes(secrets.pki)
-    files = dict(vpn_config.server_files(pki))
-    files["server.conf"] = vpn_config.render_server_conf(pki).encode()
-    files["install.sh"] = vpn_config.install_script()
-    ctx.install(row.server_ip or "", ctx.settings.ssh.port, secrets.host_public, files)
-    ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
-    vpn_config.validate_ovpn(ovpn)
-    row.ovpn_file_enc = ctx.box.seal(ovpn)
-    return Next("dns", "OpenVPN installed and active")
+    # The VPN from the stored PKI (its CRL included), then the customer's keys and login mode.
+    ctx.remote.run(_host(ctx, row, row.new_ip or row.server_ip, secrets),
+                   access.install_runs(_session(row), ctx.box, row), after_boot=True)
+    access.shipped(row)
+    pki = secrets.openvpn()
+    if pki.device(FIRST_DEVICE_ID).key_pem:  # the first device's .ovpn, unless the customer revoked it
+        ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
+        vpn_config.validate_ovpn(ovpn)
+        row.ovpn_file_enc = ctx.box.seal(ovpn)
+    return Next("dns", "OpenVPN installed and active; the customer's SSH access applied")
 
 
 def point_dns(ctx: Context, row: Server) -> Next:
+    detail = ""
+    if row.action == "rebuild":  # the name moves: so do the address and the location the customer sees
+        detail = "; " + history.moved(row.current_location, row.target_location)
+        row.server_ip, row.new_ip = row.new_ip or row.server_ip, None
+        row.current_location = row.target_location
     row.dns_record_id = ctx.dns.upsert_a(row.server_name, row.server_ip)
-    return Next("snapshot" if row.action == "create" else "carry", f"{row.server_name} → {row.server_ip}")
+    return Next("snapshot" if row.action == "create" else "carry", f"{row.server_name} → {row.server_ip}{detail}")
 
 
 def snapshot(ctx: Context, row: Server) -> Next:
@@ -228,6 +226,7 @@ def carry_bandwidth(ctx: Context, row: Server) -> Next:
         except VultrNotFound:
             days = {}
         used = bandwidth.carry(row, days, ctx.clock())
+        bandwidth.record_days(_session(row), row.id, row.old_instance_id, days, bandwidth.month_of(ctx.clock()))
         detail = f"carried {used} bytes from instance {row.old_instance_id}"
     # Resolvers may still hand out the old address until the TTL runs out.
     return Next("retire", detail,
@@ -278,7 +277,9 @@ def delete_snapshot(ctx: Context, row: Server) -> Next:
 
 def wipe(ctx: Context, row: Server) -> Next:
     row.secrets_enc = row.ovpn_file_enc = row.root_password_enc = None
-    row.server_ip = None
+    row.server_ip = row.new_ip = None
+    access.forget(_session(row), row)
+    row.key_only, row.access_pending_since, row.restart_pending = False, None, False
     row.status = Status.DESTROYED.value
     row.destroyed_at = ctx.clock()
     return Next(None, "instance, DNS record, snapshot and secrets removed")
@@ -294,6 +295,51 @@ def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
         raise PermanentStepError(f"instance {instance_id} is labelled {inst.label!r}, not one of this server's; "
                                  "refusing to delete it")
     ctx.vultr.delete_instance(instance_id)
+
+
+# --- sync and restart: short actions on a running server ------------------------------------------
+
+def push(ctx: Context, row: Server) -> Next:
+    """Send the running server the customer's latest CRL and SSH access (both idempotent)."""
+    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    revision = row.access_revision
+    ctx.remote.run(_host(ctx, row, row.server_ip, secrets), access.push_runs(_session(row), ctx.box, row))
+    # Recorded in the same commit as the step: if the customer changed something meanwhile, the
+    # row's version moved, this commit fails, and the step runs again with the newer state.
+    access.shipped(row)
+    return Next(None, f"CRL and SSH access applied (revision {revision})")
+
+
+def reboot(ctx: Context, row: Server) -> Next:
+    ctx.vultr.reboot_instance(row.instance_id or "")
+    return Next("settle", f"instance {row.instance_id} rebooting",
+                not_before=ctx.clock() + dt.timedelta(seconds=ctx.settings.lifecycle.poll_seconds))
+
+
+def settle(ctx: Context, row: Server) -> Next:
+    """Back when it answers SSH with its own host key again (until the step's deadline)."""
+    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    try:
+        ctx.remote.probe(_host(ctx, row, row.server_ip, secrets))
+    except (SSHUnreachable, SSHTimeout) as exc:
+        raise Wait(ctx.settings.lifecycle.poll_seconds, f"the server to come back ({exc})") from None
+    row.status = Status.RUNNING.value
+    return Next(None, "the server answers again")
+
+
+def _host(ctx: Context, row: Server, ip: str | None, secrets: ServerSecrets) -> Host:
+    if not ip:
+        raise PermanentStepError(f"server {row.server_name} has no address to connect to")
+    return Host(ip, ctx.settings.ssh.port, secrets.host_public)
+
+
+def _session(row: Server) -> Session:
+    from sqlalchemy.orm import object_session
+
+    session = object_session(row)
+    if session is None:
+        raise RuntimeError("a step's row must belong to a session")
+    return session
 
 
 def _commit(row: Server) -> None:
@@ -312,4 +358,6 @@ STEPS: dict[str, dict[str, Step]] = {
     "rebuild": {"instance": ensure_instance, "boot": boot, "install": install, "dns": point_dns,
                 "carry": carry_bandwidth, "retire": retire, "finish": finish},
     "destroy": {"instances": delete_instances, "dns": delete_dns, "snapshot": delete_snapshot, "wipe": wipe},
+    "sync": {"push": push},
+    "restart": {"reboot": reboot, "settle": settle},
 }

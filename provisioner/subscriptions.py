@@ -10,7 +10,7 @@ All datetimes here are timezone-aware UTC.
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 class StorefrontUnavailable(RuntimeError):
@@ -30,6 +30,10 @@ class Subscription:
     entitled_until: dt.datetime | None
     profile_id: str = ""         # gateway subscription id (Stripe ``sub_…`` behind EDD)
     user_id: int = 0             # WordPress user id (0 = guest)
+    # For the customer's page only (never for entitlement, nor compared): the end of the paid
+    # period, and whether the storefront will try to renew it then.
+    paid_through: dt.datetime | None = field(default=None, compare=False)
+    renews: bool = field(default=False, compare=False)
 
     def entitled(self, now: dt.datetime) -> bool:
         return self.entitled_until is not None and now < self.entitled_until

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner import db, planning
 from provisioner.cloud.cloudflare import CloudflareDNS
-from provisioner.cloud.installer import ssh_installer
+from provisioner.cloud.installer import ssh_remote
 from provisioner.cloud.ratelimit import RateLimiter
 from provisioner.cloud.vultr import VultrCloud
 from provisioner.lifecycle import Lifecycle
@@ -67,9 +67,9 @@ class App:
     def destroy_cross_check(self) -> planning.CrossCheck | None:
         return planning.stripe_cross_check(self.settings, self.sessions)
 
-    def plan_once(self) -> tuple[Plan, str | None]:
+    def plan_once(self, on_read: Callable[[list[Subscription]], None] | None = None) -> tuple[Plan, str | None]:
         """One planning pass. Returns the plan and, if the storefront failed, why."""
-        return planning.plan_pass(self.sessions, self.storefront, self.settings, self.clock())
+        return planning.plan_pass(self.sessions, self.storefront, self.settings, self.clock(), on_read)
 
     def find_subscription(self, sub_id: str) -> Subscription | None:
         for sub in self.storefront.read(self.clock()):
@@ -131,8 +131,8 @@ def context(app: App) -> Context:
     s = app.settings.ssh
     return Context(settings=app.settings, sessions=app.sessions, box=app.secret_box, vultr=vultr(app),
                    dns=cloudflare(app),
-                   install=ssh_installer(s.private_key_file, connect_timeout=s.connect_timeout,
-                                         command_timeout=s.command_timeout),
+                   remote=ssh_remote(s.private_key_file, connect_timeout=s.connect_timeout,
+                                     command_timeout=s.command_timeout),
                    worker_public_key=worker_public_key(app), names=app.names, clock=app.clock)
 
 

@@ -238,6 +238,10 @@ class VultrCloud:
     def start_instance(self, instance_id: str) -> None:
         self._request("POST", f"/instances/{instance_id}/start")
 
+    def reboot_instance(self, instance_id: str) -> None:
+        """Reboot (204, REFERENCE §1.8); the instance keeps its id, address and disk."""
+        self._request("POST", f"/instances/{instance_id}/reboot")
+
     def reinstall_instance(self, instance_id: str, hostname: str | None = None) -> Instance:
         """Same id and IP, fresh disk from the same OS (REFERENCE §1.8)."""
         body = {"hostname": hostname} if hostname else {}

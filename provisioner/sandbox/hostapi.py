@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class HostRunner(Protocol):
-    def start(self, instance_id: str, ip: str, user_data: str) -> None: ...  # user_data = decoded cloud-config
+    # user_data = decoded cloud-config; root_password = the one the create reply gave (password login)
+    def start(self, instance_id: str, ip: str, user_data: str, root_password: str = "") -> None: ...
 
     def stop(self, instance_id: str) -> None: ...
 
@@ -34,7 +35,7 @@ class NoopHostRunner:
     def clear_faults(self) -> None:
         return None
 
-    def start(self, instance_id: str, ip: str, user_data: str) -> None:
+    def start(self, instance_id: str, ip: str, user_data: str, root_password: str = "") -> None:
         log.debug("sandbox host %s would start on %s", instance_id, ip)
 
     def stop(self, instance_id: str) -> None:

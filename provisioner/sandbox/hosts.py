@@ -3,16 +3,20 @@
 Nothing here runs a command on this machine. Each host is a paramiko SSH server on
 ``(ip, ssh_port)`` with ``ip`` in 127.0.0.0/8 (all local on Linux; nothing else is accepted).
 It presents the ed25519 host key FROM the instance's cloud-init user_data and accepts only
-user ``root`` by public key, with a key from that user_data's ``ssh_authorized_keys``. Its
-disk is ``root_dir/<instance_id>/``: absolute remote paths map inside it, relative ones are
-under ``/root``, a path with a ``..`` component is refused. Files survive stop() and restarts;
-start() again with the same ip and user_data is a no-op (else the host restarts).
+user ``root``: by public key, with a key from root's ``authorized_keys`` on its disk (at first
+the user_data's ``ssh_authorized_keys``, as cloud-init writes them), or by the instance's
+root password when sshd's configuration on its disk allows it (at first the user_data's
+``ssh_pwauth``; see :mod:`provisioner.sandbox.hostcommands`). Its disk is
+``root_dir/<instance_id>/``: absolute remote paths map inside it, relative ones are under
+``/root``, a path with a ``..`` component is refused. Files survive stop() and restarts;
+start() again with the same ip, user_data and root password is a no-op (else the host restarts).
 SFTP: open/read/write, (f)stat, lstat, (f)setstat (permission bits only), mkdir, remove and
 posix-rename; nothing else. Exec requests are split with ``shlex`` and answered::
 
     cloud-init status --wait                   "status: done", exit 0
-    bash /root/provisioner/install.sh          waits install_seconds (stop() interrupts it: the
-        connection drops, nothing is installed), then needs /root/provisioner/{install.sh,
+    bash /root/provisioner/install.sh [install PROTOCOL...]
+        waits install_seconds (stop() interrupts it: the connection drops, nothing is
+        installed), then, for OpenVPN (the default), needs /root/provisioner/{install.sh,
         server.conf, ca.crt, server.crt, server.key, tls-crypt.key, crl.pem} present and
         non-empty, and server.conf lines starting with each of the directives ca, cert, key,
         tls-crypt, crl-verify. Then it copies the six files after install.sh into
@@ -21,6 +25,8 @@ posix-rename; nothing else. Exec requests are split with ``shlex`` and answered:
         problem, nothing copied, exit 1:
         "provisioner-install: missing /root/provisioner/ca.crt" (or "empty ..."),
         "provisioner-install: /root/provisioner/server.conf has no 'crl-verify' directive"
+    bash /root/provisioner/install.sh update-crl [CN...] | update-peers | update-ssh MODE
+        at once, as :mod:`provisioner.sandbox.hostcommands` describes
     systemctl is-active openvpn-server@server  "active", exit 0 once installed; else "inactive", 3
     rm -f PATH...                              exit 0 (missing files are fine); directory or
                                                refused path: stderr, exit 1
@@ -40,12 +46,12 @@ for ten minutes among healthy ones, as the worker benchmark needs.
 
 from __future__ import annotations
 
+import hmac
 import io
 import logging
 import os
 import posixpath
 import shlex
-import shutil
 import socket
 import threading
 from collections.abc import Callable
@@ -60,14 +66,15 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from provisioner.sandbox import hostcommands
+
 log = logging.getLogger(__name__)
 PARAMIKO_LOGGER = "provisioner.sandbox.hosts.paramiko"
 logging.getLogger(PARAMIKO_LOGGER).setLevel(logging.CRITICAL)  # resets by departing clients are noise
 
-INSTALL_DIR = "/root/provisioner"
-INSTALL_FILES = ("install.sh", "server.conf", "ca.crt", "server.crt", "server.key", "tls-crypt.key", "crl.pem")
-CONF_DIRECTIVES = ("ca", "cert", "key", "tls-crypt", "crl-verify")
-INSTALLED_MARKER = "/var/lib/provisioner/installed"
+INSTALL_DIR = hostcommands.INSTALL_DIR
+INSTALL_SCRIPT = f"{INSTALL_DIR}/install.sh"
+INSTALLED_MARKER = hostcommands.INSTALLED_MARKER
 FAULT_KINDS = {"refuse": set(), "hang": set(), "wrong_host_key": set(), "command_hang": {"match"},
                "slow_install": {"seconds", "count"}}
 _HANG_BOUND = 600.0  # a hung exec still ends at stop(); this only bounds a forgotten one
@@ -105,6 +112,12 @@ def read_cloud_config(user_data: str) -> tuple[str, list[str]]:
     if not isinstance(authorized, list) or not authorized or not all(isinstance(k, str) for k in authorized):
         raise ValueError("user_data has no ssh_authorized_keys list")
     return private, authorized
+
+
+def password_auth_wanted(user_data: str) -> bool:
+    """cloud-init's ``ssh_pwauth`` (true when absent: the image's sshd default)."""
+    doc = yaml.safe_load(user_data)
+    return not isinstance(doc, dict) or doc.get("ssh_pwauth", True) is not False
 
 
 def _mode(attr: paramiko.SFTPAttributes, default: int) -> int:
@@ -187,27 +200,40 @@ def _remove(path: Path) -> bytes:
 class _Host(paramiko.ServerInterface):
     """One simulated VPS: its listener, its connections and its command simulation."""
 
-    def __init__(self, hosts: SimulatedHosts, instance_id: str, ip: str, user_data: str) -> None:
+    def __init__(self, hosts: SimulatedHosts, instance_id: str, ip: str, user_data: str,
+                 root_password: str = "") -> None:
         try:
             host_private, authorized = read_cloud_config(user_data)
             self.host_key = _pkey(host_private)
         except (ValueError, paramiko.SSHException) as exc:
             raise SimulatedHostError(f"instance {instance_id}: {exc}") from None
         self.hosts, self.instance_id, self.ip, self.user_data = hosts, instance_id, ip, user_data
+        self.root_password = root_password
         self.dir = hosts.root_dir / instance_id
-        self.authorized = {tuple(line.split()[:2]) for line in authorized}
+        self.disk = hostcommands.Disk(self.dir)
+        self.user_data_keys = list(authorized)
+        self.ssh_pwauth = password_auth_wanted(user_data)
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
         self.transports: list[paramiko.Transport] = []
         self.hung: list[socket.socket] = []
         self.running: list[str] = []  # all four guarded by hosts.activity
 
+    def _password_login(self) -> bool:
+        return bool(self.root_password) and hostcommands.password_login(self.disk, self.ssh_pwauth)
+
     def get_allowed_auths(self, username: str) -> str:
-        return "publickey"
+        return "publickey,password" if self._password_login() else "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        known = username == "root" and (key.get_name(), key.get_base64()) in self.authorized
+        authorized = hostcommands.authorized_keys(self.disk, self.user_data_keys)
+        known = username == "root" and (key.get_name(), key.get_base64()) in authorized
         return paramiko.AUTH_SUCCESSFUL if known else paramiko.AUTH_FAILED
+
+    def check_auth_password(self, username: str, password: str) -> int:
+        ok = username == "root" and self._password_login() and hmac.compare_digest(
+            password.encode("utf-8"), self.root_password.encode("utf-8"))
+        return paramiko.AUTH_SUCCESSFUL if ok else paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         return paramiko.OPEN_SUCCEEDED if kind == "session" else paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
@@ -329,8 +355,8 @@ class _Host(paramiko.ServerInterface):
             argv = []
         if argv == ["cloud-init", "status", "--wait"]:
             return b"status: done\n", b"", 0
-        if argv == ["bash", f"{INSTALL_DIR}/install.sh"]:
-            return self._install()
+        if argv[:2] == ["bash", INSTALL_SCRIPT]:
+            return self._script(argv[2:])
         if argv == ["systemctl", "is-active", "openvpn-server@server"]:
             if self._path(INSTALLED_MARKER).is_file():
                 return b"active\n", b"", 0
@@ -352,30 +378,22 @@ class _Host(paramiko.ServerInterface):
                 err += f"{name}: {remote}: {exc.strerror or exc}\n".encode()
         return bytes(out), bytes(err), 1 if err else 0
 
-    def _install(self) -> tuple[bytes, bytes, int]:
-        if self.stopping.wait(self.hosts.install_seconds + self.hosts.take_slow_install(self.ip)):
-            return b"", b"", 130  # never sent: exec() sees the host stopping
-        problems = []
-        for name in INSTALL_FILES:
-            path = self._path(f"{INSTALL_DIR}/{name}")
-            if not path.is_file():
-                problems.append(f"missing {INSTALL_DIR}/{name}")
-            elif path.stat().st_size == 0:
-                problems.append(f"empty {INSTALL_DIR}/{name}")
-        conf = self._path(f"{INSTALL_DIR}/server.conf")
-        if conf.is_file():
-            words = {line.split()[0] for line in conf.read_text(errors="replace").splitlines() if line.split()}
-            problems += [f"{INSTALL_DIR}/server.conf has no {d!r} directive" for d in CONF_DIRECTIVES if d not in words]
-        if problems:
-            return b"", "".join(f"provisioner-install: {p}\n" for p in problems).encode(), 1
-        etc = self._path("/etc/openvpn/server")
-        etc.mkdir(parents=True, exist_ok=True)
-        for name in INSTALL_FILES[1:]:
-            shutil.copy(self._path(f"{INSTALL_DIR}/{name}"), etc / name)
-        marker = self._path(INSTALLED_MARKER)
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("installed by the simulated install.sh\n")
-        return b"provisioner-install: ok\n", b"", 0
+    def _script(self, args: list[str]) -> tuple[bytes, bytes, int]:
+        """install.sh, as the simulator reads its contract (provisioner.sandbox.hostcommands)."""
+        try:
+            if not args or args[0] == "install":
+                if self.stopping.wait(self.hosts.install_seconds + self.hosts.take_slow_install(self.ip)):
+                    return b"", b"", 130  # never sent: exec() sees the host stopping
+                return hostcommands.install(self.disk, args[1:] or ["openvpn"])
+            if args[0] == "update-crl":
+                return hostcommands.update_crl(self.disk, args[1:])
+            if args == ["update-peers"]:
+                return hostcommands.update_peers(self.disk)
+            if args[0] == "update-ssh" and len(args) == 2:
+                return hostcommands.update_ssh(self.disk, args[1], self.user_data_keys)
+        except PermissionError as exc:
+            return b"", f"provisioner-install: error: {exc}\n".encode(), 1
+        return b"", f"provisioner-install: error: usage: {' '.join(args)}\n".encode(), 1
 
 
 @dataclass(eq=False)
@@ -400,7 +418,7 @@ class SimulatedHosts:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.close_all()
 
-    def start(self, instance_id: str, ip: str, user_data: str) -> None:
+    def start(self, instance_id: str, ip: str, user_data: str, root_password: str = "") -> None:
         if not instance_id or instance_id in (".", "..") or not all(c.isalnum() or c in "._-" for c in instance_id):
             raise SimulatedHostError("an instance id may hold only letters, digits and ._-")
         try:
@@ -411,10 +429,11 @@ class SimulatedHosts:
             raise SimulatedHostError(f"simulated hosts live on 127.0.0.0/8 only, not {ip!r}")
         with self._lock:
             running = self._hosts.get(instance_id)
-        if running is not None and (running.ip, running.user_data) == (ip, user_data):
+        if running is not None and (running.ip, running.user_data, running.root_password) == \
+                (ip, user_data, root_password):
             return  # "make sure it runs": live sessions stay up
         self.stop(instance_id)
-        host = _Host(self, instance_id, ip, user_data)
+        host = _Host(self, instance_id, ip, user_data, root_password)
         (host.dir / "root").mkdir(parents=True, exist_ok=True)  # an existing dir keeps its files
         with self._lock:
             self._hosts[instance_id] = host

@@ -6,7 +6,8 @@ create, 204 with an empty body for deletes and power actions, errors
 exact-match list filters.  An instance is ``pending``/``installingbooting`` with
 ``main_ip`` ``0.0.0.0`` for ``boot_seconds``, then ``active``/``running``/``ok`` with its
 own address from the loopback ``ip_pool`` (never shared with a live instance).
-``default_password`` appears only in the create reply.  Running instances accumulate
+``default_password`` appears only in the create reply (the simulated host takes it as root's
+password).  Running instances accumulate
 bandwidth per UTC day; halted ones do not.  Reachability changes are passed to a
 :class:`~provisioner.sandbox.hostapi.HostRunner` by :meth:`VultrSimulator.sync_hosts`.
 """
@@ -128,12 +129,13 @@ class VultrSimulator(Service):
                 "sshkey_id": body.get("sshkey_id", []), "backups": body["backups"], "ip": self._allocate_ip(),
                 "created_at": now, "ip_at": now + self.config.boot_seconds,
                 "boot_until": now + self.config.boot_seconds, "runs": [[now, None]],
+                "root_password": secrets.token_urlsafe(12),
             }
             self.state.instances[inst["id"]] = inst
             self.state.save()
             view = self.view(inst, now)
         log.info("sandbox vultr: created instance %s label=%s", inst["id"], label)
-        view["default_password"] = secrets.token_urlsafe(12)
+        view["default_password"] = inst["root_password"]
         return Response(202, {"instance": view}, subject={"instance_id": inst["id"], "label": label})
 
     def list_instances(self, req: Request) -> Response:
@@ -269,14 +271,16 @@ class VultrSimulator(Service):
         with self._host_lock:
             now = self.clock()
             with self.state.lock:
-                wanted = {i["id"]: (i["ip"], i["user_data"]) for i in self.state.instances.values()
+                wanted = {i["id"]: (i["ip"], i["user_data"], i.get("root_password", ""))
+                          for i in self.state.instances.values()
                           if now >= i["boot_until"] and i["runs"] and i["runs"][-1][1] is None}
                 restart, self._restart = self._restart, set()
             for instance_id in sorted((self._announced - set(wanted)) | (restart & self._announced)):
                 self._announced.discard(instance_id)
                 self._host_call("stop", instance_id)
-            for instance_id, (ip, user_data) in sorted(wanted.items()):
-                if instance_id not in self._announced and self._host_call("start", instance_id, ip, user_data):
+            for instance_id, (ip, user_data, password) in sorted(wanted.items()):
+                if instance_id not in self._announced and self._host_call("start", instance_id, ip, user_data,
+                                                                          password):
                     self._announced.add(instance_id)
 
     def forget_hosts(self) -> None:

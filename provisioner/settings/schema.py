@@ -71,6 +71,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "failing_grace_days": Field(float, 3.0, minimum=0, maximum=60),
         "site_timezone": Field(str, ""),
         "url": Field(str, "https://example.com/pricing"),
+        "dashboard_url": Field(str, "", pattern=r"https?://\S+"),
     },
     "secrets": {
         "fernet_keys": Field(list, REQUIRED, secret=True),
@@ -138,6 +139,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "jwt_audience": Field(str, "provisioner-dashboard", allow_empty=False),
         "cors_origin": Field(str, ""),
         "rebuild_cooldown_seconds": Field(float, 300.0, minimum=0, maximum=86400),
+        "restart_cooldown_seconds": Field(float, 600.0, minimum=0, maximum=86400),
+        "root_password_views_per_hour": Field(int, 10, minimum=1, maximum=1000),
         "requests_per_minute": Field(int, 120, minimum=1, maximum=100000),
         "max_body_bytes": Field(int, 16384, minimum=256, maximum=10_000_000),
     },
@@ -190,6 +193,7 @@ class StorefrontSettings:
     failing_grace_days: float
     site_timezone: str
     url: str
+    dashboard_url: str
 
 
 @dataclass(frozen=True)
@@ -273,6 +277,8 @@ class ApiSettings:
     jwt_audience: str
     cors_origin: str
     rebuild_cooldown_seconds: float
+    restart_cooldown_seconds: float
+    root_password_views_per_hour: int
     requests_per_minute: int
     max_body_bytes: int
 
@@ -327,6 +333,7 @@ class Product:
     default_region: str
     bandwidth_cap_gb: int
     cap_policy: str
+    max_devices: int = 5
 
     FIELDS: ClassVar[dict[str, Field]] = {
         "name": Field(str, "VPN server"),
@@ -336,6 +343,7 @@ class Product:
         "default_region": Field(str, REQUIRED, pattern=r"[a-z]{2,5}"),
         "bandwidth_cap_gb": Field(int, 1000, minimum=1),
         "cap_policy": Field(str, "notify", choices=("notify", "suspend")),
+        "max_devices": Field(int, 5, minimum=1, maximum=50),
     }
 
     @classmethod

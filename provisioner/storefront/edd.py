@@ -58,6 +58,7 @@ ENTITLED_UNTIL_EXPIRATION = frozenset({"active", "trialling", "cancelled"})
 FAILING = "failing"
 NEVER_ENTITLED = frozenset({"pending", "expired", "completed"})
 KNOWN_STATUSES = ENTITLED_UNTIL_EXPIRATION | NEVER_ENTITLED | {FAILING}
+RENEWING = frozenset({"active", "trialling"})   # EDD bills these again at expiration
 
 _PREFIX = re.compile(r"[A-Za-z0-9_]{1,32}")
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
@@ -278,6 +279,8 @@ class EddStorefront:
             entitled_until=entitled_until(status, expiration, self._failing_grace),
             profile_id=_text(row["profile_id"]),
             user_id=user_id,
+            paid_through=expiration,
+            renews=status in RENEWING,
         )
 
     def _where(self) -> str:

@@ -198,8 +198,12 @@ class StripeStorefront:
             self._warn_once(row.id, "email", "stripe subscription %s entitles but has no email yet; held back "
                             "until an invoice or customer email arrives", row.id)
             return None
+        paid = row.current_period_end
+        if row.status == "trialing" and row.trial_end is not None and paid is not None:
+            paid = max(paid, row.trial_end)
         return Subscription(id=row.id, customer_id=row.customer_id, product_id=row.price_id, email=row.email,
-                            status=row.status, entitled_until=until, profile_id=row.id)
+                            status=row.status, entitled_until=until, profile_id=row.id, paid_through=paid,
+                            renews=row.status in UNTIL_PERIOD_END and not row.cancel_at_period_end)
 
     def _warn_once(self, sub_id: str, what: str, msg: str, *args: Any) -> None:
         if (sub_id, what) not in self._warned:

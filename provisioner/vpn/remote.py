@@ -18,6 +18,8 @@ device added                                 OpenVPN: nothing (the CA vouches fo
 device revoked                               ``crl_update_run(pki)`` and/or
                                              ``peers_update_run(wg)``
 CRL re-issued (``reissue_crl``)              ``crl_update_run(pki)``
+the customer's SSH keys or key-only login    ``ssh_access_run(keys, key_only=…)`` (also right
+                                             after every install: a new instance gets them)
 ===========================================  ==============================================
 
 A product offers ``["openvpn"]``, ``["wireguard"]`` or both; the protocols of an install are
@@ -30,8 +32,9 @@ socket; ``wg syncconf`` removes a revoked peer at once and leaves the others' se
 
 from __future__ import annotations
 
+import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from provisioner.vpn import config, wireguard
@@ -41,6 +44,10 @@ REMOTE_DIR = "/root/provisioner"
 INSTALL_SCRIPT = f"{REMOTE_DIR}/install.sh"
 OK_MARKER = config.INSTALL_OK_MARKER
 WIREGUARD_CONF = "wg0.conf"
+CUSTOMER_KEYS = "customer_keys"
+# What install.sh's update-ssh accepts: one plain public key per line (always fullmatch).
+_PUBLIC_KEY_LINE = re.compile(
+    r"(ssh-ed25519|ecdsa-sha2-nistp(256|384|521)|ssh-rsa) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?")
 
 
 @dataclass(frozen=True, repr=False)
@@ -108,4 +115,17 @@ def peers_update_run(state: wireguard.WireGuardServer, *, port: int = wireguard.
                "install.sh": config.install_script()},
         argv=("bash", INSTALL_SCRIPT, "update-peers"),
         protocols=("wireguard",),
+    )
+
+
+def ssh_access_run(customer_keys: Sequence[str], *, key_only: bool) -> RemoteRun:
+    """Root's SSH access on the running server: the customer's public keys (besides the worker's
+    own, which stays) and whether the root password logs in (``key_only`` turns that off)."""
+    for line in customer_keys:
+        if not _PUBLIC_KEY_LINE.fullmatch(line):
+            raise ValueError("each customer key must be one plain OpenSSH public key line")
+    keys = "".join(f"{line}\n" for line in customer_keys).encode("utf-8")
+    return RemoteRun(
+        files={CUSTOMER_KEYS: keys, "install.sh": config.install_script()},
+        argv=("bash", INSTALL_SCRIPT, "update-ssh", "key-only" if key_only else "password"),
     )

@@ -1,0 +1,120 @@
+"""What a customer keeps on their server, and what the running server must be sent of it.
+
+- **Devices** (``provisioner_devices``): one row per device the server's PKI ever had, with one
+  profile per protocol (``provisioner_device_profiles``): OpenVPN today; WireGuard joins
+  :data:`PROTOCOLS` and gets a profile for every device of a product that offers it. Revoking a
+  device revokes all its profiles. The keys stay in the sealed secrets; these rows are what a
+  list shows without opening them, written in the same transaction as the sealed change.
+- **SSH keys** (``provisioner_ssh_keys``) and **key-only login** (``Server.key_only``).
+- **Pending**: a change the running server must get (a CRL, keys, the login mode) is marked on
+  the row with :func:`mark_pending`. The leader starts a short ``sync`` action for a Running,
+  idle row that has one (:func:`provisioner.operations.start_pending_syncs`); a create or
+  rebuild already in progress carries the state its install step reads, and a change that
+  lands after that step is still pending when the action ends, so the sync follows it.
+
+:func:`install_runs` (create, rebuild) and :func:`push_runs` (sync) build the SSH runs from
+the row alone, so a run is always the latest state the row has.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from provisioner.models import Device, DeviceProfile, Server, SSHKey
+from provisioner.secrets import SecretBox
+from provisioner.server_secrets import ServerSecrets
+from provisioner.vpn import pki as vpn_pki
+from provisioner.vpn import remote
+from provisioner.vpn.remote import RemoteRun
+
+OPENVPN = "openvpn"
+PROTOCOLS = (OPENVPN,)
+
+
+# --- pending changes ------------------------------------------------------------------------------
+
+def mark_pending(row: Server, now: dt.datetime) -> None:
+    """The running server must get the row's state again (a sync follows within seconds)."""
+    row.access_revision = (row.access_revision or 0) + 1
+    if row.access_pending_since is None:
+        row.access_pending_since = now
+
+
+def shipped(row: Server) -> None:
+    """The state the row has now reached the server (called in the commit of the step that sent it)."""
+    row.access_pending_since = None
+
+
+# --- devices --------------------------------------------------------------------------------------
+
+def devices(session: Session, server_id: int) -> list[Device]:
+    return list(session.scalars(select(Device).where(Device.server_id == server_id).order_by(Device.id)))
+
+
+def profiles(session: Session, found: Sequence[Device]) -> dict[int, list[DeviceProfile]]:
+    out: dict[int, list[DeviceProfile]] = {d.id: [] for d in found}
+    if found:
+        q = select(DeviceProfile).where(DeviceProfile.device_pk.in_(list(out))).order_by(DeviceProfile.id)
+        for profile in session.scalars(q):
+            out[profile.device_pk].append(profile)
+    return out
+
+
+def add_device_row(session: Session, row: Server, device_id: str, name: str, protocols: Sequence[str],
+                   now: dt.datetime, revoked_at: dt.datetime | None = None) -> Device:
+    device = Device(server_id=row.id, device_id=device_id, name=name, created_at=now, revoked_at=revoked_at)
+    session.add(device)
+    session.flush()
+    for protocol in protocols:
+        session.add(DeviceProfile(device_pk=device.id, protocol=protocol, created_at=now, revoked_at=revoked_at))
+    return device
+
+
+def revoke_device_row(session: Session, device: Device, now: dt.datetime) -> None:
+    device.revoked_at = device.revoked_at or now
+    for profile in session.scalars(select(DeviceProfile).where(DeviceProfile.device_pk == device.id)):
+        profile.revoked_at = profile.revoked_at or now
+
+
+def sync_devices(session: Session, row: Server, pki: vpn_pki.ServerPKI, now: dt.datetime) -> None:
+    """Give every device of ``pki`` its row (a new server's first device, a migrated PKI)."""
+    known = {d.device_id for d in devices(session, row.id)}
+    for info in vpn_pki.list_devices(pki):
+        if info.device_id not in known:
+            add_device_row(session, row, info.device_id, info.name, PROTOCOLS, now, revoked_at=info.revoked_at)
+
+
+def forget(session: Session, row: Server) -> None:
+    """A destroyed server keeps neither devices nor the customer's keys (personal data)."""
+    pks = select(Device.id).where(Device.server_id == row.id).scalar_subquery()
+    session.execute(delete(DeviceProfile).where(DeviceProfile.device_pk.in_(pks)))
+    session.execute(delete(Device).where(Device.server_id == row.id))
+    session.execute(delete(SSHKey).where(SSHKey.server_id == row.id))
+
+
+# --- SSH ------------------------------------------------------------------------------------------
+
+def ssh_keys(session: Session, server_id: int) -> list[SSHKey]:
+    return list(session.scalars(select(SSHKey).where(SSHKey.server_id == server_id).order_by(SSHKey.id)))
+
+
+def access_run(session: Session, row: Server) -> RemoteRun:
+    return remote.ssh_access_run([k.public_key for k in ssh_keys(session, row.id)], key_only=bool(row.key_only))
+
+
+# --- what the server is sent ----------------------------------------------------------------------
+
+def install_runs(session: Session, box: SecretBox, row: Server) -> list[RemoteRun]:
+    """A new instance: the VPN with the stored PKI (and its CRL), then the customer's SSH access."""
+    pki = ServerSecrets.open(box, row.secrets_enc or "").openvpn()
+    return [remote.install_run(pki=pki), access_run(session, row)]
+
+
+def push_runs(session: Session, box: SecretBox, row: Server) -> list[RemoteRun]:
+    """The running server: the CRL (it cuts off revoked devices) and the customer's SSH access."""
+    pki = ServerSecrets.open(box, row.secrets_enc or "").openvpn()
+    return [remote.crl_update_run(pki), access_run(session, row)]
