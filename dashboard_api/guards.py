@@ -123,7 +123,7 @@ class Cors:
         if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
             await send({"type": "http.response.start", "status": 204, "headers": [
                 (b"access-control-allow-origin", self.origin), (b"vary", b"Origin"),
-                (b"access-control-allow-methods", b"GET, POST, PUT"),
+                (b"access-control-allow-methods", b"GET, POST, PUT, DELETE"),
                 (b"access-control-allow-headers", b"Authorization, Content-Type"),
                 (b"access-control-max-age", b"600")]})
             await send({"type": "http.response.body", "body": b""})

@@ -9,19 +9,14 @@ row meanwhile (that answers 409).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import TypeAdapter
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
-from dashboard_api import queries, views
+from dashboard_api import queries, scoped, views
 from dashboard_api.context import LANGUAGES, REFRESH_SECONDS, ApiState, customer, state
 from dashboard_api.errors import ApiError, responses
-from dashboard_api.guards import retry_after
 from dashboard_api.locations import region
 from dashboard_api.schemas import (
     AcceptedOut,
@@ -131,26 +126,5 @@ def download_ovpn(name: str = ServerName, who: Customer = Depends(customer),  # 
         "Content-Disposition": f'attachment; filename="{short}.ovpn"', "Cache-Control": "no-store"})
 
 
-def _owned(s: Session, st: ApiState, who: Customer, name: str) -> queries.Owned:
-    owned = queries.customer_server(s, who.email, name, st.settings.cloudflare.domain)
-    if owned is None:
-        raise ApiError(404, "server_not_found", f"You have no server called {name}.")
-    return owned
-
-
-@contextlib.contextmanager
-def _refusals() -> Iterator[None]:
-    """The customer service's verdicts as the API's error bodies."""
-    try:
-        yield
-    except service.Refused as exc:
-        headers = {"Retry-After": retry_after(exc.retry_after)} if exc.retry_after else None
-        raise ApiError(exc.status, exc.code, exc.message, headers) from None
-
-
-def _commit(s: Session) -> None:
-    try:
-        s.commit()
-    except StaleDataError:
-        s.rollback()
-        raise ApiError(409, "conflict", "The server changed while we were saving; reload and try again.") from None
+# Shared with the routes of dashboard_api.devices, .server_access and .account.
+_owned, _refusals, _commit = scoped.owned, scoped.refusals, scoped.commit

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from dashboard_api import errors, guards, routes, stripe_webhook
+from dashboard_api import account, devices, errors, guards, routes, server_access, stripe_webhook
 from dashboard_api.context import ApiState, state
 from dashboard_api.metrics import ApiMetrics, MetricsMiddleware
 from dashboard_api.schemas import HealthOut, document_locations
@@ -48,12 +48,15 @@ def create_app(app: App, *, clock: Callable[[], dt.datetime] | None = None) -> F
                   metrics=ApiMetrics(lambda: app.sessions))
     api = FastAPI(title="Provisioner dashboard API", version=__version__, docs_url="/docs", redoc_url=None,
                   openapi_url="/openapi.json",
-                  description="The customer's VPN servers: list, rebuild, schedule, download the .ovpn. "
+                  description="The customer's VPN servers: list, rebuild, schedule, download the .ovpn; "
+                              "devices, SSH keys, the root password, restart; account, history and usage. "
                               "Errors always look like {\"error\": {\"code\": \"...\", \"message\": \"...\"}}.")
     api.state.provisioner = app   # the App: what dashboard_api.stripe_webhook reads
     api.state.dashboard = st
     errors.install(api)
     api.include_router(routes.router)
+    for customer_router in (devices.router, server_access.router, account.router):  # the customer's own server
+        api.include_router(customer_router)
     _add_service_routes(api)
     api.include_router(stripe_webhook.router)
     api.mount("/static", StaticFiles(directory=STATIC), name="static")

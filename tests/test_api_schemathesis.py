@@ -31,6 +31,7 @@ def fuzz_env(tmp_path: Path, api_db_template: Path) -> ApiEnv:
     env.add_server(OWNER, "g0001")
     env.add_server(OWNER, "g0002", status="Installing", ovpn=None, action="create", step="install")
     env.add_server("bob@example.com", "g0003")
+    env.give_vpn("g0001")   # real sealed secrets: device names, profiles and the root password are exercised
     return env
 
 
