@@ -141,6 +141,29 @@ def cmd_ovpn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_root_password(args: argparse.Namespace) -> int:
+    """Support reads a server's root password through the customer service: the view is recorded
+    in the server's history (the customer sees "Root password viewed (by support)")."""
+    from provisioner import customer, db
+
+    app = make_app(args)
+    db.require_schema(app.engine)
+    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    with app.sessions() as s:
+        row = named_server(app, s, args.server)
+        try:
+            password = customer.reveal_root_password(s, app.settings, app.secret_box, row, actor=f"operator:{user}",
+                                                     now=app.clock())
+        except customer.Refused as exc:
+            raise UsageError(f"server {row.server_name or row.id}: {exc.message}") from None
+        s.commit()
+        note = " (the customer chose key-only login: it does not log in over SSH)" if row.key_only else ""
+    print(password)
+    if note:
+        print(f"provisioner: note: {note.strip(' ()')}", file=sys.stderr)
+    return 0
+
+
 def cmd_servers(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
@@ -291,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep driving until done, at most SECONDS (default: one pass)")
     ov = add("ovpn", cmd_ovpn, "write the customer's .ovpn to standard output")
     ov.add_argument("server", help="server name or #id")
+
+    rp = add("root-password", cmd_root_password,
+             "print a server's root password for support (recorded in the server's history, which its customer sees)")
+    rp.add_argument("server", help="server name or #id")
 
     s = add("servers", cmd_servers, "list servers: name, customer, status, location, IP, schedule, bandwidth")
     s.add_argument("--json", action="store_true")
