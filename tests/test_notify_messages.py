@@ -11,6 +11,7 @@ import pytest
 from provisioner import notify
 from provisioner.models import Server
 from provisioner.notify.outbox import send_pending
+from provisioner.wiring import App
 from tests.fixtures.notify import DASHBOARD, KEY_MARKERS, OPERATOR, SECRET_VALUES, add_server, notify_app
 from tests.fixtures.smtp import Received, smtp_server
 
@@ -47,6 +48,15 @@ EXPECTED: dict[str, dict[str, tuple[str, str]]] = {
         "server_destroyed": ("wurde entfernt", "Abonnement ist beendet"),
         "provisioning_delayed": ("länger als üblich", "Sie müssen nichts tun"),
     },
+    "fr": {
+        "server_ready": ("est prêt", "installé et fonctionne à ams"),
+        "rebuild_done": ("a été reconstruit", "désormais à fra"),
+        "bandwidth_80": ("80 %", "812 Go de son forfait mensuel de 1000 Go"),
+        "bandwidth_100": ("limite de données", "il est donc en pause"),
+        "bandwidth_reset": ("pour 2026-06", "vous disposez de 1000 Go pour 2026-06"),
+        "server_destroyed": ("a été supprimé", "abonnement a pris fin"),
+        "provisioning_delayed": ("plus de temps que d'habitude", "vous n'avez rien à faire"),
+    },
 }
 
 
@@ -62,7 +72,7 @@ def by_kind(messages: list[Received]) -> dict[str, Received]:
     return {str(m.message["X-Provisioner-Kind"]): m for m in messages}
 
 
-@pytest.mark.parametrize("lang", ["en", "de"])
+@pytest.mark.parametrize("lang", ["en", "de", "fr"])
 def test_it_sends_every_kind_in_the_customers_language(tmp_path: Path, lang: str) -> None:
     with smtp_server() as (inbox, port):
         app = notify_app(tmp_path, smtp_port=port)
@@ -102,7 +112,7 @@ def test_it_alerts_the_operator_with_the_error_and_the_last_ten_events(tmp_path:
     app.engine.dispose()
 
 
-@pytest.mark.parametrize("lang", ["en", "de"])
+@pytest.mark.parametrize("lang", ["en", "de", "fr"])
 def test_it_never_puts_the_ovpn_or_a_secret_in_a_message(tmp_path: Path, lang: str) -> None:
     with smtp_server() as (inbox, port):
         app = notify_app(tmp_path, smtp_port=port)
@@ -122,13 +132,31 @@ def test_it_uses_the_default_language_when_the_customers_is_unknown(tmp_path: Pa
     with app.sessions.begin() as s:
         notify.enqueue(s, "server_ready", server=s.get(Server, server.id), context={}, dedupe_key="r1",
                        settings=app.settings)
-        notify.enqueue(s, "server_ready", server=s.get(Server, server.id), language="fr", context={},
-                       dedupe_key="r2", settings=app.settings)   # no French templates: the default
+        notify.enqueue(s, "server_ready", server=s.get(Server, server.id), language="it", context={},
+                       dedupe_key="r2", settings=app.settings)   # no Italian templates: the default
     from provisioner.models import OutboxMessage
     with app.sessions() as s:
         rows = {r.dedupe_key: r for r in s.query(OutboxMessage)}
     assert rows["r1"].language == "de" and "ist bereit" in rows["r1"].subject
     assert rows["r2"].language == "de"
+    app.engine.dispose()
+
+
+def test_mail_links_go_to_the_stores_dashboard_page(tmp_path: Path) -> None:
+    import dataclasses
+
+    base = notify_app(tmp_path)
+    store = dataclasses.replace(base.settings.storefront, dashboard_url="https://shop.example.com/account/vpn")
+    app = App(dataclasses.replace(base.settings, storefront=store))
+    server = add_server(app, language="fr")
+    with app.sessions.begin() as s:
+        notify.enqueue(s, "server_ready", server=s.get(Server, server.id), context={}, dedupe_key="r1",
+                       settings=app.settings)
+    from provisioner.models import OutboxMessage
+    with app.sessions() as s:
+        row = s.query(OutboxMessage).one()
+    assert row.language == "fr" and "https://shop.example.com/account/vpn" in row.body
+    assert app.settings.api.public_url not in row.body
     app.engine.dispose()
 
 
@@ -161,7 +189,7 @@ def test_it_refuses_an_unknown_kind_or_missing_context(tmp_path: Path) -> None:
 
 
 def test_every_template_language_has_every_kind() -> None:
-    for lang in ("en", "de"):
+    for lang in ("en", "de", "fr"):
         tpl = notify.templates(lang)
         assert tpl is not None
         assert set(notify.KINDS) <= set(tpl), lang

@@ -44,7 +44,8 @@ settings, below)::
 
 Filled in automatically (a context key of the same name wins): ``server_name`` (or "your
 VPN server" in the customer's language while no name is allocated), ``location``
-(``server.current_location``), ``dashboard_url`` (``api.public_url``), ``storefront_url``
+(``server.current_location``), ``dashboard_url`` (``storefront.dashboard_url``, the store's page that
+shows the dashboard to a signed-in customer; ``api.public_url`` when that is not set), ``storefront_url``
 (``storefront.url``), ``product_name`` (the product's name); for ``needs_attention`` also
 ``server_id``, ``subscription_id``, ``customer_email``, ``status``, ``action``, ``step``,
 ``attempts`` and ``events`` (the server's last 10 events, read from the session).
@@ -224,7 +225,7 @@ def _values(session: Session, spec: Kind, server: Server | None, settings: Setti
     values: dict[str, Any] = {
         "server_name": (server.server_name if server is not None else None) or tpl.get("_unnamed_server", ""),
         "location": (server.current_location if server is not None else None) or "-",
-        "dashboard_url": settings.api.public_url,
+        "dashboard_url": settings.storefront.dashboard_url or settings.api.public_url,
         "storefront_url": settings.storefront.url,
         "product_name": product.name if product is not None else "VPN",
     }
