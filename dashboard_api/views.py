@@ -33,8 +33,12 @@ PROGRESS = {
     "finish": "Finishing",
     "instances": "Removing the server",
     "wipe": "Erasing secrets",
+    "push": "Sending your changes to the server",
+    "reboot": "Restarting the server",
+    "settle": "Waiting for the server to come back",
 }
 REBUILD_REQUESTED = "Rebuild requested"
+RESTART_REQUESTED = "Restart requested; it starts within seconds"
 ERROR_TEXT = {
     "retrying": "Something went wrong while working on your server. We are retrying automatically.",
     "needs_attention": "Something went wrong while working on your server. Our team has been alerted.",
@@ -44,6 +48,8 @@ def progress_text(row: Server) -> str | None:
         return PROGRESS.get(row.step, row.step)
     if row.rebuild_now_status:
         return REBUILD_REQUESTED
+    if row.restart_pending:
+        return RESTART_REQUESTED
     if row.status == Status.QUEUED.value:
         return "Waiting to start"
     return None

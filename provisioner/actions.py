@@ -125,7 +125,7 @@ def _begin_rebuild_to(session: Session, settings: Settings, row: Server, target:
     row.generation += 1
     row.target_location = target
     row.rebuild_now_status, row.rebuild_now_location, row.rebuild_due_at = False, None, None
-    row.new_ip = None
+    row.new_ip, row.restart_pending = None, False   # a new instance needs no restart
     detail = history.rebuild_target(target, row.rebuild_schedule if actor == "scheduler" else None)
     _start(session, settings.lifecycle, row, "rebuild", actor, detail, now)
 

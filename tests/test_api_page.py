@@ -87,9 +87,18 @@ def test_it_translates_every_step_status_and_region() -> None:
     en = strings("en")
     assert {f"step.{s}" for s in PROGRESS} <= set(en)
     assert {f"status.{s}" for s in ("Queued", "Installing", "Running", "Rebuilding", "Destroying", "Error",
-                                    "Suspended")} <= set(en)
+                                    "Suspended", "Restarting")} <= set(en)
     assert {f"city.{r}" for r in REGIONS} <= set(en)
     assert {f"schedule.{s}" for s in ("none", "daily", "weekly", "monthly")} <= set(en)
+
+
+def test_it_words_every_history_item_the_api_can_send() -> None:
+    from dashboard_api.account import TEXTS
+
+    for lang in LANGUAGES:
+        assert {f"history.{kind}" for kind in TEXTS} <= set(strings(lang)), lang
+    for kind, text in TEXTS.items():  # the page's words take the same parameters as the API's
+        assert set(re.findall(r"\{\w+\}", text)) == set(re.findall(r"\{\w+\}", strings("en")[f"history.{kind}"])), kind
 
 
 def test_it_has_the_seeds_empty_state_text() -> None:

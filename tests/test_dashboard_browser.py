@@ -16,11 +16,9 @@ import pytest
 from provisioner.models import Status
 from tests.fixtures.api import *  # noqa: F403
 from tests.fixtures.api import OTHER, OVPN, OWNER, STOREFRONT, ApiEnv, build_env, live_server
-from tests.fixtures.browser import ARTIFACTS
+from tests.fixtures.browser import ARTIFACTS, open_page, row
 
 pytestmark = pytest.mark.slow
-
-TIMEOUT_MS = 10_000
 
 
 @pytest.fixture
@@ -33,24 +31,6 @@ def site(tmp_path: Path, api_db_template: Path) -> Iterator[tuple[ApiEnv, str]]:
     with live_server(env.api) as url:
         yield env, url
     env.app.engine.dispose()
-
-
-def open_page(browser: Any, url: str, token: str | None, *, locale: str = "en-US",
-              viewport: tuple[int, int] = (1280, 900)) -> tuple[Any, Any, list[str]]:
-    context = browser.new_context(locale=locale, viewport={"width": viewport[0], "height": viewport[1]},
-                                  accept_downloads=True, service_workers="block")
-    context.set_default_timeout(TIMEOUT_MS)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.clock.install()
-    page.goto(f"{url}/#token={token}" if token else f"{url}/")
-    return context, page, problems
-
-
-def row(page: Any, table: str, short: str) -> Any:
-    return page.locator(f'#{table} tbody tr[data-key="{short}.vpn.example.test"]')
 
 
 def test_it_shows_rebuilds_schedules_and_downloads(browser: Any, site: tuple[ApiEnv, str]) -> None:

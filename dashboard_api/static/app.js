@@ -1,5 +1,6 @@
 /* Provisioner customer dashboard. Plain JS, no build step, no inline scripts (CSP).
- * Loaded after i18n.js (strings, formatting) and rows.js (the tables).
+ * Loaded after i18n.js (strings, formatting), net.js (the API, toasts), rows.js (the tables),
+ * chart.js (the usage chart) and panels.js (one panel per server).
  *
  * The storefront opens this page as  <API>/#token=<JWT>.  The token moves to sessionStorage
  * and out of the address bar; every API call sends it as a Bearer header. On a 401 the page
@@ -11,95 +12,81 @@
 
   var TOKEN_KEY = "provisioner.token";
   var LANGUAGES = ["en", "de", "fr"];
-  var t = D.i18n.t, tOr = D.i18n.tOr, formatDate = D.i18n.formatDate, cityName = D.i18n.cityName;
-  var rows = D.rows;
-  var state = { token: null, config: null, servers: [], timer: null, rebuildFor: null, stopped: false };
-
-  // --- API --------------------------------------------------------------------------------------
-
-  function ApiError(status, code, message, retryAfter) {
-    this.status = status; this.code = code; this.message = message; this.retryAfter = retryAfter;
-  }
-
-  function api(method, path, body) {
-    var headers = { "Accept": "application/json" };
-    if (state.token) { headers.Authorization = "Bearer " + state.token; }
-    var init = { method: method, headers: headers, cache: "no-store" };
-    if (body !== undefined) { headers["Content-Type"] = "application/json"; init.body = JSON.stringify(body); }
-    return fetch(path, init).then(function (r) {
-      if (r.ok) { return r; }
-      return r.json().catch(function () { return {}; }).then(function (data) {
-        var err = (data && data.error) || {};
-        throw new ApiError(r.status, err.code || "error", err.message || t("error.generic"),
-          r.headers.get("Retry-After"));
-      });
-    }, function () {
-      throw new ApiError(0, "network", t("error.network"));
-    });
-  }
-
-  function apiJson(method, path, body) {
-    return api(method, path, body).then(function (r) { return r.json(); });
-  }
-
-  function errorText(err) {
-    if (!(err instanceof ApiError)) { return t("error.generic"); }
-    return tOr("error.code." + err.code, err.message, { seconds: err.retryAfter || "" });
-  }
-
-  function handleFailure(err, what) {
-    if (err instanceof ApiError && err.status === 401) { showExpired(); return; }
-    toast(t(what, {}) + " " + errorText(err), true);
-  }
+  var t = D.i18n.t, formatDate = D.i18n.formatDate, formatDay = D.i18n.formatDay, cityName = D.i18n.cityName;
+  var rows = D.rows, net = D.net;
+  var state = { config: null, account: null, servers: [], timer: null, rebuildFor: null, stopped: false,
+                loaded: false };
+  var SECTIONS = ["loading", "expired", "failed", "empty", "lapsed", "servers-section", "scheduler-section",
+                  "guide-section", "panels"];
 
   // --- page states ------------------------------------------------------------------------------
 
   function show(id, visible) { document.getElementById(id).hidden = !visible; }
 
   function showOnly(ids) {
-    ["loading", "expired", "failed", "empty", "servers-section", "scheduler-section"].forEach(function (id) {
-      show(id, ids.indexOf(id) !== -1);
-    });
+    SECTIONS.forEach(function (id) { show(id, ids.indexOf(id) !== -1); });
     postHeight();
+  }
+
+  function storeUrl() {
+    return (state.account && state.account.store_url) || (state.config && state.config.storefront_url) || "#";
   }
 
   function showExpired() {
     state.stopped = true;
     if (state.timer) { clearInterval(state.timer); state.timer = null; }
     try { sessionStorage.removeItem(TOKEN_KEY); } catch (e) { /* storage may be blocked */ }
-    state.token = null;
+    net.token = null;
     var link = document.getElementById("expired-link");
     if (state.config && state.config.storefront_url) { link.href = state.config.storefront_url; } else { link.hidden = true; }
-    var dialog = document.getElementById("rebuild-dialog");
-    if (dialog.open) { dialog.close(); }
+    ["rebuild-dialog", "confirm-dialog", "password-dialog"].forEach(function (id) {
+      var dialog = document.getElementById(id);
+      if (dialog.open) { dialog.close(); }
+    });
     showOnly(["expired"]);
   }
 
-  // --- toasts -----------------------------------------------------------------------------------
-
-  function toast(message, isError) {
-    var box = document.getElementById(isError ? "alerts" : "toasts");
-    var item = document.createElement("div");
-    item.className = "toast" + (isError ? " toast-error" : " toast-ok");
-    var text = document.createElement("span");
-    text.textContent = message;
-    var close = document.createElement("button");
-    close.type = "button";
-    close.className = "toast-close";
-    close.setAttribute("aria-label", t("toast.dismiss"));
-    close.textContent = "\u00d7";
-    close.addEventListener("click", function () { item.remove(); });
-    item.appendChild(text);
-    item.appendChild(close);
-    box.appendChild(item);
-    setTimeout(function () { item.remove(); }, isError ? 12000 : 6000);
+  function showFailed(err) {
+    document.getElementById("failed-text").textContent = err && err.code === "timeout" ? t("failed.timeout")
+      : t("failed.text");
+    showOnly(["failed"]);
   }
 
+  // --- the account: who is signed in, plans, servers that ended -----------------------------------
+
+  function renderAccount(account) {
+    state.account = account;
+    rows.settings.timeZone = account.timezone;
+    var who = document.getElementById("signed-in");
+    who.textContent = t("account.signed_in", { email: account.email });
+    who.hidden = false;
+    document.getElementById("scheduler-help").textContent = t("scheduler.help",
+      { zone: D.i18n.zoneName(account.timezone) });
+  }
+
+  function renderLapsed() {
+    var list = document.getElementById("lapsed-list");
+    list.textContent = "";
+    state.account.ended.forEach(function (e) {
+      var li = document.createElement("li");
+      li.textContent = t("lapsed.item", { name: (e.server || "").split(".")[0], plan: e.plan,
+        date: formatDay(e.ended_at), reason: t("lapsed.reason." + e.reason) });
+      list.appendChild(li);
+    });
+    document.getElementById("lapsed-link").href = storeUrl();
+    showOnly(["lapsed"]);
+  }
+
+  // --- the servers ------------------------------------------------------------------------------
+
   function render(servers) {
+    var previous = {};
+    state.servers.forEach(function (s) { previous[s.name] = s; });
     state.servers = servers;
+    state.loaded = true;
     if (!servers.length) {
-      var link = document.getElementById("empty-link");
-      link.href = (state.config && state.config.storefront_url) || "#";
+      if (state.account && state.account.ended.length) { renderLapsed(); return; }
+      document.getElementById("empty-link").href = storeUrl();
       showOnly(["empty"]);
       return;
     }
@@ -117,8 +104,11 @@
     });
     rows.labelCells(document.getElementById("servers"));
     rows.labelCells(document.getElementById("scheduler"));
+    var plans = {};
+    ((state.account && state.account.plans) || []).forEach(function (p) { plans[p.server] = p; });
+    D.panels.sync(document.getElementById("panels"), servers, keys, plans, previous);
     document.getElementById("updated").textContent = t("servers.updated", { time: formatDate(new Date().toISOString()) });
-    showOnly(["servers-section", "scheduler-section"]);
+    showOnly(["servers-section", "panels", "scheduler-section", "guide-section"]);
   }
 
   function findServer(key) {
@@ -129,19 +119,20 @@
   }
 
   function replaceServer(updated) {
-    var list = state.servers.map(function (s) { return s.name === updated.name ? updated : s; });
-    render(list);
+    render(state.servers.map(function (s) { return s.name === updated.name ? updated : s; }));
   }
-
-  // --- actions ----------------------------------------------------------------------------------
 
   function refresh() {
     if (state.stopped || document.hidden) { return Promise.resolve(); }
-    return apiJson("GET", "/api/servers").then(render, function (err) {
-      if (err instanceof ApiError && err.status === 401) { showExpired(); return; }
-      if (!state.servers.length) { showOnly(["failed"]); } else { toast(t("toast.refresh_failed") + " " + errorText(err), true); }
-    });
+    var account = state.account ? Promise.resolve(state.account) : net.apiJson("GET", "/api/account").then(renderAccount);
+    return Promise.all([net.apiJson("GET", "/api/servers"), account]).then(function (got) { render(got[0]); },
+      function (err) {
+        if (err instanceof net.ApiError && err.status === 401) { showExpired(); return; }
+        if (!state.loaded) { showFailed(err); } else { net.failed(err, "toast.refresh_failed", refresh); }
+      });
   }
+
+  // --- actions ----------------------------------------------------------------------------------
 
   function openRebuild(key) {
     var s = findServer(key);
@@ -167,22 +158,21 @@
     if (row && !row.disabled) { row.focus(); }
   }
 
+  function requestRebuild(s, location) {
+    net.apiJson("POST", "/api/servers/" + encodeURIComponent(s.name) + "/rebuild", { location: location })
+      .then(function (data) {
+        net.toast(t("toast.rebuild_ok", { name: s.short_name, location: cityName(location) }), false);
+        replaceServer(data.server);
+      }, function (err) {
+        net.failed(err, "toast.rebuild_failed", function () { requestRebuild(s, location); });
+      });
+  }
+
   function confirmRebuild(event) {
     event.preventDefault();
     var s = state.rebuildFor;
-    if (!s) { closeRebuild(); return; }
-    var location = document.getElementById("rebuild-location").value;
-    var button = document.getElementById("rebuild-confirm");
-    button.disabled = true;
-    apiJson("POST", "/api/servers/" + encodeURIComponent(s.name) + "/rebuild", { location: location })
-      .then(function (data) {
-        closeRebuild();
-        toast(t("toast.rebuild_ok", { name: s.short_name, location: cityName(location) }), false);
-        replaceServer(data.server);
-      }, function (err) {
-        closeRebuild();
-        handleFailure(err, "toast.rebuild_failed");
-      });
+    closeRebuild();
+    if (s) { requestRebuild(s, document.getElementById("rebuild-location").value); }
   }
 
   function saveSchedule(row, button) {
@@ -193,15 +183,15 @@
       location: row.querySelector("select.location").value
     };
     button.disabled = true;
-    apiJson("PUT", "/api/servers/" + encodeURIComponent(s.name) + "/schedule", body).then(function (updated) {
+    net.apiJson("PUT", "/api/servers/" + encodeURIComponent(s.name) + "/schedule", body).then(function (updated) {
       row.removeAttribute("data-dirty");
       button.disabled = false;
-      toast(t("toast.schedule_ok", { name: s.short_name, schedule: t("schedule." + updated.schedule),
+      net.toast(t("toast.schedule_ok", { name: s.short_name, schedule: t("schedule." + updated.schedule),
         location: cityName(updated.schedule_location) }), false);
       replaceServer(updated);
     }, function (err) {
       button.disabled = false;
-      handleFailure(err, "toast.schedule_failed");
+      net.failed(err, "toast.schedule_failed", function () { saveSchedule(row, button); });
     });
   }
 
@@ -209,7 +199,8 @@
     var s = findServer(key);
     if (!s || !s.name) { return; }
     button.disabled = true;
-    api("GET", "/api/servers/" + encodeURIComponent(s.name) + "/ovpn").then(function (r) {
+    button.setAttribute("data-busy", "1");   // a refresh meanwhile must not enable it again
+    net.api("GET", "/api/servers/" + encodeURIComponent(s.name) + "/ovpn", undefined, 30000).then(function (r) {
       return r.blob();
     }).then(function (blob) {
       var url = URL.createObjectURL(blob);
@@ -220,10 +211,28 @@
       a.click();
       a.remove();
       setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
-      toast(t("toast.download_ok", { name: s.short_name }), false);
+      net.toast(t("toast.download_ok", { name: s.short_name }), false);
     }, function (err) {
-      handleFailure(err, "toast.download_failed");
-    }).then(function () { button.disabled = !s.ovpn_available; });
+      net.failed(err, "toast.download_failed", function () { downloadOvpn(key, button); });
+    }).then(function () {
+      button.removeAttribute("data-busy");
+      button.disabled = !s.ovpn_available;
+    });
+  }
+
+  function closePassword(event) {
+    if (event) { event.preventDefault(); }
+    var dialog = document.getElementById("password-dialog");
+    document.getElementById("password-value").textContent = "";   // the secret leaves the page with the dialog
+    if (dialog.open) { dialog.close(); }
+  }
+
+  function copyPassword() {
+    var value = document.getElementById("password-value").textContent;
+    if (navigator.clipboard && value) {
+      navigator.clipboard.writeText(value).then(function () { net.toast(t("toast.copied"), false); },
+        function () { net.toast(t("toast.copy_failed"), true); });
+    }
   }
 
   // --- embedding --------------------------------------------------------------------------------
@@ -250,22 +259,26 @@
   }
 
   function start() {
-    state.token = takeToken();
+    net.token = takeToken();
+    net.onExpired = showExpired;
     rows.handlers.rebuild = openRebuild;
     rows.handlers.download = downloadOvpn;
     rows.handlers.save = saveSchedule;
-    Promise.all([D.i18n.load(LANGUAGES), apiJson("GET", "/api/config").catch(function () { return null; })])
+    Promise.all([D.i18n.load(LANGUAGES), net.apiJson("GET", "/api/config").catch(function () { return null; })])
       .then(function (loaded) {
         state.config = loaded[1];
         D.i18n.apply();
         document.getElementById("rebuild-form").addEventListener("submit", confirmRebuild);
         document.getElementById("rebuild-cancel").addEventListener("click", closeRebuild);
         document.getElementById("rebuild-dialog").addEventListener("close", onRebuildDialogClose);
+        document.getElementById("password-form").addEventListener("submit", closePassword);
+        document.getElementById("password-dialog").addEventListener("close", function () { closePassword(); });
+        document.getElementById("password-copy").addEventListener("click", copyPassword);
         document.getElementById("failed-retry").addEventListener("click", function () {
           showOnly(["loading"]);
           refresh();
         });
-        if (!state.token) { showExpired(); return; }
+        if (!net.token) { showExpired(); return; }
         var seconds = (state.config && state.config.refresh_seconds) || 15;
         refresh().then(function () {
           if (!state.stopped) { state.timer = setInterval(refresh, seconds * 1000); }

@@ -34,9 +34,9 @@
     });
   }
 
-  function applyStrings() {
-    document.documentElement.lang = state.lang;
-    document.querySelectorAll("[data-i18n]").forEach(function (el) {
+  function applyStrings(root) {
+    if (!root) { document.documentElement.lang = state.lang; }
+    (root || document).querySelectorAll("[data-i18n]").forEach(function (el) {
       el.textContent = t(el.getAttribute("data-i18n"));
     });
   }
@@ -53,11 +53,32 @@
     return t("unit.pattern", { value: num, unit: t("unit." + units[i]) });
   }
 
-  function formatDate(iso) {
+  function formatDate(iso, timeZone) {
     if (!iso) { return t("value.never"); }
     var d = new Date(iso);
     if (isNaN(d.getTime())) { return t("value.unknown"); }
-    return new Intl.DateTimeFormat(state.lang, { dateStyle: "medium", timeStyle: "short" }).format(d);
+    var options = { dateStyle: "medium", timeStyle: "short" };
+    if (timeZone) { options.timeZone = timeZone; }
+    try {
+      return new Intl.DateTimeFormat(state.lang, options).format(d);
+    } catch (e) {  // a zone this browser does not know: the browser's own
+      return new Intl.DateTimeFormat(state.lang, { dateStyle: "medium", timeStyle: "short" }).format(d);
+    }
+  }
+
+  function formatDay(iso, style) {  // a date without time ("2025-03-10" is that calendar day, not UTC midnight)
+    if (!iso) { return t("value.unknown"); }
+    var parts = String(iso).slice(0, 10).split("-");
+    var d = new Date(Date.UTC(+parts[0], +parts[1] - 1, +parts[2]));
+    if (isNaN(d.getTime())) { return t("value.unknown"); }
+    var options = style === "short" ? { day: "numeric", month: "short" } : { dateStyle: "long" };
+    options.timeZone = "UTC";
+    return new Intl.DateTimeFormat(state.lang, options).format(d);
+  }
+
+  function zoneName(timeZone) {  // "America/New_York" -> "New York"
+    var last = String(timeZone || "").split("/").pop() || "";
+    return tOr("zone." + timeZone, last.replace(/_/g, " "));
   }
 
   function cityName(id, fallback) {
@@ -80,6 +101,6 @@
 
   D.i18n = {
     load: load, t: t, tOr: tOr, apply: applyStrings, formatBytes: formatBytes, formatDate: formatDate,
-    cityName: cityName, lang: function () { return state.lang; }
+    formatDay: formatDay, zoneName: zoneName, cityName: cityName, lang: function () { return state.lang; }
   };
 }(window.ProvisionerDashboard = window.ProvisionerDashboard || {}));

@@ -7,6 +7,7 @@
   var t = D.i18n.t, tOr = D.i18n.tOr, formatBytes = D.i18n.formatBytes, formatDate = D.i18n.formatDate;
   var cityName = D.i18n.cityName;
   var handlers = { rebuild: null, download: null, save: null };  // set by app.js
+  var settings = { timeZone: null };                               // schedule times: worker.timezone
 
   function labelCells(table) {  // the column name each cell shows on narrow screens (CSS attr())
     var heads = table.querySelectorAll("thead th");
@@ -39,10 +40,6 @@
     status.appendChild(el("span", "badge"));
     status.appendChild(el("span", "progress"));
     status.appendChild(el("span", "error-text"));
-    var details = el("details", "events");
-    details.appendChild(el("summary", null, t("events.summary")));
-    details.appendChild(el("ul"));
-    status.appendChild(details);
     var bw = row.children[4];
     bw.appendChild(el("span", "bw-text"));
     var bar = el("span", "bar");
@@ -87,16 +84,6 @@
     cells[1].querySelector(".progress").textContent = progressLabel(s);
     cells[1].querySelector(".error-text").textContent =
       s.last_error_code ? tOr("error.server." + s.last_error_code, s.last_error || "") : "";
-    var list = cells[1].querySelector(".events ul");
-    list.textContent = "";
-    (s.events || []).forEach(function (e) {
-      var li = el("li");
-      li.appendChild(el("time", null, formatDate(e.at)));
-      li.appendChild(document.createTextNode(" " + tOr("event." + e.what, e.what) + " \u2013 " +
-        tOr("outcome." + e.outcome, e.outcome)));
-      list.appendChild(li);
-    });
-    cells[1].querySelector(".events").hidden = !(s.events && s.events.length);
     cells[2].textContent = s.ip || t("value.none");
     cells[3].textContent = s.location ? cityName(s.location, s.city) : t("value.none");
     var cap = s.bandwidth_cap || 0;
@@ -112,7 +99,7 @@
     rebuild.setAttribute("aria-label", t("servers.rebuild_named", { name: s.short_name || "" }));
     rebuild.title = s.busy ? t("servers.rebuild_busy") : "";
     var download = cells[6].querySelector(".download");
-    download.disabled = !s.name || !s.ovpn_available;
+    download.disabled = download.hasAttribute("data-busy") || !s.name || !s.ovpn_available;
     download.setAttribute("aria-label", t("servers.download_named", { name: s.short_name || "" }));
     download.title = s.ovpn_available ? "" : t("servers.download_not_ready");
   }
@@ -180,7 +167,9 @@
       schedule.value = s.schedule;
       fillLocations(location, s.location_choices, s.schedule_location);
     }
-    cells[3].textContent = s.next_scheduled_rebuild ? formatDate(s.next_scheduled_rebuild) : t("value.none");
+    cells[3].textContent = s.next_scheduled_rebuild ? t("scheduler.next_at", {
+      time: formatDate(s.next_scheduled_rebuild, settings.timeZone), zone: D.i18n.zoneName(settings.timeZone) })
+      : t("value.none");
     var save = cells[4].querySelector("button");
     save.disabled = !s.name;
     save.setAttribute("aria-label", t("scheduler.save_named", { name: short }));
@@ -188,7 +177,7 @@
   }
 
   D.rows = {
-    handlers: handlers, labelCells: labelCells, serverKey: serverKey, fillLocations: fillLocations,
+    handlers: handlers, settings: settings, labelCells: labelCells, serverKey: serverKey, fillLocations: fillLocations,
     ensureServerRow: ensureServerRow, renderServerRow: renderServerRow,
     ensureScheduleRow: ensureScheduleRow, renderScheduleRow: renderScheduleRow
   };
