@@ -306,3 +306,20 @@ def test_the_owners_requests_are_rate_limited_like_every_other(tmp_path: Any, ap
     with env.app.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Device)) == 4   # the first device and three added
     env.app.engine.dispose()
+
+
+def test_the_apis_logs_hold_no_password_profile_or_pasted_private_key(api_env: ApiEnv, owner: dict[str, str],
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    shown = api_env.client.post("/api/servers/g0001/root-password", headers=owner).json()["password"]
+    api_env.client.post("/api/servers/g0001/devices", headers=owner, json={"name": "Phone"})
+    profile = api_env.client.get("/api/servers/g0001/devices/2/ovpn", headers=owner).text
+    api_env.client.post("/api/servers/g0001/ssh/keys", headers=owner, json={"public_key": PRIVATE})
+    api_env.client.delete("/api/servers/g0001/devices/2", headers=owner)
+    key_lines = [line for line in profile.split("<key>")[1].splitlines() if len(line) > 20]
+    assert shown == ROOT_PASSWORD and key_lines
+    for needle in [ROOT_PASSWORD, *key_lines, *PRIVATE.splitlines()[1:3]]:
+        assert needle not in caplog.text
+    assert "root_password.viewed" in caplog.text and "device.revoked" in caplog.text

@@ -12,7 +12,6 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-import paramiko
 import pytest
 from cryptography.x509 import load_pem_x509_crl
 from sqlalchemy import select
@@ -23,6 +22,7 @@ from provisioner.cloudinit import ClientKey, generate_client_key
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import Server, ServerEvent, SSHKey
 from provisioner.server_secrets import ServerSecrets
+from tests.fixtures.hosts import password_login as login_with_password
 from tests.fixtures.stack import Stack
 
 CUSTOMER_KEY = generate_client_key("alice@laptop")
@@ -79,18 +79,7 @@ def key_login(stack: Stack, row: Server, key: ClientKey = CUSTOMER_KEY) -> str:
 def password_login(stack: Stack, row: Server) -> bool:
     """Whether root gets in with the root password the dashboard shows."""
     password = stack.app.secret_box.open(row.root_password_enc or "").decode()
-    transport = paramiko.Transport((row.server_ip or "", stack.app.settings.ssh.port))
-    try:
-        transport.start_client(timeout=5)
-        host_key = transport.get_remote_server_key()
-        assert f"{host_key.get_name()} {host_key.get_base64()}" == pin(stack, row)
-        try:
-            transport.auth_password("root", password)
-        except (paramiko.BadAuthenticationType, paramiko.AuthenticationException):
-            return False
-        return transport.is_authenticated()
-    finally:
-        transport.close()
+    return login_with_password(row.server_ip or "", stack.app.settings.ssh.port, password, pin(stack, row))
 
 
 def worker_key(stack: Stack) -> ClientKey:

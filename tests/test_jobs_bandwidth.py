@@ -22,9 +22,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.bandwidth import BandwidthReport, reset_bandwidth_monthly, sync_bandwidth
 from provisioner import db, notify, operations
-from provisioner.bandwidth import month_of, month_total
+from provisioner.bandwidth import month_of, month_total, usage_days
 from provisioner.cloud.vultr import VultrCloud
-from provisioner.models import OutboxMessage, Server, ServerEvent
+from provisioner.models import BandwidthDay, OutboxMessage, Server, ServerEvent
 from provisioner.sandbox.app import Sandbox
 from provisioner.settings import load_settings
 from provisioner.settings.schema import Product
@@ -154,6 +154,22 @@ def test_it_counts_carried_bytes_plus_the_current_instance(world: World) -> None
     assert row.bandwidth_this_month == 5 * MB + 1000 * world.rate
     assert row.bandwidth_synced_at == world.now
     assert (report.checked, report.updated, report.failed) == (1, 1, 0)
+
+
+def test_it_keeps_each_days_bytes_for_the_usage_chart_without_counting_a_day_twice(world: World) -> None:
+    rid = world.server()
+    world.advance(1200)                                  # 20 min synced on Nov 30, then 10 min on Dec 1
+    world.sync()
+    world.advance_to(dt.datetime(2026, 12, 1, 0, 10, tzinfo=UTC))
+    world.sync()
+    world.sync()                                         # again: the same numbers, replaced, not added
+    with world.sessions() as s:
+        november, december = usage_days(s, rid, "2026-11"), usage_days(s, rid, "2026-12")
+        rows = list(s.scalars(select(BandwidthDay).where(BandwidthDay.server_id == rid)))
+    assert november == {dt.date(2026, 11, 30): 1200 * world.rate}     # as the November sync saw it
+    assert december == {dt.date(2026, 12, 1): 600 * world.rate}
+    assert sum(december.values()) == world.row(rid).bandwidth_this_month
+    assert len(rows) == len({(r.instance_id, r.day) for r in rows}) == 2
 
 
 def test_it_never_lowers_the_counter_within_a_month(world: World) -> None:
@@ -492,6 +508,11 @@ def test_it_carries_a_rebuild_suspends_at_the_cap_and_resumes_next_month(
     new_total = month_total(vultr.bandwidth(server().instance_id or ""), "2026-11")
     assert server().bandwidth_this_month == row.bandwidth_carried + new_total
     assert report.alerted_80 == 0 and recorded.kinds == []
+    # And the usage chart's days hold both instances: the old one's (carried) and the new one's (synced)
+    with app.sessions() as s:
+        days = usage_days(s, rid, "2026-11")
+        instances = set(s.scalars(select(BandwidthDay.instance_id).where(BandwidthDay.server_id == rid)))
+    assert instances == {first, server().instance_id} and sum(days.values()) == server().bandwidth_this_month
     # When the new instance pushes the month past 80 %, then past the cap
     clock.jump((800 * MB - server().bandwidth_this_month) / 100_000 + 1)
     assert sync().alerted_80 == 1

@@ -58,3 +58,31 @@ def test_a_failed_storefront_read_destroys_nothing(stack: Stack) -> None:
     report = server_check(stack.app, stack.lifecycle())
     assert report.storefront_error and report.plan is not None and report.plan.destroy == []
     assert _statuses(stack) == {"1": "Running"}
+
+
+def test_it_keeps_each_subscriptions_standing_for_the_dashboard(stack: Stack) -> None:
+    import datetime as dt
+
+    from provisioner import standing
+    from provisioner.models import SubscriptionStanding
+
+    stack.add_subscription(1, "ann@example.com", days=10)
+    stack.add_subscription(2, "bob@example.com", status="cancelled", days=5)
+    stack.add_subscription(3, "cat@example.com", status="failing", days=-1)
+    server_check(stack.app, stack.lifecycle())
+    now = stack.app.clock()
+    with stack.app.sessions() as s:
+        rows = {r.subscription_id: r for r in s.scalars(select(SubscriptionStanding))}
+        seen = {sid: r.seen_at for sid, r in rows.items()}
+    kinds = {sid: standing.of(r, now).kind for sid, r in rows.items()}
+    assert kinds == {"1": "renews", "2": "ends", "3": "grace"}
+    assert abs((rows["1"].paid_through - (now + dt.timedelta(days=10))).total_seconds()) < 60
+    # a second pass with nothing changed writes nothing
+    server_check(stack.app, stack.lifecycle())
+    with stack.app.sessions() as s:
+        assert {r.subscription_id: r.seen_at for r in s.scalars(select(SubscriptionStanding))} == seen
+    # a storefront that changes its mind is followed
+    stack.set_subscription(1, status="cancelled", days=10)
+    server_check(stack.app, stack.lifecycle())
+    with stack.app.sessions() as s:
+        assert standing.of(s.get(SubscriptionStanding, "1"), now).kind == "ends"
