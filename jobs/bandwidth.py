@@ -32,6 +32,9 @@ row's transaction (so an outbox row commits with the event), with the context ke
 
 It defaults to a no-op; if it raises, the error is logged and the sync goes on.
 
+Each sync also keeps the current instance's bytes per UTC day of the month
+(:func:`provisioner.bandwidth.record_days`) for the customer's usage chart.
+
 Every row is read fresh and committed on its own; a row changed by someone else
 meanwhile (``StaleDataError``) or held by a lifecycle worker right now is skipped this
 round. One server's API failure is logged, recorded as an event, and the rest go on.
