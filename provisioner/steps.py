@@ -95,11 +95,12 @@ def prepare(ctx: Context, row: Server) -> Next:
         row.server_name = ctx.names.server_name(row.id)
     if not row.secrets_enc:
         host = generate_host_key()
-        pki = vpn_pki.generate_pki(row.server_name)
-        secrets = ServerSecrets(pki=vpn_pki.to_bytes(pki), host_private=host.private_pem,
-                                host_public=host.public_line)
+        secrets = ServerSecrets(pki=vpn_pki.to_bytes(vpn_pki.generate_pki(row.server_name)),
+                                host_private=host.private_pem, host_public=host.public_line)
         row.secrets_enc = secrets.seal(ctx.box)
-        access.sync_devices(_session(row), row, pki, ctx.clock())   # the first device: today's .ovpn
+    # Every device of the PKI has its row: a new server's first device (today's .ovpn), and a
+    # kept PKI's devices when its row is built again (idempotent).
+    access.sync_devices(_session(row), row, ServerSecrets.open(ctx.box, row.secrets_enc).openvpn(), ctx.clock())
     row.instance_label = ctx.names.instance_label(row.id, row.generation)
     row.status = Status.INSTALLING.value
     return Next("instance", f"name {row.server_name}, label {row.instance_label}")
