@@ -25,8 +25,6 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from provisioner.models import Device, DeviceProfile, Server, SSHKey
-from provisioner.secrets import SecretBox
-from provisioner.server_secrets import ServerSecrets
 from provisioner.vpn import pki as vpn_pki
 from provisioner.vpn import remote
 from provisioner.vpn.remote import RemoteRun
@@ -108,13 +106,11 @@ def access_run(session: Session, row: Server) -> RemoteRun:
 
 # --- what the server is sent ----------------------------------------------------------------------
 
-def install_runs(session: Session, box: SecretBox, row: Server) -> list[RemoteRun]:
+def install_runs(session: Session, row: Server, pki: vpn_pki.ServerPKI) -> list[RemoteRun]:
     """A new instance: the VPN with the stored PKI (and its CRL), then the customer's SSH access."""
-    pki = ServerSecrets.open(box, row.secrets_enc or "").openvpn()
     return [remote.install_run(pki=pki), access_run(session, row)]
 
 
-def push_runs(session: Session, box: SecretBox, row: Server) -> list[RemoteRun]:
+def push_runs(session: Session, row: Server, pki: vpn_pki.ServerPKI) -> list[RemoteRun]:
     """The running server: the CRL (it cuts off revoked devices) and the customer's SSH access."""
-    pki = ServerSecrets.open(box, row.secrets_enc or "").openvpn()
     return [remote.crl_update_run(pki), access_run(session, row)]

@@ -170,11 +170,11 @@ def install(ctx: Context, row: Server) -> Next:
     from provisioner.vpn.pki import FIRST_DEVICE_ID
 
     secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    pki = secrets.openvpn()
     # The VPN from the stored PKI (its CRL included), then the customer's keys and login mode.
     ctx.remote.run(_host(ctx, row, row.new_ip or row.server_ip, secrets),
-                   access.install_runs(_session(row), ctx.box, row), after_boot=True)
+                   access.install_runs(_session(row), row, pki), after_boot=True)
     access.shipped(row)
-    pki = secrets.openvpn()
     if pki.device(FIRST_DEVICE_ID).key_pem:  # the first device's .ovpn, unless the customer revoked it
         ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
         vpn_config.validate_ovpn(ovpn)
@@ -304,7 +304,8 @@ def push(ctx: Context, row: Server) -> Next:
     """Send the running server the customer's latest CRL and SSH access (both idempotent)."""
     secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
     revision = row.access_revision
-    ctx.remote.run(_host(ctx, row, row.server_ip, secrets), access.push_runs(_session(row), ctx.box, row))
+    runs = access.push_runs(_session(row), row, secrets.openvpn())
+    ctx.remote.run(_host(ctx, row, row.server_ip, secrets), runs)
     # Recorded in the same commit as the step: if the customer changed something meanwhile, the
     # row's version moved, this commit fails, and the step runs again with the newer state.
     access.shipped(row)

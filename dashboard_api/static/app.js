@@ -203,14 +203,7 @@
     net.api("GET", "/api/servers/" + encodeURIComponent(s.name) + "/ovpn", undefined, 30000).then(function (r) {
       return r.blob();
     }).then(function (blob) {
-      var url = URL.createObjectURL(blob);
-      var a = document.createElement("a");
-      a.href = url;
-      a.download = (s.short_name || "server") + ".ovpn";
-      document.body.appendChild(a);
-      a.click();
-      a.remove();
-      setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+      net.save(blob, (s.short_name || "server") + ".ovpn");
       net.toast(t("toast.download_ok", { name: s.short_name }), false);
     }, function (err) {
       net.failed(err, "toast.download_failed", function () { downloadOvpn(key, button); });

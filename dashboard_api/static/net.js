@@ -116,7 +116,19 @@
     });
   }
 
+  /* A downloaded profile handed to the browser as a file (the bytes never touch the page). */
+  function save(blob, filename) {
+    var url = URL.createObjectURL(blob);
+    var a = document.createElement("a");
+    a.href = url;
+    a.download = filename;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
+  }
+
   net.ApiError = ApiError; net.api = api; net.apiJson = apiJson; net.errorText = errorText;
-  net.toast = toast; net.failed = failed; net.confirm = confirm;
+  net.toast = toast; net.failed = failed; net.confirm = confirm; net.save = save;
   D.net = net;
 }(window.ProvisionerDashboard = window.ProvisionerDashboard || {}));

@@ -7,16 +7,9 @@
 
   var t = D.i18n.t, tOr = D.i18n.tOr, formatDate = D.i18n.formatDate, formatDay = D.i18n.formatDay;
   var formatBytes = D.i18n.formatBytes, cityName = D.i18n.cityName;
-  var net = D.net;
+  var net = D.net, el = D.rows.el;
   var PLACES = ["location", "from", "to"];
   var panels = {};   // server key -> { el, server, access, historyNext }
-
-  function el(tag, className, text) {
-    var node = document.createElement(tag);
-    if (className) { node.className = className; }
-    if (text !== undefined) { node.textContent = text; }
-    return node;
-  }
 
   function q(panel, selector) { return panel.el.querySelector(selector); }
 
@@ -177,23 +170,12 @@
     net.api("GET", base(panel.server) + "/devices/" + encodeURIComponent(device.id) + "/ovpn", undefined, 30000)
       .then(function (r) {
         var name = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
-        return r.blob().then(function (blob) { save(blob, name ? name[1] : "profile.ovpn"); });
+        return r.blob().then(function (blob) { net.save(blob, name ? name[1] : "profile.ovpn"); });
       }).then(function () {
         net.toast(t("toast.device_download_ok", { name: device.name }), false);
       }, function (err) {
         net.failed(err, "toast.download_failed", function () { downloadDevice(panel, device, btn); });
       }).then(function () { btn.disabled = false; });
-  }
-
-  function save(blob, filename) {
-    var url = URL.createObjectURL(blob);
-    var a = document.createElement("a");
-    a.href = url;
-    a.download = filename;
-    document.body.appendChild(a);
-    a.click();
-    a.remove();
-    setTimeout(function () { URL.revokeObjectURL(url); }, 10000);
   }
 
   // --- SSH access, the root password, restart -----------------------------------------------------

@@ -177,7 +177,7 @@
   }
 
   D.rows = {
-    handlers: handlers, settings: settings, labelCells: labelCells, serverKey: serverKey, fillLocations: fillLocations,
+    handlers: handlers, settings: settings, labelCells: labelCells, el: el, serverKey: serverKey, fillLocations: fillLocations,
     ensureServerRow: ensureServerRow, renderServerRow: renderServerRow,
     ensureScheduleRow: ensureScheduleRow, renderScheduleRow: renderScheduleRow
   };

@@ -52,6 +52,17 @@ _REVISION = re.compile(r"^# revision: (\d+)$", re.MULTILINE)
 Answer = tuple[bytes, bytes, int]
 
 
+def local_path(host_dir: Path, remote: str) -> Path | None:
+    """Where ``remote`` lives inside the host dir, or None for a path that tries to leave it."""
+    full = remote if remote.startswith("/") else f"/root/{remote}"
+    parts = [p for p in full.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return None
+    path = host_dir.joinpath(*parts)
+    # a symlink someone placed from outside still never leads out of the host dir
+    return path if path.resolve().is_relative_to(host_dir.resolve()) else None
+
+
 class Disk:
     """A host's disk: remote absolute paths inside ``root``; relative ones under /root."""
 
@@ -59,10 +70,8 @@ class Disk:
         self.root = root
 
     def path(self, remote: str) -> Path:
-        full = remote if remote.startswith("/") else f"/root/{remote}"
-        parts = [p for p in full.split("/") if p not in ("", ".")]
-        path = self.root.joinpath(*parts)
-        if ".." in parts or not path.resolve().is_relative_to(self.root.resolve()):
+        path = local_path(self.root, remote)
+        if path is None:
             raise PermissionError(f"{remote}: refused, outside the host")
         return path
 

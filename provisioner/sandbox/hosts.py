@@ -124,15 +124,7 @@ def _mode(attr: paramiko.SFTPAttributes, default: int) -> int:
     return default if attr.st_mode is None else attr.st_mode & 0o777
 
 
-def local_path(host_dir: Path, remote: str) -> Path | None:
-    """Where ``remote`` lives inside the host dir, or None for a path that tries to leave it."""
-    full = remote if remote.startswith("/") else f"/root/{remote}"
-    parts = [p for p in full.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        return None
-    path = host_dir.joinpath(*parts)
-    # a symlink someone placed from outside still never leads out of the host dir
-    return path if path.resolve().is_relative_to(host_dir.resolve()) else None
+local_path = hostcommands.local_path
 
 
 class _Handle(paramiko.SFTPHandle):
@@ -343,10 +335,7 @@ class _Host(paramiko.ServerInterface):
                 self.running.remove(command)
 
     def _path(self, remote: str) -> Path:
-        path = local_path(self.dir, remote)
-        if path is None:
-            raise PermissionError(f"{remote}: refused, outside the host")
-        return path
+        return self.disk.path(remote)
 
     def run_command(self, command: str) -> tuple[bytes, bytes, int]:
         try:
