@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from provisioner.models import Status
 from tests.fixtures.api import *  # noqa: F403
-from tests.fixtures.api import OVPN, OWNER, REGIONS, STOREFRONT, ApiEnv
+from tests.fixtures.api import OVPN, OWNER, REGIONS, STOREFRONT, ApiEnv, build_env
 
 
 def _servers(env: ApiEnv, headers: dict[str, str]) -> dict[str, dict]:
@@ -45,6 +46,17 @@ def test_it_shows_the_next_scheduled_rebuild_in_utc(api_env: ApiEnv, owner: dict
     # T0 is Wednesday 2025-03-12; the next Sunday midnight in New York is 04:00 UTC (EDT)
     assert g1["next_scheduled_rebuild"] == "2025-03-16T04:00:00Z"
     assert (g1["schedule"], g1["schedule_location"]) == ("weekly", "ams")
+
+
+def test_it_shows_schedule_times_in_the_workers_time_zone(tmp_path: Path, api_db_template: Path,
+                                                         owner: dict[str, str]) -> None:
+    # Given a shop whose worker runs its clock in Berlin, not New York
+    (tmp_path / "berlin").mkdir()
+    env = build_env(tmp_path / "berlin", template=api_db_template, sections={"worker": {"timezone": "Europe/Berlin"}})
+    env.add_server(OWNER, "g0001", rebuild_schedule="weekly", rebuild_schedule_location="ams")
+    g1 = _servers(env, owner)["g0001"]
+    # Then the next weekly slot is Sunday midnight in Berlin (CET = UTC+1), as the worker will run it
+    assert g1["next_scheduled_rebuild"] == "2025-03-15T23:00:00Z"
 
 
 def test_it_explains_errors_in_human_text_without_the_operators_details(api_env: ApiEnv,
