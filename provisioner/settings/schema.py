@@ -162,6 +162,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "webhook_secret": Field(str, "", secret=True),
         "max_attempts": Field(int, 20, minimum=1, maximum=1000),
     },
+    "privacy": {
+        "ip_history_days": Field(int, 180, minimum=1, maximum=3650),
+    },
     "sandbox": {
         "enabled": Field(bool, False),
         "state_file": Field(str, "var/sandbox-state.json"),
@@ -303,6 +306,11 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    ip_history_days: int
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     enabled: bool
     state_file: str
@@ -372,6 +380,7 @@ class Settings:
     api: ApiSettings
     stripe: StripeSettings
     notify: NotifySettings
+    privacy: PrivacySettings
     sandbox: SandboxSettings
     products: dict[str, Product]
 
