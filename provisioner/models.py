@@ -16,6 +16,8 @@
 Our tables carry the ``provisioner_`` prefix so they can live inside the WordPress
 database next to ``wp_*`` without clashing. The storefront's tables are never written.
 
+Sealed (Fernet) columns are listed once, in :data:`SEALED_COLUMNS`, for key rotation.
+
 Units: bandwidth in bytes (the seed's "Mb" would lose precision when summed across
 rebuilds). Times are naive UTC in the database (MySQL DATETIME has no zone) and aware UTC
 in Python: :class:`UTCDateTime` converts at the boundary.
@@ -352,3 +354,8 @@ class OutboxMessage(Base):
 
     def __repr__(self) -> str:  # no recipient or body: they are personal data
         return f"<OutboxMessage {self.id} {self.kind}/{self.channel} {self.status} attempts={self.attempts}>"
+
+
+# Every column that holds a Fernet token, in one place: `provisioner secrets rotate` re-seals
+# exactly these. A table that adds a sealed column adds it here (it needs a one-column primary key).
+SEALED_COLUMNS: tuple[Any, ...] = (Server.secrets_enc, Server.ovpn_file_enc, Server.root_password_enc)

@@ -361,11 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("email")
     tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
     tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
-    from provisioner.cli import iphistory
+    from provisioner.cli import iphistory, keys
     from provisioner.cli import outbox as cli_outbox
 
     cli_outbox.register(add)
     iphistory.register(add)
+    keys.register(sub)
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
     st.add_argument("--json", action="store_true")
     sb = sub.add_parser("sandbox", help="the local simulators (test and demo only)",
