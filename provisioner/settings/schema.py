@@ -167,6 +167,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
     },
     "sandbox": {
         "enabled": Field(bool, False),
+        "port_base": Field(int, 0, minimum=0, maximum=65500),
         "state_file": Field(str, "var/sandbox-state.json"),
         "host_root": Field(str, "var/sandbox-hosts"),
         "vultr_port": Field(int, 18080, minimum=0, maximum=65535),
@@ -313,6 +314,7 @@ class PrivacySettings:
 @dataclass(frozen=True)
 class SandboxSettings:
     enabled: bool
+    port_base: int
     state_file: str
     host_root: str
     vultr_port: int
