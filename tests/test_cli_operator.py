@@ -19,7 +19,7 @@ from dashboard_api.tokens import mint_token
 from jobs.server_check import server_check
 from provisioner import operations
 from provisioner.cli import main
-from provisioner.models import IpHolding, Server, ServerEvent
+from provisioner.models import IpHolding, OutboxMessage, Server, ServerEvent
 from tests.fixtures.stack import Stack, wait_until
 
 
@@ -262,6 +262,8 @@ def test_a_forced_destroy_stays_down_across_ticks_and_release_brings_back_the_sa
     assert code == 0 and "held by an operator" in out
     held = row_of(stack, rid)
     assert held.status == "Destroyed" and held.operator_hold_reason == "abuse report 4711"
+    with stack.app.sessions() as s:  # no "your subscription has ended" mail: it has not
+        assert "server_destroyed" not in set(s.scalars(select(OutboxMessage.kind)))
     assert held.secrets_enc and held.ovpn_file_enc is None and held.root_password_enc is None
     assert stack.live_instances() == []
 
