@@ -226,3 +226,25 @@ def test_the_workers_jobs_carry_their_own_names(stack: Stack, caplog: pytest.Log
         qualname = jobs[name][1]
         assert jobs[name][0] == name and (qualname == name or qualname.endswith(".tick")), jobs[name]
     assert "job sweep failed: RuntimeError: down" in caplog.text
+
+
+def test_the_feed_has_a_line_for_what_matters_and_none_for_steps_on_the_way() -> None:
+    from types import SimpleNamespace as NS
+
+    from provisioner.cli.demo import describe
+
+    row = NS(id=3, server_name="g0003.vpn.example.test", current_location="ams", user_email="carol@example.com",
+             subscription_id="3")
+
+    def line(what: str, outcome: str = "ok", detail: str = "", actor: str = "worker:w1") -> str | None:
+        return describe(NS(what=what, outcome=outcome, detail=detail, actor=actor), row)
+
+    assert line("create.done") == "g0003  Running in ams (carol@example.com, subscription 3)"
+    assert line("rebuild.done") == "g0003  rebuilt: Running in ams"
+    assert line("operator.held", "info", "chargeback", "operator:alice") == \
+        "g0003  taken down and held by operator alice: chargeback"
+    assert line("operator.resumed", "info", "", "operator:alice") == "g0003  resumed by operator alice"
+    assert line("create.install", "failed", "attempt 1: SSH refused; retrying in 2s") == \
+        "g0003  create failed at install: attempt 1: SSH refused; retrying in 2s"
+    for step in ("create.boot", "create.install", "rebuild.dns", "destroy.wipe"):
+        assert line(step) is None and line(step, "started") is None

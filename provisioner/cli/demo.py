@@ -313,8 +313,15 @@ def describe(e: Any, row: Any) -> str | None:
     if e.what == "destroy.done":
         return f"{name:<6} Destroyed"
     if step == "retry" or action == "operator":
-        return f"{name:<6} {e.what} by {e.actor}" + (f": {e.detail}" if e.detail else "")
+        verb = HOLD_VERBS.get(e.what, e.what.replace(".", " "))
+        who = e.actor.replace(":", " ", 1)  # "operator alice"
+        return f"{name:<6} {verb} by {who}" + (f": {e.detail}" if e.detail else "")
     return None
+
+
+HOLD_VERBS = {"operator.paused": "paused", "operator.resumed": "resumed", "operator.held": "taken down and held",
+              "operator.released": "released", "create.retry": "create retried", "rebuild.retry": "rebuild retried",
+              "destroy.retry": "destroy retried"}
 
 
 def _clock(at: dt.datetime | None = None) -> str:
