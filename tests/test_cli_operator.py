@@ -345,6 +345,8 @@ def test_two_cli_processes_never_both_work_a_row(stack: Stack) -> None:
         assert {e.actor for e in trail if e.actor.startswith("worker:cli:")} == {f"worker:{owner_a}"}
         assert row_of(stack, rid).lease_owner == owner_a
     finally:
+        # the new instance's host goes away: the first command's hung install ends at once
+        stack.hosts.stop(row_of(stack, rid).instance_id or "")
         stack.hosts.clear_faults()
     # And once the first lets go (its install's write is fenced out), the destroy is carried out to the end
     assert first.wait(timeout=120) == 0, log_a.read_text()
