@@ -89,10 +89,12 @@ def _params(email: str) -> dict[str, str]:
 
 
 def customer_servers(session: Session, email: str) -> list[Owned]:
-    """The customer's servers that still exist (Destroyed rows are kept for audit, not shown)."""
+    """The customer's servers that still exist, and those support took down until further notice
+    (other Destroyed rows are kept for audit, not shown)."""
     result = session.execute(_servers_query(len(_ranges(email)[1])), _params(email)).tuples()
     found = [Owned(row, bool(has)) for row, has in result]
-    return sorted((o for o in found if o.row.status != Status.DESTROYED.value), key=lambda o: o.row.id)
+    return sorted((o for o in found if o.row.status != Status.DESTROYED.value or o.row.on_hold),
+                  key=lambda o: o.row.id)
 
 
 def customer_server(session: Session, email: str, name: str, domain: str) -> Owned | None:

@@ -117,6 +117,8 @@ def download_ovpn(name: str = ServerName, who: Customer = Depends(customer),  # 
     with st.app.sessions() as s:
         row = _owned(s, st, who, name).row
         token, server_name = queries.ovpn_token(s, row.id), row.server_name or "server"
+        if row.on_hold:
+            raise ApiError(409, "suspended", "This server is suspended by support; please contact them.")
     if not token:
         raise ApiError(409, "not_ready", "The configuration file is not ready yet; it is made when the server "
                        "is first running.")

@@ -53,6 +53,9 @@ class ServerOut(BaseModel):
     status: str = Field(description="Queued, Installing, Running, Rebuilding, Destroying, Error or Suspended")
     step: str | None = Field(description="the lifecycle step in progress, if any")
     progress: str | None = Field(description="human text of what is happening now")
+    support_hold: Literal["paused", "suspended"] | None = Field(
+        None, description="support holds the server: paused while they look (it keeps running), or suspended "
+                          "(taken down until they release it); null otherwise")
     busy: bool = Field(description="true while a rebuild cannot be requested")
     rebuild_requested: bool
     rebuild_location: str | None

@@ -7,6 +7,7 @@ human sentence saying whether we retry on our own or a person is looking at it.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -35,11 +36,26 @@ PROGRESS = {
     "wipe": "Erasing secrets",
 }
 REBUILD_REQUESTED = "Rebuild requested"
+# An operator's hold, as the customer reads it (the page has the same texts in its i18n files).
+SUPPORT_HOLD = {
+    "paused": "Paused by support",
+    "suspended": "Suspended by support",
+}
 ERROR_TEXT = {
     "retrying": "Something went wrong while working on your server. We are retrying automatically.",
     "needs_attention": "Something went wrong while working on your server. Our team has been alerted.",
 }
+def support_hold(row: Server) -> Literal["paused", "suspended"] | None:
+    """``suspended`` (taken down until released), ``paused`` (held while support looks), or None."""
+    if row.on_hold:
+        return "suspended"
+    return "paused" if row.paused else None
+
+
 def progress_text(row: Server) -> str | None:
+    hold = support_hold(row)
+    if hold:
+        return SUPPORT_HOLD[hold]
     if row.action and row.step:
         return PROGRESS.get(row.step, row.step)
     if row.rebuild_now_status:
@@ -55,21 +71,24 @@ def server_out(owned: Owned, settings: Settings, now: dt.datetime, events: list[
     product = settings.product(row.product_id)
     where = region(row.current_location)
     error_code = None
-    if row.status == Status.ERROR.value:
+    hold = support_hold(row)
+    if row.status == Status.ERROR.value and not hold:
         error_code = "needs_attention" if row.needs_human else "retrying"
+    suspended = hold == "suspended"
     return ServerOut(
         name=name, short_name=name.split(".", 1)[0] if name else None, dns_name=name,
-        status=row.status, step=row.step if row.action else None, progress=progress_text(row),
-        busy=row.busy, rebuild_requested=bool(row.rebuild_now_status),
+        status=Status.SUSPENDED.value if suspended else row.status,
+        step=row.step if row.action and not hold else None, progress=progress_text(row),
+        support_hold=hold, busy=row.busy, rebuild_requested=bool(row.rebuild_now_status),
         rebuild_location=row.rebuild_now_location if row.rebuild_now_status else None,
-        ip=row.server_ip, location=row.current_location,
+        ip=None if suspended else row.server_ip, location=row.current_location,
         city=where.city if where else None, country=where.country if where else None,
         regions=list(product.regions) if product else [], location_choices=locations.choices(product),
         schedule=row.rebuild_schedule, schedule_location=row.rebuild_schedule_location,
         next_scheduled_rebuild=_next(row.rebuild_schedule, now, ZoneInfo(settings.worker.timezone)),
         bandwidth_used=row.bandwidth_this_month or 0,
         bandwidth_cap=row.bandwidth_limit_this_month or (product.bandwidth_cap_bytes if product else 0),
-        last_rebuilt=row.last_rebuilt_at, ovpn_available=owned.has_ovpn,
+        last_rebuilt=row.last_rebuilt_at, ovpn_available=owned.has_ovpn and not suspended,
         last_error=ERROR_TEXT[error_code] if error_code else None, last_error_code=error_code,
         events=[EventOut(at=e.at, what=e.what, outcome=e.outcome) for e in events])
 

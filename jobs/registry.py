@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from jobs import bandwidth, schedules, sweep
+from jobs import bandwidth, privacy, schedules, sweep
 from jobs.catalog import CLOCK_JOBS, NAMES
 from provisioner import notify
 from provisioner.lifecycle import Lifecycle
@@ -34,6 +34,7 @@ CLOCK: dict[str, Trigger] = {
     "sync_bandwidth": lambda w: IntervalTrigger(minutes=w.bandwidth_sync_minutes, timezone=w.timezone),
     "sweep": lambda w: IntervalTrigger(minutes=w.sweep_minutes, timezone=w.timezone),
     "send_outbox": lambda w: IntervalTrigger(seconds=60, timezone=w.timezone),
+    "purge_ip_history": lambda w: CronTrigger(hour=3, minute=15, timezone=w.timezone),
 }
 assert tuple(CLOCK) == CLOCK_JOBS, "jobs.catalog and the triggers must name the same jobs"
 
@@ -73,6 +74,8 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
         return sw
     if name == "send_outbox":
         return lambda: outbox.send_pending(app.sessions, app.settings.notify, app.clock())
+    if name == "purge_ip_history":
+        return lambda: privacy.purge_ip_history(app)
     raise KeyError(name)
 
 

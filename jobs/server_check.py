@@ -75,7 +75,9 @@ def server_check(app: App, lc: Lifecycle, *, still_leader: Callable[[], bool] = 
     for line in applied.refused:
         log.warning("plan: %s", line)
     for held in result.held:
-        log.warning("plan held: %s", held["reason"])
+        # An operator's hold is deliberate, not a warning every tick (`provisioner check` lists it).
+        log.log(logging.DEBUG if held.get("kind") == "operator_hold" else logging.WARNING, "plan held: %s",
+                held["reason"])
     report.seconds = time.monotonic() - t0
     record_status(app, "last_tick", {"at": now.isoformat(), "seconds": round(report.seconds, 3),
                                      "plan": result.to_json(), "started": report.started})

@@ -19,6 +19,7 @@ reset_bandwidth_monthly    the 1st, 00:00
 sync_bandwidth             every ``worker.bandwidth_sync_minutes``
 sweep                      every ``worker.sweep_minutes``
 send_outbox                every minute
+purge_ip_history           03:15 daily (``privacy.ip_history_days``)
 =========================  ======================================
 
 The leader's driver loop also starts the rebuilds customers asked for as soon as they are

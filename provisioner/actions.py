@@ -1,4 +1,5 @@
-"""Starting an action on a server row: create, rebuild, destroy, and resuming a stuck one.
+"""Starting an action on a server row: create, rebuild, destroy, and resuming a stuck one;
+an operator's holds: pause / resume, and a forced destroy held until released.
 
 Starting records intent only (``action``, its first ``step``, a deadline, an event): no
 provider is touched, so the planner, the operator's CLI and the customer service all start
@@ -129,7 +130,8 @@ def begin_destroy(session: Session, settings: Settings, row: Server, *, actor: s
     _start(session, settings.lifecycle, row, "destroy", actor, reason, now)
 
 
-def retry(session: Session, settings: Settings, row: Server, *, actor: str, now: dt.datetime) -> None:
+def retry(session: Session, settings: Settings, row: Server, *, actor: str, now: dt.datetime,
+          note: str = "") -> None:
     """An operator fixed the cause: resume the stuck action at its step with fresh attempts."""
     if not row.action:
         raise ServerBusy(f"server {row.server_name or row.id} has nothing to retry (status {row.status})")
@@ -137,8 +139,71 @@ def retry(session: Session, settings: Settings, row: Server, *, actor: str, now:
         raise ServerBusy(f"server {row.server_name or row.id} is not stuck ({row.action} {row.step} is running)")
     row.needs_human, row.attempts, row.next_attempt_at = False, 0, None
     row.step_deadline = now + budget(settings.lifecycle, row.step or FIRST_STEP[row.action])
-    record(session, row, f"{row.action}.retry", "info", f"at step {row.step}; last error: {row.last_error}",
+    record(session, row, f"{row.action}.retry", "info",
+           f"at step {row.step}; last error: {row.last_error}" + (f" ({note})" if note else ""), actor=actor, now=now)
+
+
+# --- an operator's holds ----------------------------------------------------------------------
+#
+# pause:  "hold this server while I look": nobody works on it (driver, planner, schedules), it
+#         keeps running; the customer sees "paused by support". `resume` lets the work go on.
+# hold:   a forced destroy (abuse, a chargeback): the server is destroyed although its
+#         subscription entitles it, and the planner does not build it again until `release`,
+#         which builds it with the PKI kept at the destroy, so the customer's .ovpn still works.
+
+
+def pause(session: Session, row: Server, *, actor: str, reason: str, now: dt.datetime) -> None:
+    if row.paused:
+        raise ServerBusy(f"server {row.server_name or row.id} is already paused")
+    if row.status == Status.DESTROYED.value:
+        raise ServerBusy(f"server {row.server_name or row.id} is Destroyed; there is nothing to pause")
+    row.paused = True
+    record(session, row, "operator.paused", "info", reason or "no reason given", actor=actor, now=now)
+
+
+def resume_paused(session: Session, settings: Settings, row: Server, *, actor: str, now: dt.datetime) -> None:
+    if not row.paused:
+        raise ServerBusy(f"server {row.server_name or row.id} is not paused")
+    row.paused = False
+    if row.action:  # the pause must not count against the step's deadline
+        row.step_deadline = now + budget(settings.lifecycle, row.step or FIRST_STEP[row.action])
+    record(session, row, "operator.resumed", "info", f"{row.action} {row.step} goes on" if row.action else "",
            actor=actor, now=now)
+
+
+def begin_forced_destroy(session: Session, settings: Settings, row: Server, *, actor: str, reason: str,
+                         now: dt.datetime) -> None:
+    """Take the server down now and keep it down until :func:`release` (its PKI is kept)."""
+    if row.on_hold:
+        raise ServerBusy(f"server {row.server_name or row.id} is already held by an operator "
+                         f"since {row.operator_hold_at:%Y-%m-%d %H:%M} UTC ({row.operator_hold_reason})")
+    row.operator_hold_at, row.operator_hold_reason = now, reason
+    row.paused = False                     # the destroy must run
+    row.rebuild_now_status, row.rebuild_now_location, row.rebuild_due_at = False, None, None
+    record(session, row, "operator.held", "info", reason, actor=actor, now=now)
+    begin_destroy(session, settings, row, actor=actor, reason=f"forced by an operator: {reason}", now=now)
+
+
+def release(session: Session, settings: Settings, row: Server, sub: Subscription | None, *, actor: str,
+            now: dt.datetime) -> bool:
+    """End an operator's hold. A subscription that still entitles gets its server built again
+    (same name, same PKI: the same .ovpn); True when a build was started."""
+    name = row.server_name or row.id
+    if not row.on_hold:
+        raise ServerBusy(f"server {name} is not held by an operator")
+    if row.action:
+        raise ServerBusy(f"server {name} is still being taken down ({row.action} {row.step}); "
+                         "release it once it is Destroyed")
+    row.operator_hold_at = row.operator_hold_reason = None
+    if sub is not None and sub.entitled(now):
+        record(session, row, "operator.released", "info", f"subscription {sub.id} entitles: building it again",
+               actor=actor, now=now)
+        begin_create(session, settings, sub, actor=actor, now=now)
+        return True
+    row.secrets_enc = None  # nothing will use the kept PKI: wipe it, as a normal destroy does
+    record(session, row, "operator.released", "info", "the subscription no longer entitles a server; "
+           "its kept secrets are wiped", actor=actor, now=now)
+    return False
 
 
 def _start(session: Session, lc: LifecycleSettings, row: Server, action: str, actor: str, detail: str,

@@ -186,7 +186,9 @@ class Lifecycle:
             kind, context = {"create": ("server_ready", {}),
                              "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
                              "destroy": ("server_destroyed", {})}[action]
-            self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
+            # "Your subscription has ended" would be untrue when an operator took the server down.
+            if not (action == "destroy" and row.on_hold):
+                self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
             row.next_attempt_at = result.not_before

@@ -36,11 +36,11 @@ def server_states(sessions: sessionmaker[Session]) -> list[ServerState]:
     # Only the planner's columns: full rows would drag every server's sealed PKI and .ovpn along.
     cols = (Server.id, Server.server_name, Server.subscription_id, Server.status, Server.action,
             Server.step_deadline, Server.rebuild_now_status, Server.paused, Server.needs_human,
-            Server.rebuild_due_at)
+            Server.rebuild_due_at, Server.operator_hold_at)
     with sessions() as s:
         return [ServerState(id=r[0], name=r[1], subscription_id=r[2], status=r[3], action=r[4],
                             step_deadline=r[5], rebuild_now=bool(r[6]), paused=bool(r[7]),
-                            needs_human=bool(r[8]), rebuild_due_at=r[9])
+                            needs_human=bool(r[8]), rebuild_due_at=r[9], operator_hold=r[10] is not None)
                 for r in s.execute(select(*cols))]
 
 

@@ -4,7 +4,8 @@
 
 - **build** every entitled subscription that has no live server. One row per subscription,
   ever: a subscription whose server was destroyed and that entitles again (a lapsed
-  customer who renews) gets its old row revived, never a second row.
+  customer who renews) gets its old row revived, never a second row. A server an operator
+  took down (``operator_hold``: a forced destroy) is not built again until released.
 - **destroy** live servers whose subscription the storefront positively reports as ended,
   past the grace period. A subscription missing from a successful read is *not* evidence;
   a failed read (``subscriptions is None``) destroys nothing and builds nothing.
@@ -42,12 +43,14 @@ class ServerState:
     paused: bool = False
     needs_human: bool = False
     rebuild_due_at: dt.datetime | None = None   # a scheduled rebuild's spread start
+    operator_hold: bool = False                  # taken down by an operator until `provisioner release`
 
     @classmethod
     def of(cls, row: Server) -> ServerState:
         return cls(id=row.id, name=row.server_name, subscription_id=row.subscription_id, status=row.status,
                    action=row.action, step_deadline=row.step_deadline, rebuild_now=bool(row.rebuild_now_status),
-                   paused=bool(row.paused), needs_human=bool(row.needs_human), rebuild_due_at=row.rebuild_due_at)
+                   paused=bool(row.paused), needs_human=bool(row.needs_human), rebuild_due_at=row.rebuild_due_at,
+                   operator_hold=row.on_hold)
 
     @property
     def live(self) -> bool:
@@ -125,6 +128,11 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
             continue
         existing = by_sub.get(sub.id)
         if existing is not None and existing.live:
+            continue
+        if existing is not None and existing.operator_hold:
+            result.held.append({"reason": f"server {existing.label}: taken down by an operator; not building it "
+                                          f"again until `provisioner release {existing.label}`",
+                                "kind": "operator_hold"})
             continue
         if policy.products is not None and sub.product_id not in policy.products:
             result.held.append({"reason": f"subscription {sub.id}: product {sub.product_id} is not configured "

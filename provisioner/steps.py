@@ -22,9 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
-from provisioner import bandwidth
+from provisioner import bandwidth, ip_history
 from provisioner.cloud.installer import Installer
 from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
 from provisioner.models import Server, Status, utcnow
@@ -164,11 +164,14 @@ def boot(ctx: Context, row: Server) -> Next:
     except VultrNotFound:
         # Gone behind our back (or never recorded): make it again under the same label.
         detail = f"instance {row.instance_id} disappeared; creating it again"
+        if row.instance_id:
+            ip_history.closed(_session(row), row.id, ctx.clock(), row.instance_id)
         row.instance_id = None
         return Next("instance", detail)
     if not inst.is_ready:
         raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
     row.server_ip = inst.main_ip
+    ip_history.opened(_session(row), row, inst.main_ip, inst.id, ctx.clock())
     return Next("install", f"instance {inst.id} is up at {inst.main_ip}")
 
 
@@ -238,6 +241,7 @@ def retire(ctx: Context, row: Server) -> Next:
     detail = ""
     if row.old_instance_id:
         _delete_ours(ctx, row, row.old_instance_id)
+        ip_history.closed(_session(row), row.id, ctx.clock(), row.old_instance_id)
         detail = f"deleted old instance {row.old_instance_id}"
         row.old_instance_id = None
     return Next("finish", detail)
@@ -252,6 +256,7 @@ def delete_instances(ctx: Context, row: Server) -> Next:
             if ctx.names.is_servers_instance(i.label, row.id)}
     for instance_id in sorted(ids):
         _delete_ours(ctx, row, instance_id)
+    ip_history.closed(_session(row), row.id, ctx.clock())
     row.instance_id = row.old_instance_id = None
     return Next("dns", f"deleted {len(ids)} instance(s)")
 
@@ -277,10 +282,15 @@ def delete_snapshot(ctx: Context, row: Server) -> Next:
 
 
 def wipe(ctx: Context, row: Server) -> Next:
-    row.secrets_enc = row.ovpn_file_enc = row.root_password_enc = None
+    row.ovpn_file_enc = row.root_password_enc = None
     row.server_ip = None
     row.status = Status.DESTROYED.value
     row.destroyed_at = ctx.clock()
+    if row.on_hold:
+        # Taken down by an operator, not ended: `provisioner release` builds it again with this PKI,
+        # so the customer's .ovpn (rendered from it again, byte for byte) keeps working.
+        return Next(None, "instance, DNS record and snapshot removed; PKI kept until the operator releases it")
+    row.secrets_enc = None
     return Next(None, "instance, DNS record, snapshot and secrets removed")
 
 
@@ -297,11 +307,17 @@ def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
 
 
 def _commit(row: Server) -> None:
-    from sqlalchemy.orm import object_session
-
     session = object_session(row)
     if session is not None:
         session.commit()
+
+
+def _session(row: Server) -> Session:
+    """The row's session: what a step records beside the row lands in the step's own commit."""
+    session = object_session(row)
+    if session is None:
+        raise RuntimeError("a step's row must belong to a session")
+    return session
 
 
 Step = Callable[[Context, Server], Next]

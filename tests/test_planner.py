@@ -169,3 +169,15 @@ def test_property_the_circuit_breaker_holds(subs, servers, policy) -> None:
     p = plan(subs, servers, NOW, policy)
     live = sum(1 for s in servers if s.live)
     assert len(p.destroy) <= max(policy.max_destroy_count, int(policy.max_destroy_fraction * live))
+
+
+def test_it_does_not_build_again_a_server_an_operator_took_down_until_released() -> None:
+    entitled = [sub("1", NOW + DAY)]
+    held = plan(entitled, [server(1, "1", status="Destroyed", operator_hold=True)], NOW)
+    assert held.build == [] and held.destroy == []
+    (why,) = held.held
+    assert why["kind"] == "operator_hold"
+    assert why["reason"] == ("server g0001.vpn.example.test: taken down by an operator; not building it again "
+                             "until `provisioner release g0001.vpn.example.test`")
+    released = plan(entitled, [server(1, "1", status="Destroyed")], NOW)
+    assert [s.id for s in released.build] == ["1"]

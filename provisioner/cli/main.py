@@ -14,8 +14,16 @@ import sys
 from collections.abc import Sequence
 
 from provisioner import __version__
-from provisioner.cli import display
-from provisioner.cli.common import Command, UsageError, cli_owner, config_path, make_app, named_server
+from provisioner.cli import display, operator
+from provisioner.cli.common import (
+    Command,
+    UsageError,
+    cli_owner,
+    config_path,
+    make_app,
+    named_server,
+    operator_actor,
+)
 from provisioner.settings import ConfigError
 
 log = logging.getLogger("provisioner")
@@ -68,7 +76,7 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
     app = make_app(args)
     db.require_schema(app.engine)
     lc = wiring.lifecycle(app, owner=cli_owner())
-    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    actor = operator_actor()
     with app.sessions() as s:
         if what == "create":
             sub = app.find_subscription(args.subscription)
@@ -77,18 +85,20 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
             if not sub.entitled(app.clock()):
                 raise UsageError(f"subscription {sub.id} does not entitle a server (status {sub.status})")
             try:
-                row = lc.begin_create(s, sub, actor=f"operator:{user}")
+                row = lc.begin_create(s, sub, actor=actor)
             except ServerBusy as exc:
                 raise UsageError(str(exc)) from None
         else:
             row = named_server(app, s, args.server)
             try:
+                if row.paused and what != "destroy":
+                    raise ServerBusy(f"server {args.server} is paused; `provisioner resume {args.server}` first")
                 if what == "rebuild":
-                    lc.begin_rebuild(s, row, args.location, actor=f"operator:{user}")
+                    lc.begin_rebuild(s, row, args.location, actor=actor)
                 elif what == "retry":
-                    lc.retry(s, row, actor=f"operator:{user}")
+                    lc.retry(s, row, actor=actor)
                 else:
-                    lc.begin_destroy(s, row, actor=f"operator:{user}", reason="requested by an operator")
+                    operator.start_destroy(app, s, row, args)
             except (ServerBusy, ValueError) as exc:
                 raise UsageError(str(exc)) from None
         s.commit()
@@ -117,11 +127,14 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
+    args.reason = (args.reason or "").strip()
+    if args.force and not args.reason:
+        raise UsageError("--force needs --reason '…' (the audit trail keeps why a paid server was taken down)")
     return _operator_action(args, "destroy")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    return _operator_action(args, "retry")
+    return operator.cmd_retry(args, lambda a: _operator_action(a, "retry"))
 
 
 def cmd_ovpn(args: argparse.Namespace) -> int:
@@ -142,19 +155,41 @@ def cmd_ovpn(args: argparse.Namespace) -> int:
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
+    from sqlalchemy import func, or_, select
 
     from provisioner import db
-    from provisioner.models import Server
+    from provisioner.models import Server, Status
 
     app = make_app(args)
+    q = select(Server).order_by(Server.id)
+    if args.status:
+        known = {st.value.lower(): st.value for st in Status}
+        if args.status.lower() not in known:
+            raise UsageError(f"--status: {args.status!r} is not a status; one of {', '.join(known.values())}")
+        q = q.where(Server.status == known[args.status.lower()])
+    if args.location:
+        regions = {r for p in app.settings.products.values() for r in p.regions}
+        if args.location.lower() not in regions:
+            raise UsageError(f"--location: {args.location!r} is not a region of any product "
+                             f"(offered: {', '.join(sorted(regions))})")
+        q = q.where(Server.current_location == args.location.lower())
+    if args.needs_human:
+        q = q.where(Server.needs_human.is_(True), Server.status != Status.DESTROYED.value)
     db.require_schema(app.engine)
     with app.sessions() as s:
-        rows = list(s.scalars(select(Server).order_by(Server.id)))
+        if args.customer:
+            who = args.customer.strip()
+            mine = or_(func.lower(Server.user_email) == who.lower(), Server.customer_id == who)
+            if s.scalar(select(func.count()).select_from(Server).where(mine)) == 0:
+                raise UsageError(f"--customer: no server belongs to {who!r} (an e-mail address or a storefront "
+                                 "customer id)")
+            q = q.where(mine)
+        rows = list(s.scalars(q))
+    filtered = any((args.customer, args.status, args.location, args.needs_human))
     if args.json:
         print(json.dumps([display.server_json(r) for r in rows], indent=2))
     else:
-        print(display.servers_table(rows))
+        print(display.servers_table(rows) if rows or not filtered else "no servers match")
     return 0
 
 
@@ -282,17 +317,33 @@ def build_parser() -> argparse.ArgumentParser:
     rb = add("rebuild", cmd_rebuild, "rebuild a server (create-before-destroy; the .ovpn keeps working)")
     rb.add_argument("server", help="server name (g0001 or g0001.<domain>) or #id")
     rb.add_argument("--location", default="random", help="region id, or 'random' (default)")
-    de = add("destroy", cmd_destroy, "destroy a server: instance, DNS record, snapshot and secrets")
+    de = add("destroy", cmd_destroy, "destroy a server: instance, DNS record, snapshot and secrets (refused while "
+             "its subscription entitles it, unless --force)")
     de.add_argument("server", help="server name or #id")
-    re_ = add("retry", cmd_retry, "resume a server's stuck action once its cause is fixed (clears 'needs a human')")
-    re_.add_argument("server", help="server name or #id")
-    for sp in (cr, rb, de, re_):
+    de.add_argument("--force", action="store_true", help="take down a server its subscription still entitles (abuse, "
+                    "a chargeback): it stays down, its PKI kept, until `provisioner release`")
+    de.add_argument("--reason", default="", help="why (required with --force; kept in the audit trail)")
+    re_ = add("retry", cmd_retry, "resume a stuck action once its cause is fixed (clears 'needs a human'): one "
+              "server, or every server needing a human")
+    re_.add_argument("server", nargs="?", help="server name or #id")
+    re_.add_argument("--all-needing-human", action="store_true", help="every server that needs a human (lists them "
+                     "and asks you to confirm their number)")
+    re_.add_argument("--since", metavar="TIME", help="with --all-needing-human: only those given up on since TIME "
+                     "(2026-03-03T14:00Z, or a span ago like 2h)")
+    re_.add_argument("--yes", action="store_true", help="with --all-needing-human: do not ask to confirm")
+    held = operator.register(add)
+    for sp in (cr, rb, de, re_, *held):
         sp.add_argument("--wait", type=float, metavar="SECONDS", default=0,
                         help="keep driving until done, at most SECONDS (default: one pass)")
     ov = add("ovpn", cmd_ovpn, "write the customer's .ovpn to standard output")
     ov.add_argument("server", help="server name or #id")
 
-    s = add("servers", cmd_servers, "list servers: name, customer, status, location, IP, schedule, bandwidth")
+    s = add("servers", cmd_servers, "list servers: name, customer, status, location, IP, schedule, bandwidth, and "
+            "what needs you (needs a human, paused, held)")
+    s.add_argument("--customer", metavar="EMAIL|ID", help="only this customer's (e-mail, or storefront customer id)")
+    s.add_argument("--status", help="only servers in this status (Running, Error, …)")
+    s.add_argument("--needs-human", action="store_true", help="only servers waiting for a human")
+    s.add_argument("--location", metavar="REGION", help="only servers running in this region")
     s.add_argument("--json", action="store_true")
 
     e = add("events", cmd_events, "the audit trail of one server")
@@ -310,9 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     tk.add_argument("email")
     tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
     tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
+    from provisioner.cli import iphistory, keys
     from provisioner.cli import outbox as cli_outbox
 
     cli_outbox.register(add)
+    iphistory.register(add)
+    keys.register(sub)
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
     st.add_argument("--json", action="store_true")
     sb = sub.add_parser("sandbox", help="the local simulators (test and demo only)",

@@ -51,6 +51,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Settings
     unknown = sorted(set(raw) - set(SECTIONS) - {"products"})
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section in {source}; known: {', '.join(sorted(SECTIONS))}, products")
+    raw = _apply_port_base(raw, env)
     sections: dict[str, Any] = {}
     for name, fields in SECTIONS.items():
         table = raw.get(name, {})
@@ -86,6 +87,42 @@ def _section(name: str, fields: dict[str, Field], table: dict[str, Any], env: Ma
             value = field.default
         values[key] = field.check(dotted, value, env_name)
     return fields_to_section(name, values)
+
+
+def sandbox_ports(base: int) -> dict[tuple[str, str], Any]:
+    """What ``sandbox.port_base`` sets: every port of the demo, and every URL that names one."""
+    api = f"http://127.0.0.1:{base + 3}"
+    return {("sandbox", "vultr_port"): base, ("sandbox", "cloudflare_port"): base + 1,
+            ("sandbox", "admin_port"): base + 2, ("api", "listen_port"): base + 3, ("ssh", "port"): base + 4,
+            ("vultr", "base_url"): f"http://127.0.0.1:{base}/v2",
+            ("cloudflare", "base_url"): f"http://127.0.0.1:{base + 1}/client/v4",
+            ("api", "public_url"): api, ("api", "cors_origin"): api, ("storefront", "url"): f"{api}/#pricing"}
+
+
+def _apply_port_base(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """With ``sandbox.port_base`` set, the ports and URLs it derives become the values of the keys
+    the file and the environment leave unset (one setting moves the whole demo)."""
+    sandbox = raw.get("sandbox", {})
+    if not isinstance(sandbox, dict):
+        return raw  # reported by _section
+    name = f"{ENV_PREFIX}SANDBOX_PORT_BASE"
+    field = SECTIONS["sandbox"]["port_base"]
+    text = env.get(name)
+    base = field.check("sandbox.port_base", _from_env("sandbox.port_base", name, text, field) if text is not None
+                       else sandbox.get("port_base", 0), name)
+    if not base:
+        return raw
+    enabled_env = f"{ENV_PREFIX}SANDBOX_ENABLED"
+    enabled = sandbox.get("enabled") if enabled_env not in env else \
+        _from_env("sandbox.enabled", enabled_env, env[enabled_env], Field(bool))
+    if not enabled:
+        return raw  # not a sandbox config: like the rest of [sandbox], the setting does nothing
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for (section, key), value in sandbox_ports(base).items():
+        table = out.setdefault(section, {})
+        if isinstance(table, dict) and key not in table and f"{ENV_PREFIX}{section}_{key}".upper() not in env:
+            table[key] = value
+    return out
 
 
 def fields_to_section(name: str, values: dict[str, Any]) -> Any:

@@ -162,8 +162,12 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "webhook_secret": Field(str, "", secret=True),
         "max_attempts": Field(int, 20, minimum=1, maximum=1000),
     },
+    "privacy": {
+        "ip_history_days": Field(int, 180, minimum=1, maximum=3650),
+    },
     "sandbox": {
         "enabled": Field(bool, False),
+        "port_base": Field(int, 0, minimum=0, maximum=65500),
         "state_file": Field(str, "var/sandbox-state.json"),
         "host_root": Field(str, "var/sandbox-hosts"),
         "vultr_port": Field(int, 18080, minimum=0, maximum=65535),
@@ -303,8 +307,14 @@ class NotifySettings:
 
 
 @dataclass(frozen=True)
+class PrivacySettings:
+    ip_history_days: int
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     enabled: bool
+    port_base: int
     state_file: str
     host_root: str
     vultr_port: int
@@ -372,6 +382,7 @@ class Settings:
     api: ApiSettings
     stripe: StripeSettings
     notify: NotifySettings
+    privacy: PrivacySettings
     sandbox: SandboxSettings
     products: dict[str, Product]
 
