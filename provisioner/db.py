@@ -90,6 +90,15 @@ def session_factory(engine: Engine, info: dict[str, Any] | None = None) -> sessi
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    _migrate(engine, revision, down=False)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Roll the schema back to ``revision`` (every migration moves its data back too)."""
+    _migrate(engine, revision, down=True)
+
+
+def _migrate(engine: Engine, revision: str, *, down: bool) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -98,7 +107,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        (command.downgrade if down else command.upgrade)(cfg, revision)
 
 
 def current_revision(engine: Engine) -> str | None:

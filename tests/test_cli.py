@@ -88,3 +88,18 @@ def test_it_exits_2_on_usage_errors(tmp_path: Path) -> None:
     proc = run(tmp_path, "frobnicate")
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_db_downgrade_rolls_back_and_refuses_an_unknown_revision(tmp_path, capsys) -> None:  # noqa: ANN001
+    from provisioner import db
+    from provisioner.cli import main
+    from tests.fixtures.config import write_config
+
+    cfg = write_config(tmp_path)
+    assert main(["--config", str(cfg), "db", "upgrade"]) == 0
+    assert main(["--config", str(cfg), "db", "downgrade", "9999"]) == 2
+    assert "no schema revision '9999'" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "db", "downgrade", "0003"]) == 0
+    engine = db.make_engine(f"sqlite:///{tmp_path}/provisioner.db")
+    assert db.current_revision(engine) == "0003"
+    engine.dispose()

@@ -80,3 +80,29 @@ def test_it_says_clearly_when_the_database_is_unreachable() -> None:
 def test_it_rejects_a_malformed_database_url() -> None:
     with pytest.raises(db.DatabaseUnavailable, match="not a valid SQLAlchemy URL"):
         db.make_engine("not a url")
+
+
+def test_every_migration_rolls_back_and_forward_again_with_data_in_place(db_url: str) -> None:
+    # Given a database at head with a server and its audit trail
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with db.session_factory(engine)() as s:
+        row = Server(customer_id="1", product_id="1", subscription_id="42", user_email="a@example.com",
+                     server_name="g0001.vpn.example.test", status="Running", server_ip="127.77.0.9",
+                     rebuild_schedule="weekly")
+        s.add(row)
+        s.flush()
+        s.add(ServerEvent(server_id=row.id, actor="worker", what="create.boot", outcome="ok",
+                          detail="instance i-1 is up at 127.77.0.9"))
+        s.commit()
+    # When it is rolled back to the first cut's schema and upgraded again
+    db.downgrade(engine, "0003")
+    assert db.current_revision(engine) == "0003"
+    db.upgrade(engine)
+    # Then the server and its trail are still there
+    with db.session_factory(engine)() as s:
+        again = s.scalars(select(Server)).one()
+        assert (again.server_name, again.server_ip, again.rebuild_schedule) == (
+            "g0001.vpn.example.test", "127.77.0.9", "weekly")
+        assert s.scalars(select(ServerEvent)).one().detail == "instance i-1 is up at 127.77.0.9"
+    engine.dispose()

@@ -30,6 +30,24 @@ log = logging.getLogger("provisioner")
 
 # --- commands ---------------------------------------------------------------------------------
 
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from provisioner import db
+
+    known = {s.revision for s in ScriptDirectory(str(db.MIGRATIONS)).walk_revisions()}
+    if args.revision not in known:
+        raise UsageError(f"no schema revision {args.revision!r}; known: {', '.join(sorted(known))}")
+    app = make_app(args)
+    try:
+        db.downgrade(app.engine, args.revision)
+    except CommandError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(f"database schema is at revision {db.current_revision(app.engine)} ({db.safe_url(str(app.engine.url))})")
+    return 0
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from provisioner import db
 
@@ -305,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = dbp.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = dbsub.add_parser("upgrade", help="create or migrate the schema to the latest revision")
     up.set_defaults(func=cmd_db_upgrade)
+    down = dbsub.add_parser("downgrade", help="roll the schema back to REVISION (stop the worker and API first)")
+    down.add_argument("revision", help="a revision id such as 0004 (see provisioner/migrations/versions)")
+    down.set_defaults(func=cmd_db_downgrade)
 
     c = add("check", cmd_check, "one planning pass: read the storefront, compare with the servers, print the plan")
     c.add_argument("--json", action="store_true", help="print the plan as JSON")
