@@ -25,7 +25,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from provisioner import actions
 from provisioner.actions import ServerBusy
 from provisioner.lifecycle import Lifecycle, Outcome
-from provisioner.models import Server, as_utc
+from provisioner.models import REBUILDABLE, Server, as_utc
 from provisioner.planning import CrossCheck
 from provisioner.reconcile import Plan
 
@@ -90,7 +90,9 @@ def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
     with lc.ctx.sessions() as s:
         ids = list(s.scalars(select(Server.id).where(
             Server.rebuild_now_status.is_(True), or_(Server.rebuild_due_at.is_(None), Server.rebuild_due_at <= now),
-            Server.action.is_(None), Server.paused.is_(False), Server.needs_human.is_(False))))
+            # the busy rule (models.is_idle): a request waits quietly until its server is idle
+            Server.action.is_(None), Server.status.in_(REBUILDABLE), Server.paused.is_(False),
+            Server.needs_human.is_(False))))
         applied = Applied()
         for rid in ids:
             row = s.get(Server, rid)
