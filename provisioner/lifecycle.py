@@ -183,9 +183,10 @@ class Lifecycle:
         if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
+            kept = {"identity_until": f"{row.identity_kept_until:%Y-%m-%d %H:%M}"} if row.identity_kept_until else {}
             kind, context = {"create": ("server_ready", {}),
                              "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
-                             "destroy": ("server_destroyed", {})}[action]
+                             "destroy": ("server_destroyed", kept)}[action]
             self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)

@@ -24,6 +24,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 DEMO_LOGIN_EMAIL = "alice@example.com"  # an active subscription in the demo storefront
+STOP_SECONDS = 4.0    # Ctrl-C: the children get this long in all (they stop in ~1-3 s), then are killed
 
 
 def prepare_local_secrets(config_file: str) -> None:
@@ -105,9 +106,13 @@ class Supervisor:
             signal.signal(sig, lambda *_: self.stop.set())
         try:
             self.spawn("sandbox", "sandbox", "serve")
-            if not _wait_for_port("127.0.0.1", s.sandbox.vultr_port, 30, self.children["sandbox"]):
+            if not _wait_for_port("127.0.0.1", s.sandbox.vultr_port, 30, self.children["sandbox"], self.stop):
+                if self.stop.is_set():
+                    return 0
                 print("provisioner: error: the sandbox did not start (is another `make run` running?)", flush=True)
                 return 1
+            if self.stop.is_set():
+                return 0
             self.spawn("worker", "run")
             self.spawn("api", "api")
             self._banner()
@@ -118,7 +123,7 @@ class Supervisor:
     def _banner(self) -> None:
         s = self.app.settings
         print("\nThe sandbox clouds, the worker and the dashboard API are running.")
-        url = _dashboard_url(s, DEMO_LOGIN_EMAIL)
+        url = _dashboard_url(self.app, DEMO_LOGIN_EMAIL)
         print(f"Dashboard for demo customer {DEMO_LOGIN_EMAIL}:\n  {url}")
         print(f"Sandbox admin (state, call log, faults): http://127.0.0.1:{s.sandbox.admin_port}/")
         print(f"In another terminal: .venv/bin/provisioner --config {self.config} servers")
@@ -139,15 +144,18 @@ class Supervisor:
         return 0
 
     def _terminate(self) -> None:
+        """SIGTERM to every child at once; whatever still runs after STOP_SECONDS in all is killed."""
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
         for name, proc in self.children.items():
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", name)
                 proc.kill()
+                proc.wait(timeout=5)
 
 
 def _summary(app: Any) -> str:
@@ -158,21 +166,24 @@ def _summary(app: Any) -> str:
     return "servers: " + (", ".join(f"{n} {st}" for st, n in sorted(counts.items())) or "none yet")
 
 
-def _dashboard_url(settings: Any, email: str) -> str:
+def _dashboard_url(app: Any, email: str) -> str:
     from dashboard_api.tokens import mint_token
 
-    token = mint_token(settings, email, user_id=1, ttl_seconds=3600)
+    settings = app.settings
+    account = next((s.account_id for s in app.storefront.read(app.clock()) if s.email == email and s.account_id), "0")
+    token = mint_token(settings, email, user_id=account, ttl_seconds=3600)
     return f"{settings.api.public_url.rstrip('/')}/#token={token}"
 
 
-def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes],
+                   stop: threading.Event) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if proc.poll() is not None:
             return False
         with socket.socket() as sock:
             sock.settimeout(0.5)
             if sock.connect_ex((host, port)) == 0:
                 return True
-        time.sleep(0.2)
+        stop.wait(0.2)
     return False

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from provisioner import __version__
 from provisioner.cli import display
-from provisioner.cli.common import Command, UsageError, cli_owner, config_path, make_app, named_server
+from provisioner.cli.common import Command, UsageError, account_of, cli_owner, config_path, make_app, named_server
 from provisioner.settings import ConfigError
 
 log = logging.getLogger("provisioner")
@@ -46,6 +46,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         lc = wiring.lifecycle(app, owner=cli_owner())
         applied = operations.start_plan(lc, result, app.destroy_cross_check())
+        if not storefront_error:
+            from provisioner import holds
+
+            with app.sessions() as s:
+                holds.record_pass(s, result, app.clock(), app.settings, extra_holds=applied.held)
+                s.commit()
         ids = [st.id for st in result.resume]
         ids += operations.due_rows(app.sessions, app.clock())
         if args.wait:
@@ -131,6 +137,8 @@ def cmd_ovpn(args: argparse.Namespace) -> int:
     db.require_schema(app.engine)
     with app.sessions() as s:
         row = named_server(app, s, args.server)
+        if row.status == "Destroyed":
+            raise UsageError(f"server {row.server_name or row.id} is Destroyed; it has no .ovpn")
         if not row.ovpn_file_enc:
             raise UsageError(f"server {row.server_name or row.id} has no .ovpn yet (status {row.status})")
         data = app.secret_box.open(row.ovpn_file_enc)
@@ -225,7 +233,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= 3600:
         raise UsageError("--ttl must be between 1 and 3600 seconds (dashboard tokens live at most an hour)")
     app = make_app(args)
-    token = mint_token(app.settings, args.email, user_id=args.user_id, ttl_seconds=args.ttl)
+    account = args.user_id if args.user_id is not None else account_of(app, args.email)
+    token = mint_token(app.settings, args.email, user_id=account, ttl_seconds=args.ttl)
     print(f"{app.settings.api.public_url.rstrip('/')}/#token={token}")
     return 0
 
@@ -308,11 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("api", cmd_api, "the customer dashboard: JSON API and page (uvicorn; systemd)")
     tk = add("token", cmd_token, "print a dashboard login URL for a customer (support and testing)")
     tk.add_argument("email")
-    tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
+    tk.add_argument("--user-id", metavar="ACCOUNT", help="the storefront account the token names (WordPress user "
+                    "id, or Stripe customer id); default: the account of EMAIL's servers")
     tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
+    from provisioner.cli import destroys as cli_destroys
     from provisioner.cli import outbox as cli_outbox
 
     cli_outbox.register(add)
+    cli_destroys.register(add)
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
     st.add_argument("--json", action="store_true")
     sb = sub.add_parser("sandbox", help="the local simulators (test and demo only)",
