@@ -182,41 +182,45 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import threading
+    import faulthandler
 
     from jobs.worker import Worker
 
-    code = Worker(make_app(args)).run_forever()
-    stuck = [t.name for t in threading.enumerate()
-             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if stuck:
+    faulthandler.enable()     # a fatal signal (SIGBUS from a vanished database file) still says where
+    worker = Worker(make_app(args))
+    code = worker.run_forever()
+    if worker.driver.busy:
         # A step still blocked after the grace (an install mid-command): its row's lease runs out
-        # and the restarted worker resumes it. Do not let the interpreter wait for it at exit.
-        log.warning("exiting with %d step(s) still running (%s); they resume on restart", len(stuck),
-                    ", ".join(sorted(stuck)[:5]))
-        logging.shutdown()
-        os._exit(code)
-    return code
+        # and the restarted worker resumes it.
+        log.warning("exiting with %d step(s) still running; they resume on restart", worker.driver.busy)
+    # Never wait for a thread at exit (concurrent.futures joins its pool threads, daemon or not,
+    # so a step blocked on a host or a job blocked on a provider would hold the exit up).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from jobs import registry
+    from jobs import records, registry
     from provisioner import db, wiring
 
     app = make_app(args)
     db.require_schema(app.engine)
-    result = registry.job(app, args.name, wiring.lifecycle(app, owner=cli_owner()))()
+    owner = cli_owner()
+    try:
+        result = registry.run_and_record(app, args.name, registry.job(app, args.name, wiring.lifecycle(app, owner)))
+    finally:
+        records.heartbeat(app, owner, leader=False)   # how its provider calls went, for `status`
     print(registry.summary(args.name, result))
-    return 0
+    return 0 if registry.succeeded(result) else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from provisioner import db
     from provisioner.cli.health import health
 
     app = make_app(args)
-    db.require_schema(app.engine)
-    report = health(app)
+    report = health(app)       # a database that cannot be reached is one of its checks, not an error
     print(json.dumps(report, indent=2, default=str) if args.json else display.health_text(report))
     return 0 if report["healthy"] else 1
 
