@@ -250,6 +250,33 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     return sandbox_main(argv)
 
 
+def cmd_sandbox_mail(args: argparse.Namespace) -> int:
+    """What the sandbox's mail catcher caught: the demo's customer mail and operator alerts."""
+    import datetime as dt
+
+    import httpx
+
+    settings = make_app(args).settings
+    if not settings.sandbox.enabled:
+        raise UsageError(f"sandbox.enabled is false in {settings.source}: there is no mail catcher")
+    url = f"http://127.0.0.1:{settings.sandbox.admin_port}/_sandbox/mail"
+    try:
+        mail = httpx.get(url, timeout=5).raise_for_status().json()["mail"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"provisioner: error: the sandbox does not answer at {url} ({type(exc).__name__}); is it running?",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(mail, indent=2))
+    elif not mail:
+        print("no mail caught yet")
+    else:
+        print(display.table(["WHEN (UTC)", "TO", "KIND", "SUBJECT"],
+                            [[display.when(dt.datetime.fromtimestamp(m["at"], dt.UTC)), ", ".join(m["to"]),
+                              m["kind"], m["subject"]] for m in mail]))
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     from provisioner.secrets import generate_key
 
@@ -336,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     sbsub = sb.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
     sbsub.add_parser("serve", help="run the sandbox until Ctrl-C, as the config describes").set_defaults(
         func=cmd_sandbox)
+    sm = sbsub.add_parser("mail", help="the mail the sandbox's catcher received (demo mail and operator alerts)")
+    sm.add_argument("--json", action="store_true")
+    sm.set_defaults(func=cmd_sandbox_mail)
     add("keygen", cmd_keygen, "print a new Fernet key for secrets.fernet_keys")
     dm = add("demo", cmd_demo, "the embedded default: sandbox clouds, SQLite, a demo storefront, worker and API")
     dm.add_argument("--plan-only", action="store_true", help="prepare the demo database and print the plan, then exit")

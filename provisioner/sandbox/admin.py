@@ -11,6 +11,8 @@
                                       a fault of the simulated SSH hosts (see hosts.py) -> 200 / 400
     DELETE /_sandbox/host-faults      clear every host fault
     POST   /_sandbox/reset            empty cloud, empty call log, hosts stopped
+    GET    /_sandbox/mail             {"mail": [{at, from, to, subject, kind, body}]}: what the mail
+                                      catcher caught (customer mail and operator alerts), oldest first
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ class AdminService(Service):
     name = "admin"
 
     def __init__(self, state: SimState, faults: FaultInjector, describe: Callable[[], dict[str, Any]],
-                 reset: Callable[[], None], hosts: HostRunner) -> None:
+                 reset: Callable[[], None], hosts: HostRunner,
+                 mail: Callable[[], list[dict[str, Any]]] = list) -> None:
         # Faults never apply to the admin API itself, and its calls are not logged.
         super().__init__(FaultInjector(), lambda entry: None)
         self.state = state
@@ -36,6 +39,7 @@ class AdminService(Service):
         self._describe = describe
         self._reset = reset
         self.hosts = hosts
+        self._mail = mail
         r = self.router.add
         r("GET", "/_sandbox/health", lambda req: Response(200, {"ok": True}))
         r("GET", "/_sandbox/state", lambda req: Response(200, self._describe()))
@@ -46,6 +50,7 @@ class AdminService(Service):
         r("POST", "/_sandbox/reset", self.reset)
         r("POST", "/_sandbox/host-faults", self.set_host_fault)
         r("DELETE", "/_sandbox/host-faults", self.clear_host_faults)
+        r("GET", "/_sandbox/mail", lambda req: Response(200, {"mail": self._mail()}))
 
     def calls(self, req: Request) -> Response:
         try:
