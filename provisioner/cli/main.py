@@ -393,7 +393,14 @@ def run_guarded(func: Command, args: argparse.Namespace, parser: argparse.Argume
     # Runtime errors are reported as one line (exit 1), not as an internal error.
     runtime_errors = (DatabaseUnavailable, StorefrontUnavailable, SecretKeyError, UndecryptableSecret)
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()       # a reader that went away is met here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `provisioner status | head`: the reader closed the pipe; end quietly, as a SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ConfigError, UsageError) as exc:
         if args.debug:
             raise
