@@ -45,7 +45,8 @@ from provisioner.wiring import App  # noqa: E402
 from tests.fixtures.config import write_config  # noqa: E402
 from tests.fixtures.net import free_port  # noqa: E402
 
-OWNER = "Bench.Owner@example.com"   # mixed case on purpose: the lookup is case-insensitive
+OWNER = "Bench.Owner@example.com"
+OWNER_ACCOUNT = "1"                  # the owner's storefront account: what the token's sub names
 OWNED = 5
 MAX_SECONDS, MAX_CLIENTS, MAX_SERVERS = 60.0, 32, 1_000_000
 REGIONS = ["ewr", "lax", "ord", "ams", "fra", "lhr", "cdg", "nrt", "sgp", "syd"]
@@ -89,6 +90,7 @@ def populate(app: App, servers: int) -> None:
         rows.append({
             "id": i + 1, "subscription_id": f"sub-{i}", "customer_id": str(i), "product_id": "1",
             "user_email": OWNER if mine else f"user{i:06d}@example{i % 97}.com", "server_name": f"g{i:06d}.vpn.test",
+            "account_id": OWNER_ACCOUNT if mine else str(1000 + i),
             "status": "Running", "server_ip": f"127.77.{i // 256 % 256}.{i % 256}", "current_location": REGIONS[i % 10],
             "bandwidth_this_month": i * 1000, "bandwidth_limit_this_month": 10**12, "rebuild_schedule": "weekly",
             "rebuild_schedule_location": "random", "ovpn_file_enc": ovpn, "version": 1, "generation": 1,
@@ -107,7 +109,7 @@ def populate(app: App, servers: int) -> None:
 
 
 def query_plan_and_timing(app: App) -> tuple[str, float, float]:
-    q = customer_servers_query(OWNER)
+    q = customer_servers_query(OWNER_ACCOUNT)
     sql = str(q.compile(app.engine, compile_kwargs={"literal_binds": True}))
     scan = sql.replace("FROM provisioner_servers", "FROM provisioner_servers NOT INDEXED")
     with app.engine.connect() as conn:
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
               f"(x{scanned / indexed:.0f})")
         app.engine.dispose()
 
-        token = mint_token(settings, OWNER.lower(), 1, ttl_seconds=3600)
+        token = mint_token(settings, OWNER.lower(), OWNER_ACCOUNT, ttl_seconds=3600)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         code = ("import sys; from provisioner.settings import load_settings; from dashboard_api.server import serve; "
                 "sys.exit(serve(load_settings(sys.argv[1], env={})))")

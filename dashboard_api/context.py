@@ -58,7 +58,7 @@ async def customer(credentials: HTTPAuthorizationCredentials | None = Depends(_b
     except TokenError as exc:
         raise ApiError(401, exc.code, str(exc),
                        {"WWW-Authenticate": 'Bearer realm="provisioner", error="invalid_token"'}) from None
-    wait = st.per_customer.hit("customer:" + who.email.lower())
+    wait = st.per_customer.hit("customer:" + who.user_id)
     if wait:
         raise ApiError(429, "rate_limited", "Too many requests; please slow down.", {"Retry-After": retry_after(wait)})
     return who

@@ -57,7 +57,7 @@ def get_config(st: ApiState = Depends(state)) -> ConfigOut:  # noqa: B008
 def list_servers(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
     now = st.clock()
     with st.app.sessions() as s:
-        items = views.servers_out(s, queries.customer_servers(s, who.email), st.settings, now)
+        items = views.servers_out(s, queries.customer_servers(s, who.user_id), st.settings, now)
     # The hot path (the page polls it): serialised once here instead of re-validated by FastAPI.
     return Response(_SERVER_LIST.dump_json(items), media_type="application/json")
 
@@ -66,7 +66,7 @@ def list_servers(who: Customer = Depends(customer), st: ApiState = Depends(state
             summary="The locations the caller's plans allow")
 def list_locations(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> list[RegionOut]:  # noqa: B008
     with st.app.sessions() as s:
-        rows = queries.customer_servers(s, who.email)
+        rows = queries.customer_servers(s, who.user_id)
     seen: dict[str, RegionOut] = {}
     for owned in rows:
         product = st.settings.product(owned.row.product_id)
@@ -134,7 +134,7 @@ def download_ovpn(name: str = ServerName, who: Customer = Depends(customer),  # 
 
 
 def _owned(s: Session, st: ApiState, who: Customer, name: str) -> queries.Owned:
-    owned = queries.customer_server(s, who.email, name, st.settings.cloudflare.domain)
+    owned = queries.customer_server(s, who.user_id, name, st.settings.cloudflare.domain)
     if owned is None:
         raise ApiError(404, "server_not_found", f"You have no server called {name}.")
     return owned

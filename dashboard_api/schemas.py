@@ -73,7 +73,8 @@ class ServerOut(BaseModel):
     last_rebuilt: dt.datetime | None
     ovpn_available: bool
     last_error: str | None = Field(description="human text, only when status is Error")
-    last_error_code: str | None = Field(description="retrying or needs_attention, only when status is Error")
+    last_error_code: str | None = Field(description="retrying, rebuild_delayed, rebuild_delayed_alerted, "
+                                                    "needs_attention or stopped, only when status is Error")
     events: list[EventOut] = Field(description="the last 10 events, newest first")
 
 

@@ -1,7 +1,8 @@
 """Dashboard login tokens: HS256 JWTs minted by the storefront (or the demo), verified here.
 
-Claims: ``email`` (the WordPress user's email, which scopes every request), ``sub`` (the
-WordPress user id), ``aud`` (``api.jwt_audience``), ``iat`` and ``exp``. A token may live at
+Claims: ``sub`` (the storefront account, which scopes every request: the WordPress user id
+with EDD, the Stripe customer id with Stripe), ``email`` (for display only: an address is not
+an identity), ``aud`` (``api.jwt_audience``), ``iat`` and ``exp``. A token may live at
 most :data:`MAX_TTL_SECONDS`: one minted for longer is refused even before it expires, so a
 leaked long-lived token is useless. The WordPress plugin mints 15-minute tokens.
 

@@ -43,13 +43,34 @@ SUPPORT_HOLD = {
 }
 ERROR_TEXT = {
     "retrying": "Something went wrong while working on your server. We are retrying automatically.",
-    "needs_attention": "Something went wrong while working on your server. Our team has been alerted.",
+    "rebuild_delayed": "Your rebuild is delayed. Your VPN keeps working on the current server meanwhile; we keep "
+                       "retrying automatically.",
+    "rebuild_delayed_alerted": "Your rebuild is delayed. Your VPN keeps working on the current server meanwhile, "
+                               "and our team has been alerted.",
+    "needs_attention": "Your server is not working right now and we are on it: our team has been alerted.",
+    "stopped": "Your server is not working right now, and automatic retries have stopped. Please contact support.",
 }
+
+
 def support_hold(row: Server) -> Literal["paused", "suspended"] | None:
     """``suspended`` (taken down until released), ``paused`` (held while support looks), or None."""
     if row.on_hold:
         return "suspended"
     return "paused" if row.paused else None
+
+
+def error_code(row: Server) -> str | None:
+    """What the customer is told about an Error row. A rebuild builds the new server next to the
+    old one, so the VPN keeps working; "our team has been alerted" only when an alert was
+    queued to a configured operator channel (``human_alerted_at``)."""
+    if row.status != Status.ERROR.value or support_hold(row):
+        return None
+    alerted = bool(row.needs_human and row.human_alerted_at)
+    if row.action == "rebuild":
+        return "rebuild_delayed_alerted" if alerted else "rebuild_delayed"
+    if not row.needs_human:
+        return "retrying"
+    return "needs_attention" if alerted else "stopped"
 
 
 def progress_text(row: Server) -> str | None:
@@ -70,10 +91,8 @@ def server_out(owned: Owned, settings: Settings, now: dt.datetime, events: list[
     name = row.server_name
     product = settings.product(row.product_id)
     where = region(row.current_location)
-    error_code = None
+    code = error_code(row)
     hold = support_hold(row)
-    if row.status == Status.ERROR.value and not hold:
-        error_code = "needs_attention" if row.needs_human else "retrying"
     suspended = hold == "suspended"
     return ServerOut(
         name=name, short_name=name.split(".", 1)[0] if name else None, dns_name=name,
@@ -89,7 +108,7 @@ def server_out(owned: Owned, settings: Settings, now: dt.datetime, events: list[
         bandwidth_used=row.bandwidth_this_month or 0,
         bandwidth_cap=row.bandwidth_limit_this_month or (product.bandwidth_cap_bytes if product else 0),
         last_rebuilt=row.last_rebuilt_at, ovpn_available=owned.has_ovpn and not suspended,
-        last_error=ERROR_TEXT[error_code] if error_code else None, last_error_code=error_code,
+        last_error=ERROR_TEXT[code] if code else None, last_error_code=code,
         events=[EventOut(at=e.at, what=e.what, outcome=e.outcome) for e in events])
 
 

@@ -60,7 +60,10 @@ def record(session: Session, row: Server, what: str, outcome: str, detail: str, 
 
 
 def begin_create(session: Session, settings: Settings, sub: Subscription, *, actor: str,
-                 now: dt.datetime) -> Server:
+                 now: dt.datetime, keep_identity: bool = False) -> Server:
+    """Start building ``sub``'s server, reviving its old row if there is one. A revived row keeps
+    its name and PKI (the same ``.ovpn``) within ``lifecycle.keep_identity_days`` of its destroy,
+    or always with ``keep_identity`` (an operator's release of a server they took down)."""
     row = session.scalars(select(Server).where(Server.subscription_id == sub.id)).first()
     product = settings.product(sub.product_id)
     if row is None:
@@ -72,6 +75,17 @@ def begin_create(session: Session, settings: Settings, sub: Subscription, *, act
     else:  # a renewed subscription revives its old row: one row per subscription, ever
         row.status, row.destroyed_at, row.generation = Status.QUEUED.value, None, row.generation + 1
         row.user_email, row.product_id, row.customer_id = sub.email, sub.product_id, sub.customer_id
+        expired = row.identity_kept_until is None or now >= row.identity_kept_until
+        if row.secrets_enc and expired and not keep_identity:
+            row.secrets_enc = None      # too late: a fresh PKI (the job may not have run yet)
+            record(session, row, "identity.expired", "info", "renewed after lifecycle.keep_identity_days: new PKI",
+                   actor=actor, now=now)
+        elif row.secrets_enc:
+            record(session, row, "identity.kept", "info", "renewed in time: the same name and .ovpn come back",
+                   actor=actor, now=now)
+        row.identity_kept_until = None
+    row.account_id = sub.account_id
+    row.ended_seen_at = None
     row.target_location = product.default_region if product else None
     row.bandwidth_limit_this_month = product.bandwidth_cap_bytes if product else 0
     _start(session, settings.lifecycle, row, "create", actor, f"subscription {sub.id} ({sub.status})", now)
@@ -137,7 +151,7 @@ def retry(session: Session, settings: Settings, row: Server, *, actor: str, now:
         raise ServerBusy(f"server {row.server_name or row.id} has nothing to retry (status {row.status})")
     if not row.needs_human and not row.attempts:
         raise ServerBusy(f"server {row.server_name or row.id} is not stuck ({row.action} {row.step} is running)")
-    row.needs_human, row.attempts, row.next_attempt_at = False, 0, None
+    row.needs_human, row.attempts, row.next_attempt_at, row.human_alerted_at = False, 0, None, None
     row.step_deadline = now + budget(settings.lifecycle, row.step or FIRST_STEP[row.action])
     record(session, row, f"{row.action}.retry", "info",
            f"at step {row.step}; last error: {row.last_error}" + (f" ({note})" if note else ""), actor=actor, now=now)
@@ -198,7 +212,7 @@ def release(session: Session, settings: Settings, row: Server, sub: Subscription
     if sub is not None and sub.entitled(now):
         record(session, row, "operator.released", "info", f"subscription {sub.id} entitles: building it again",
                actor=actor, now=now)
-        begin_create(session, settings, sub, actor=actor, now=now)
+        begin_create(session, settings, sub, actor=actor, now=now, keep_identity=True)
         return True
     row.secrets_enc = None  # nothing will use the kept PKI: wipe it, as a normal destroy does
     record(session, row, "operator.released", "info", "the subscription no longer entitles a server; "
@@ -209,6 +223,7 @@ def release(session: Session, settings: Settings, row: Server, sub: Subscription
 def _start(session: Session, lc: LifecycleSettings, row: Server, action: str, actor: str, detail: str,
            now: dt.datetime) -> None:
     row.action, row.step = action, FIRST_STEP[action]
+    row.action_started_at, row.human_alerted_at = now, None
     row.attempts, row.last_error, row.needs_human, row.next_attempt_at = 0, None, False, None
     row.step_deadline = now + budget(lc, row.step)
     row.status = status_for(action, row.status)

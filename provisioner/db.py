@@ -74,10 +74,11 @@ def check_connection(engine: Engine) -> None:
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to database {safe_url(str(engine.url.render_as_string(hide_password=False)))}: "
-            f"{_reason(exc)}") from None
+            f"{reason(exc)}") from None
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def reason(exc: SQLAlchemyError) -> str:
+    """The driver's own words for a database error, one line (never the URL or a password)."""
     orig = getattr(exc, "orig", None)
     if orig is not None and getattr(orig, "args", None):
         args = orig.args

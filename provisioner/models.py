@@ -1,7 +1,8 @@
 """Every table of ours, in one metadata (one Alembic history).
 
 - ``provisioner_servers`` and ``provisioner_server_events``: the seed's server table and
-  its audit trail; ``provisioner_worker_status`` and ``provisioner_orphans`` for health.
+  its audit trail; ``provisioner_worker_status`` and ``provisioner_orphans`` for health;
+  ``provisioner_destroy_holds``: the destroys the planner holds, and why.
 - ``provisioner_stripe_events``: every verified webhook event, once (its id is the key),
   with what processing made of it. A replay finds its row and changes nothing.
 - ``provisioner_stripe_subscriptions``: our copy of each Stripe subscription, written
@@ -170,6 +171,15 @@ class Server(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # --- running unattended ------------------------------------------------------------------
+    # The storefront account that owns the subscription now (WordPress user id for EDD, Stripe
+    # customer id); a dashboard token's `sub` must name it. NULL: a guest (sees nothing).
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    ended_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)     # a pass first saw it ended
+    planned_destroy_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # the planner started a destroy
+    identity_kept_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # Destroyed: name + PKI kept
+    action_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # heartbeats never move it
+    human_alerted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)   # needs_human alert queued
 
     # Every UPDATE carries "AND version = <what we read>" and bumps it: a worker whose claim was
     # taken over gets StaleDataError instead of overwriting the new owner's work (fencing).
@@ -186,6 +196,9 @@ class Server(Base):
         Index("ix_provisioner_servers_rebuild_now", "rebuild_now_status", "rebuild_due_at"),
         # The schedule marker's "whose slot is not done yet?", one range per schedule.
         Index("ix_provisioner_servers_schedule", "rebuild_schedule", "schedule_slot_done"),
+        # The dashboard's "whose servers?" and the breaker's "how many destroys in the window?".
+        Index("ix_provisioner_servers_account", "account_id"),
+        Index("ix_provisioner_servers_planned_destroy", "planned_destroy_at"),
     )
 
     @property
@@ -208,6 +221,23 @@ class Server(Base):
 
     def __repr__(self) -> str:  # secrets never appear here
         return f"<Server {self.id} {self.server_name or '-'} sub={self.subscription_id} {self.status}>"
+
+
+class DestroyHold(Base):
+    """A destroy the planner holds, and why: written by every planning pass that read the
+    storefront (a row per held server; gone once it is no longer held), read by
+    ``provisioner destroys`` and ``provisioner status``. An operator approves a destroy held
+    by the circuit breaker here (``approved_*``); the next pass lets it go."""
+
+    __tablename__ = "provisioner_destroy_holds"
+
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    reason_code: Mapped[str] = mapped_column(String(32))   # vanished | no_evidence | thin_read | breaker | …
+    reason: Mapped[str] = mapped_column(Text, default="")
+    since: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)   # this hold (code, reason) began
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class WorkerStatus(Base):

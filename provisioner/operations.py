@@ -14,7 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,7 +27,7 @@ from provisioner.actions import ServerBusy
 from provisioner.lifecycle import Lifecycle, Outcome
 from provisioner.models import REBUILDABLE, Server, as_utc
 from provisioner.planning import CrossCheck
-from provisioner.reconcile import Plan
+from provisioner.reconcile import CROSS_CHECK, Hold, Plan
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +37,32 @@ class Applied:
     started: dict[str, list[str]] = field(default_factory=lambda: {"build": [], "destroy": [], "rebuild": []})
     outcomes: dict[int, Outcome] = field(default_factory=dict)
     refused: list[str] = field(default_factory=list)
+    held: list[Hold] = field(default_factory=list)      # destroys the second source did not confirm
+    lost_leadership: bool = False                        # stopped: the leader lock was gone
 
 
-def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None) -> Applied:
+def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None,
+               still_leader: Callable[[], bool] | None = None) -> Applied:
     """Record the plan's actions on the rows (one commit each); returns what was started.
 
     ``cross_check`` confirms a destroy with a second source (Stripe behind EDD): True lets
     it go ahead; False (the second source says the subscription is live) or None (it cannot
-    tell right now) holds it until a later pass.
+    tell right now) holds it until a later pass. ``still_leader`` is asked before every
+    record: once it says no, nothing more is recorded (a worker that lost its leader lock
+    mid-pass must not act on its plan).
     """
     applied = Applied()
+
+    def leading() -> bool:
+        if still_leader is None or still_leader():
+            return True
+        applied.lost_leadership = True
+        return False
+
     with lc.ctx.sessions() as s:
         for sub in p.build:
+            if not leading():
+                return applied
             try:
                 row = lc.begin_create(s, sub)
                 s.commit()
@@ -67,17 +81,28 @@ def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None) ->
                     why = "Stripe says it is still live" if verdict is False else "Stripe could not confirm it"
                     applied.refused.append(f"destroy {state.label}: the storefront says subscription {ended.id} ended, "
                                            f"but {why}; holding")
+                    applied.held.append(Hold(state.id, state.label, state.subscription_id, CROSS_CHECK,
+                                             f"the storefront says subscription {ended.id} ended, but {why}"))
+                    if not leading():
+                        return applied
                     lc.event(s, doomed, "destroy.held", "info", f"cross-check: {why}", actor="planner")
                     s.commit()
                     continue
+            if not leading():
+                return applied
             try:
-                lc.begin_destroy(s, doomed, actor="planner", reason=f"subscription {doomed.subscription_id} ended")
+                doomed.planned_destroy_at = lc.clock()     # the circuit breaker's window counts these
+                approved = " (approved by an operator)" if state.destroy_approved else ""
+                lc.begin_destroy(s, doomed, actor="planner",
+                                 reason=f"subscription {doomed.subscription_id} ended{approved}")
                 s.commit()
                 applied.started["destroy"].append(state.label)
             except StaleDataError as exc:
                 s.rollback()
                 applied.refused.append(f"destroy {state.label}: {exc}")
         for state in p.rebuild:
+            if not leading():
+                return applied
             asked = s.get(Server, state.id)
             if asked is not None:
                 _start_requested(lc, s, asked, applied)

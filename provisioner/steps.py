@@ -282,15 +282,27 @@ def delete_snapshot(ctx: Context, row: Server) -> Next:
 
 
 def wipe(ctx: Context, row: Server) -> Next:
+    """The end of a destroy. The server's name and sealed PKI (with its SSH host key) stay for
+    ``lifecycle.keep_identity_days``: a renewal within them revives the server with the same
+    ``.ovpn`` (:func:`provisioner.actions.begin_create`); then ``expire_identities`` wipes them.
+    A server an operator took down keeps them until released. The root password and the
+    sealed ``.ovpn`` go now (the ``.ovpn`` is rebuilt, byte for byte, from the PKI)."""
+    now = ctx.clock()
+    keep = dt.timedelta(days=ctx.settings.lifecycle.keep_identity_days)
     row.ovpn_file_enc = row.root_password_enc = None
     row.server_ip = None
     row.status = Status.DESTROYED.value
-    row.destroyed_at = ctx.clock()
+    row.destroyed_at = now
     if row.on_hold:
         # Taken down by an operator, not ended: `provisioner release` builds it again with this PKI,
         # so the customer's .ovpn (rendered from it again, byte for byte) keeps working.
+        row.identity_kept_until = None
         return Next(None, "instance, DNS record and snapshot removed; PKI kept until the operator releases it")
-    row.secrets_enc = None
+    if keep and row.secrets_enc:
+        row.identity_kept_until = now + keep
+        return Next(None, f"instance, DNS record, snapshot and password removed; name and PKI kept until "
+                          f"{row.identity_kept_until:%Y-%m-%d %H:%M} UTC for a renewal")
+    row.secrets_enc, row.identity_kept_until = None, None
     return Next(None, "instance, DNS record, snapshot and secrets removed")
 
 

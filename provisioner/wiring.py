@@ -21,6 +21,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner import db, planning
+from provisioner.cloud.calls import CallStats
 from provisioner.cloud.cloudflare import CloudflareDNS
 from provisioner.cloud.installer import ssh_installer
 from provisioner.cloud.ratelimit import RateLimiter
@@ -59,6 +60,11 @@ class App:
     @cached_property
     def storefront(self) -> Storefront:
         return open_storefront(self.settings, self.sessions)
+
+    @cached_property
+    def calls(self) -> CallStats:
+        """How this process's calls to Vultr, Cloudflare, SSH and SMTP went lately."""
+        return CallStats()
 
     @property
     def names(self) -> Names:
@@ -129,10 +135,10 @@ def worker_public_key(app: App) -> str:
 
 def context(app: App) -> Context:
     s = app.settings.ssh
-    return Context(settings=app.settings, sessions=app.sessions, box=app.secret_box, vultr=vultr(app),
-                   dns=cloudflare(app),
-                   install=ssh_installer(s.private_key_file, connect_timeout=s.connect_timeout,
-                                         command_timeout=s.command_timeout),
+    install = ssh_installer(s.private_key_file, connect_timeout=s.connect_timeout, command_timeout=s.command_timeout)
+    return Context(settings=app.settings, sessions=app.sessions, box=app.secret_box,
+                   vultr=app.calls.observe("vultr", vultr(app)), dns=app.calls.observe("cloudflare", cloudflare(app)),
+                   install=app.calls.observe_call("ssh", install),
                    worker_public_key=worker_public_key(app), names=app.names, clock=app.clock)
 
 

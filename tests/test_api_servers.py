@@ -65,9 +65,23 @@ def test_it_explains_errors_in_human_text_without_the_operators_details(api_env:
     g1 = _servers(api_env, owner)["g0001"]
     assert g1["last_error_code"] == "retrying" and "retrying automatically" in g1["last_error"]
     assert "vultr" not in g1["last_error"]
-    api_env.set("g0001", needs_human=True)
-    assert _servers(api_env, owner)["g0001"]["last_error_code"] == "needs_attention"
+    # stopped for a human: "alerted" only when an alert really was queued to an operator channel
+    api_env.set("g0001", needs_human=True, action="create", step="install")
+    assert _servers(api_env, owner)["g0001"]["last_error_code"] == "stopped"
+    api_env.set("g0001", human_alerted_at=api_env.clock.now)
+    g1 = _servers(api_env, owner)["g0001"]
+    assert g1["last_error_code"] == "needs_attention" and "our team has been alerted" in g1["last_error"]
     assert _servers(api_env, owner)["g0002"]["last_error"] is None
+
+
+def test_a_delayed_rebuild_says_the_vpn_keeps_working(api_env: ApiEnv, owner: dict[str, str]) -> None:
+    api_env.set("g0001", status=Status.ERROR.value, action="rebuild", step="install", old_instance_id="old-1")
+    g1 = _servers(api_env, owner)["g0001"]
+    assert g1["last_error_code"] == "rebuild_delayed" and "keeps working" in g1["last_error"]
+    assert "alerted" not in g1["last_error"]
+    api_env.set("g0001", needs_human=True, human_alerted_at=api_env.clock.now)
+    g1 = _servers(api_env, owner)["g0001"]
+    assert g1["last_error_code"] == "rebuild_delayed_alerted" and "keeps working" in g1["last_error"]
 
 
 def test_it_keeps_only_the_last_ten_events_newest_first(api_env: ApiEnv) -> None:

@@ -75,9 +75,14 @@ def needs_human_server(stack: Stack, sub_id: int, email: str) -> int:
     return rid
 
 
+ANN = 41   # ann's WordPress account: the dashboard shows an account's servers (a guest sees none)
+
+
 def customer_view(stack: Stack, email: str) -> dict[str, dict[str, Any]]:
+    from provisioner.cli.common import account_of
+
     with TestClient(create_app(stack.app)) as client:
-        token = mint_token(stack.app.settings, email, 0, ttl_seconds=600)
+        token = mint_token(stack.app.settings, email, account_of(stack.app, email), ttl_seconds=600)
         reply = client.get("/api/servers", headers={"Authorization": f"Bearer {token}"})
         assert reply.status_code == 200, reply.text
         return {s["short_name"]: s for s in reply.json()}
@@ -87,7 +92,7 @@ def customer_view(stack: Stack, email: str) -> dict[str, dict[str, Any]]:
 
 def test_it_finds_servers_by_customer_status_location_and_need(stack: Stack, capsys: pytest.CaptureFixture[str]) \
         -> None:
-    ann = stack.create_server(1, "ann@example.com")
+    ann = stack.create_server(1, "ann@example.com", user_id=ANN)
     bob = needs_human_server(stack, 2, "bob@example.com")
 
     code, out, _ = cli(stack, capsys, "servers", "--needs-human")
@@ -115,7 +120,7 @@ def test_it_finds_servers_by_customer_status_location_and_need(stack: Stack, cap
 ])
 def test_it_refuses_a_bad_filter_in_one_line(stack: Stack, capsys: pytest.CaptureFixture[str],
                                              args: tuple[str, ...], needle: str) -> None:
-    stack.create_server(1, "ann@example.com")
+    stack.create_server(1, "ann@example.com", user_id=ANN)
     before = snapshot(stack)
     one_line_error(cli(stack, capsys, "servers", *args), needle)
     assert snapshot(stack) == before
@@ -126,7 +131,7 @@ def test_it_refuses_a_bad_filter_in_one_line(stack: Stack, capsys: pytest.Captur
 def test_it_pauses_a_server_so_nothing_works_on_it_until_resumed(stack: Stack,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     # Given a server in the middle of its create
-    stack.add_subscription(1, "ann@example.com")
+    stack.add_subscription(1, "ann@example.com", user_id=ANN)
     lc = stack.lifecycle()
     sub = stack.app.find_subscription("1")
     assert sub is not None
@@ -156,11 +161,11 @@ def test_it_pauses_a_server_so_nothing_works_on_it_until_resumed(stack: Stack,
 
 def test_it_refuses_a_running_customers_rebuild_while_paused(stack: Stack,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
-    rid = stack.create_server(1, "ann@example.com")
+    rid = stack.create_server(1, "ann@example.com", user_id=ANN)
     cli(stack, capsys, "pause", f"#{rid}")
     name = row_of(stack, rid).server_name or ""
     with TestClient(create_app(stack.app)) as client:
-        token = mint_token(stack.app.settings, "ann@example.com", 0, ttl_seconds=600)
+        token = mint_token(stack.app.settings, "ann@example.com", ANN, ttl_seconds=600)
         reply = client.post(f"/api/servers/{name}/rebuild", json={"location": "ams"},
                             headers={"Authorization": f"Bearer {token}"})
     assert reply.status_code == 409 and reply.json()["error"]["code"] == "support_hold"
@@ -176,7 +181,7 @@ def test_it_refuses_a_running_customers_rebuild_while_paused(stack: Stack,
 ])
 def test_it_refuses_bad_hold_commands_in_one_line(stack: Stack, capsys: pytest.CaptureFixture[str],
                                                   args: tuple[str, ...], needle: str) -> None:
-    stack.create_server(1, "ann@example.com")
+    stack.create_server(1, "ann@example.com", user_id=ANN)
     cli(stack, capsys, "pause", "#1")
     before = snapshot(stack)
     one_line_error(cli(stack, capsys, *args), needle)
@@ -184,7 +189,7 @@ def test_it_refuses_bad_hold_commands_in_one_line(stack: Stack, capsys: pytest.C
 
 
 def test_it_refuses_to_resume_a_server_that_is_not_paused(stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    stack.create_server(1, "ann@example.com")
+    stack.create_server(1, "ann@example.com", user_id=ANN)
     before = snapshot(stack)
     one_line_error(cli(stack, capsys, "resume", "#1"), "is not paused")
     assert snapshot(stack) == before
@@ -246,7 +251,7 @@ def test_it_refuses_a_bad_retry_in_one_line_and_retries_nothing(
 
 def test_a_forced_destroy_stays_down_across_ticks_and_release_brings_back_the_same_ovpn(
         stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
-    rid = stack.create_server(1, "ann@example.com")
+    rid = stack.create_server(1, "ann@example.com", user_id=ANN)
     before = row_of(stack, rid)
     ovpn = stack.app.secret_box.open(before.ovpn_file_enc or "")
     name = (before.server_name or "").split(".")[0]
@@ -300,7 +305,7 @@ def test_a_forced_destroy_stays_down_across_ticks_and_release_brings_back_the_sa
 
 def test_a_release_after_the_subscription_ended_wipes_the_kept_pki(stack: Stack,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    rid = stack.create_server(1, "ann@example.com")
+    rid = stack.create_server(1, "ann@example.com", user_id=ANN)
     cli(stack, capsys, "destroy", "#1", "--force", "--reason", "chargeback", "--wait", "60")
     stack.set_subscription(1, status="expired", days=-10)
     code, _, _ = cli(stack, capsys, "release", "#1")
@@ -310,17 +315,19 @@ def test_a_release_after_the_subscription_ended_wipes_the_kept_pki(stack: Stack,
 
 def test_a_plain_destroy_of_an_ended_subscriptions_server_needs_no_force(stack: Stack,
                                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    rid = stack.create_server(1, "ann@example.com")
+    rid = stack.create_server(1, "ann@example.com", user_id=ANN)
     stack.set_subscription(1, status="expired", days=-10)
     code, _, _ = cli(stack, capsys, "destroy", "#1", "--wait", "60")
     row = row_of(stack, rid)
-    assert code == 0 and (row.status, row.operator_hold_at, row.secrets_enc) == ("Destroyed", None, None)
+    # an ended subscription: no operator's hold; the PKI is kept only for a renewal (keep_identity_days)
+    assert code == 0 and (row.status, row.operator_hold_at) == ("Destroyed", None)
+    assert row.identity_kept_until is not None
 
 
 # --- two operator commands at once --------------------------------------------------------------
 
 def test_two_cli_processes_never_both_work_a_row(stack: Stack) -> None:
-    rid = stack.create_server(1, "ann@example.com")
+    rid = stack.create_server(1, "ann@example.com", user_id=ANN)
     name = f"#{rid}"
     # Given one operator's rebuild, stuck in its install (the host never answers the command)
     stack.hosts.set_fault("*", "command_hang", match="install.sh")

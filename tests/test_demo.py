@@ -73,10 +73,14 @@ def run_demo(cwd: Path, env: dict[str, str], *args: str) -> subprocess.Completed
 
 # --- one setting moves every port ---------------------------------------------------------------
 
-def test_one_setting_moves_every_port_and_url_of_the_demo() -> None:
+def test_one_setting_moves_every_port_and_url_of_the_demo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from provisioner.cli.demo import prepare_local_secrets
+
+    monkeypatch.chdir(tmp_path)             # the demo's secret files are made relative to the working directory
+    prepare_local_secrets(str(SANDBOX_TOML))
     s = load_settings(SANDBOX_TOML, env={"PROVISIONER_SANDBOX_PORT_BASE": "19080"})
     assert (s.sandbox.vultr_port, s.sandbox.cloudflare_port, s.sandbox.admin_port, s.api.listen_port,
-            s.ssh.port) == (19080, 19081, 19082, 19083, 19084)
+            s.ssh.port, s.sandbox.smtp_port, s.notify.smtp_port) == (19080, 19081, 19082, 19083, 19084, 19085, 19085)
     assert (s.vultr.base_url, s.cloudflare.base_url) == ("http://127.0.0.1:19080/v2",
                                                          "http://127.0.0.1:19081/client/v4")
     assert s.api.public_url == s.api.cors_origin == "http://127.0.0.1:19083"

@@ -83,3 +83,27 @@ def named_server(app: App, session: Session, ref: str) -> Server:
     return server
 
 
+
+
+def account_of(app: App, email: str) -> str:
+    """The storefront account of ``email``'s servers (what a dashboard token must name)."""
+    from sqlalchemy import func, select
+
+    from provisioner import db
+    from provisioner.models import Server
+
+    db.require_schema(app.engine)
+    with app.sessions() as s:
+        # the servers the dashboard shows: live ones, and those support took down until released
+        shown = (Server.status != "Destroyed") | Server.operator_hold_at.is_not(None)
+        accounts = set(s.scalars(select(Server.account_id).where(func.lower(Server.user_email) == email.lower(),
+                                                                  shown)))
+    known = sorted(a for a in accounts if a)
+    if not known and accounts:
+        raise UsageError(f"{email}'s servers belong to no storefront account (a guest checkout): the customer "
+                         "sees them once they have an account")
+    if not known:
+        raise UsageError(f"no server belongs to {email}; give the account with --user-id")
+    if len(known) > 1:
+        raise UsageError(f"{email} has servers on several accounts ({', '.join(known)}); pick one with --user-id")
+    return known[0]

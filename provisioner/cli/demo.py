@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DEMO_LOGIN_EMAIL = "alice@example.com"  # an active subscription in the demo storefront
 SANDBOX_HOST = "127.0.0.1"              # where `provisioner sandbox serve` listens (SandboxConfig.host)
+STOP_SECONDS = 4.0    # Ctrl-C: the children get this long in all (they stop in ~1-3 s), then are killed
 
 
 def prepare_local_secrets(config_file: str) -> list[str]:
@@ -183,12 +184,14 @@ class Supervisor:
         self.feed.skip_history()
         try:
             self.spawn("sandbox", "sandbox", "serve")
-            if not _wait_for_port(SANDBOX_HOST, s.sandbox.admin_port, 30, self.children["sandbox"]):
-                return self._failed("the sandbox did not start")
+            if not _wait_for_port(SANDBOX_HOST, s.sandbox.admin_port, 30, self.children["sandbox"], self.stop):
+                return 0 if self.stop.is_set() else self._failed("the sandbox did not start")
+            if self.stop.is_set():
+                return 0
             self.spawn("worker", "run")
             self.spawn("api", "api")
-            if not _wait_for_api(s.api.listen_host, s.api.listen_port, 30, self.children["api"]):
-                return self._failed("the dashboard API did not start")
+            if not _wait_for_api(s.api.listen_host, s.api.listen_port, 30, self.children["api"], self.stop):
+                return 0 if self.stop.is_set() else self._failed("the dashboard API did not start")
             self._banner()
             return self._watch()
         finally:
@@ -198,7 +201,7 @@ class Supervisor:
         s = self.app.settings
         print("\nThe sandbox clouds, the worker and the dashboard API are running.")
         print(f"Dashboard for demo customer {DEMO_LOGIN_EMAIL} (valid for an hour):\n  "
-              f"{_dashboard_url(s, DEMO_LOGIN_EMAIL)}")
+              f"{_dashboard_url(self.app, DEMO_LOGIN_EMAIL)}")
         print(f"Sandbox admin (state, call log, faults): http://{SANDBOX_HOST}:{s.sandbox.admin_port}/")
         print(f"Logs of the sandbox, the worker and the API: {self.log_path}")
         print(f"In another terminal: .venv/bin/provisioner --config {self.config} servers")
@@ -216,7 +219,7 @@ class Supervisor:
             if not settled and self.feed.all_running():
                 settled = True
                 print(f"\nAll {self.feed.live} demo servers are Running. Dashboard for {DEMO_LOGIN_EMAIL}:\n  "
-                      f"{_dashboard_url(self.app.settings, DEMO_LOGIN_EMAIL)}\n", flush=True)
+                      f"{_dashboard_url(self.app, DEMO_LOGIN_EMAIL)}\n", flush=True)
         print("\nstopping…", flush=True)
         return 0
 
@@ -240,15 +243,18 @@ class Supervisor:
         return 1
 
     def _terminate(self) -> None:
+        """SIGTERM to every child at once; whatever still runs after STOP_SECONDS in all is killed."""
         for proc in self.children.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_SECONDS
         for name, proc in self.children.items():
             try:
-                proc.wait(timeout=15)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in time; killing it", name)
                 proc.kill()
+                proc.wait(timeout=5)
 
 
 class EventFeed:
@@ -329,32 +335,36 @@ def _clock(at: dt.datetime | None = None) -> str:
     return (at or dt.datetime.now(dt.UTC)).astimezone().strftime("%H:%M:%S")
 
 
-def _dashboard_url(settings: Any, email: str) -> str:
+def _dashboard_url(app: Any, email: str) -> str:
     from dashboard_api.tokens import mint_token
 
-    token = mint_token(settings, email, user_id=1, ttl_seconds=3600)
+    settings = app.settings
+    account = next((s.account_id for s in app.storefront.read(app.clock()) if s.email == email and s.account_id), "0")
+    token = mint_token(settings, email, user_id=account, ttl_seconds=3600)
     return f"{settings.api.public_url.rstrip('/')}/#token={token}"
 
 
-def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+def _wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes],
+                   stop: threading.Event) -> bool:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if proc.poll() is not None:
             return False
         with socket.socket() as sock:
             sock.settimeout(0.5)
             if sock.connect_ex((host, port)) == 0:
                 return True
-        time.sleep(0.2)
+        stop.wait(0.2)
     return False
 
 
-def _wait_for_api(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes]) -> bool:
+def _wait_for_api(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes],
+                  stop: threading.Event) -> bool:
     """Until ``/healthz`` answers 200: the login link is printed only once it works."""
     import http.client
 
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if proc.poll() is not None:
             return False
         conn = http.client.HTTPConnection(host, port, timeout=1)
@@ -366,5 +376,5 @@ def _wait_for_api(host: str, port: int, timeout: float, proc: subprocess.Popen[b
             pass
         finally:
             conn.close()
-        time.sleep(0.2)
+        stop.wait(0.2)
     return False

@@ -42,6 +42,10 @@ def plan_text(p: Plan) -> str:
     out.append(f"resume   {len(p.resume):>4}  " + ", ".join(s.label for s in p.resume))
     for h in p.held:
         out.append(f"held: {h['reason']}")
+    for label, until in sorted(p.waiting.items(), key=lambda kv: kv[1]):
+        out.append(f"waiting: server {label}: its subscription ended; destroyed after {when(until)} UTC (the grace)")
+    if p.unconfigured:
+        out.append(f"unconfigured products (ignored): subscription {', '.join(p.unconfigured)}")
     if p.empty and not p.held:
         out.append("nothing to do")
     return "\n".join(line.rstrip() for line in out)
@@ -113,8 +117,8 @@ def outbox_table(messages: Sequence[OutboxMessage]) -> str:
 
 def health_text(report: dict[str, Any]) -> str:
     lines = [f"{'HEALTHY' if report['healthy'] else 'UNHEALTHY'}"]
-    for problem in report["problems"]:
-        lines.append(f"  problem: {problem}")
+    for check in report["checks"]:
+        lines.append(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
     for key, value in report["facts"].items():
         lines.append(f"  {key}: {value}")
     return "\n".join(lines)

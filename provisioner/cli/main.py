@@ -18,6 +18,7 @@ from provisioner.cli import display, operator
 from provisioner.cli.common import (
     Command,
     UsageError,
+    account_of,
     cli_owner,
     config_path,
     make_app,
@@ -72,6 +73,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         lc = wiring.lifecycle(app, owner=cli_owner())
         applied = operations.start_plan(lc, result, app.destroy_cross_check())
+        if not storefront_error:
+            from provisioner import holds
+
+            with app.sessions() as s:
+                holds.record_pass(s, result, app.clock(), app.settings, extra_holds=applied.held)
+                s.commit()
         ids = [st.id for st in result.resume]
         ids += operations.due_rows(app.sessions, app.clock())
         if args.wait:
@@ -162,6 +169,8 @@ def cmd_ovpn(args: argparse.Namespace) -> int:
     db.require_schema(app.engine)
     with app.sessions() as s:
         row = named_server(app, s, args.server)
+        if row.status == "Destroyed":
+            raise UsageError(f"server {row.server_name or row.id} is Destroyed; it has no .ovpn")
         if not row.ovpn_file_enc:
             raise UsageError(f"server {row.server_name or row.id} has no .ovpn yet (status {row.status})")
         data = app.secret_box.open(row.ovpn_file_enc)
@@ -227,41 +236,45 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    import threading
+    import faulthandler
 
     from jobs.worker import Worker
 
-    code = Worker(make_app(args)).run_forever()
-    stuck = [t.name for t in threading.enumerate()
-             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if stuck:
+    faulthandler.enable()     # a fatal signal (SIGBUS from a vanished database file) still says where
+    worker = Worker(make_app(args))
+    code = worker.run_forever()
+    if worker.driver.busy:
         # A step still blocked after the grace (an install mid-command): its row's lease runs out
-        # and the restarted worker resumes it. Do not let the interpreter wait for it at exit.
-        log.warning("exiting with %d step(s) still running (%s); they resume on restart", len(stuck),
-                    ", ".join(sorted(stuck)[:5]))
-        logging.shutdown()
-        os._exit(code)
-    return code
+        # and the restarted worker resumes it.
+        log.warning("exiting with %d step(s) still running; they resume on restart", worker.driver.busy)
+    # Never wait for a thread at exit (concurrent.futures joins its pool threads, daemon or not,
+    # so a step blocked on a host or a job blocked on a provider would hold the exit up).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from jobs import registry
+    from jobs import records, registry
     from provisioner import db, wiring
 
     app = make_app(args)
     db.require_schema(app.engine)
-    result = registry.job(app, args.name, wiring.lifecycle(app, owner=cli_owner()))()
+    owner = cli_owner()
+    try:
+        result = registry.run_and_record(app, args.name, registry.job(app, args.name, wiring.lifecycle(app, owner)))
+    finally:
+        records.heartbeat(app, owner, leader=False)   # how its provider calls went, for `status`
     print(registry.summary(args.name, result))
-    return 0
+    return 0 if registry.succeeded(result) else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from provisioner import db
     from provisioner.cli.health import health
 
     app = make_app(args)
-    db.require_schema(app.engine)
-    report = health(app)
+    report = health(app)       # a database that cannot be reached is one of its checks, not an error
     print(json.dumps(report, indent=2, default=str) if args.json else display.health_text(report))
     return 0 if report["healthy"] else 1
 
@@ -278,7 +291,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= 3600:
         raise UsageError("--ttl must be between 1 and 3600 seconds (dashboard tokens live at most an hour)")
     app = make_app(args)
-    token = mint_token(app.settings, args.email, user_id=args.user_id, ttl_seconds=args.ttl)
+    account = args.user_id if args.user_id is not None else account_of(app, args.email)
+    token = mint_token(app.settings, args.email, user_id=account, ttl_seconds=args.ttl)
     print(f"{app.settings.api.public_url.rstrip('/')}/#token={token}")
     return 0
 
@@ -288,6 +302,33 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     argv = ["--config", config_path(args) or ""] if args.sandbox_command == "serve" else []
     return sandbox_main(argv)
+
+
+def cmd_sandbox_mail(args: argparse.Namespace) -> int:
+    """What the sandbox's mail catcher caught: the demo's customer mail and operator alerts."""
+    import datetime as dt
+
+    import httpx
+
+    settings = make_app(args).settings
+    if not settings.sandbox.enabled:
+        raise UsageError(f"sandbox.enabled is false in {settings.source}: there is no mail catcher")
+    url = f"http://127.0.0.1:{settings.sandbox.admin_port}/_sandbox/mail"
+    try:
+        mail = httpx.get(url, timeout=5).raise_for_status().json()["mail"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"provisioner: error: the sandbox does not answer at {url} ({type(exc).__name__}); is it running?",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(mail, indent=2))
+    elif not mail:
+        print("no mail caught yet")
+    else:
+        print(display.table(["WHEN (UTC)", "TO", "KIND", "SUBJECT"],
+                            [[display.when(dt.datetime.fromtimestamp(m["at"], dt.UTC)), ", ".join(m["to"]),
+                              m["kind"], m["subject"]] for m in mail]))
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -380,12 +421,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("api", cmd_api, "the customer dashboard: JSON API and page (uvicorn; systemd)")
     tk = add("token", cmd_token, "print a dashboard login URL for a customer (support and testing)")
     tk.add_argument("email")
-    tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
+    tk.add_argument("--user-id", metavar="ACCOUNT", help="the storefront account the token names (WordPress user "
+                    "id, or Stripe customer id); default: the account of EMAIL's servers")
     tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
+    from provisioner.cli import destroys as cli_destroys
     from provisioner.cli import iphistory, keys
     from provisioner.cli import outbox as cli_outbox
 
     cli_outbox.register(add)
+    cli_destroys.register(add)
     iphistory.register(add)
     keys.register(sub)
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
@@ -395,6 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
     sbsub = sb.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
     sbsub.add_parser("serve", help="run the sandbox until Ctrl-C, as the config describes").set_defaults(
         func=cmd_sandbox)
+    sm = sbsub.add_parser("mail", help="the mail the sandbox's catcher received (demo mail and operator alerts)")
+    sm.add_argument("--json", action="store_true")
+    sm.set_defaults(func=cmd_sandbox_mail)
     add("keygen", cmd_keygen, "print a new Fernet key for secrets.fernet_keys")
     dm = add("demo", cmd_demo, "the embedded default: sandbox clouds, SQLite, a demo storefront, worker and API")
     dm.add_argument("--plan-only", action="store_true", help="prepare the demo database and print the plan, then exit")
@@ -422,7 +469,14 @@ def run_guarded(func: Command, args: argparse.Namespace, parser: argparse.Argume
     # Runtime errors are reported as one line (exit 1), not as an internal error.
     runtime_errors = (DatabaseUnavailable, StorefrontUnavailable, SecretKeyError, UndecryptableSecret)
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()       # a reader that went away is met here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `provisioner status | head`: the reader closed the pipe; end quietly, as a SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ConfigError, UsageError) as exc:
         if args.debug:
             raise

@@ -12,6 +12,8 @@
                                       a fault of the simulated SSH hosts (see hosts.py) -> 200 / 400
     DELETE /_sandbox/host-faults      clear every host fault
     POST   /_sandbox/reset            empty cloud, empty call log, hosts stopped
+    GET    /_sandbox/mail             {"mail": [{at, from, to, subject, kind, body}]}: what the mail
+                                      catcher caught (customer mail and operator alerts), oldest first
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ class AdminService(Service):
     name = "admin"
 
     def __init__(self, state: SimState, faults: FaultInjector, describe: Callable[[], dict[str, Any]],
-                 reset: Callable[[], None], hosts: HostRunner) -> None:
+                 reset: Callable[[], None], hosts: HostRunner,
+                 mail: Callable[[], list[dict[str, Any]]] = list) -> None:
         # Faults never apply to the admin API itself, and its calls are not logged.
         super().__init__(FaultInjector(), lambda entry: None)
         self.state = state
@@ -37,6 +40,7 @@ class AdminService(Service):
         self._describe = describe
         self._reset = reset
         self.hosts = hosts
+        self._mail = mail
         r = self.router.add
         r("GET", "/", lambda req: Response(200, index()))
         r("GET", "/_sandbox", lambda req: Response(200, index()))
@@ -49,6 +53,7 @@ class AdminService(Service):
         r("POST", "/_sandbox/reset", self.reset)
         r("POST", "/_sandbox/host-faults", self.set_host_fault)
         r("DELETE", "/_sandbox/host-faults", self.clear_host_faults)
+        r("GET", "/_sandbox/mail", lambda req: Response(200, {"mail": self._mail()}))
 
     def calls(self, req: Request) -> Response:
         try:
@@ -99,6 +104,7 @@ ENDPOINTS = [
     ("POST", "/_sandbox/host-faults", "fault the simulated SSH hosts: body is a host fault (below)"),
     ("DELETE", "/_sandbox/host-faults", "clear every host fault (hung commands are released)"),
     ("POST", "/_sandbox/reset", "an empty cloud: no instances, records or snapshots; call log emptied"),
+    ("GET", "/_sandbox/mail", "what the mail catcher received: [{at, from, to, subject, kind, body}]"),
 ]
 HOST_FAULTS = {
     "refuse": "the host stops listening (connection refused)",

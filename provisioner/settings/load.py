@@ -29,6 +29,8 @@ from provisioner.settings import schema
 from provisioner.settings.schema import SECTIONS, ConfigError, Field, Product, Settings
 
 ENV_PREFIX = "PROVISIONER_"
+# Variables of ours that are not settings: the config file's path, and test-only switches.
+NOT_SETTINGS = frozenset({"PROVISIONER_CONFIG", "PROVISIONER_CRASH_AT", "PROVISIONER_TEST_MYSQL_URL"})
 
 
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,9 +61,31 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Settings
             raise ConfigError(f"{name}: must be a table ([{name}]) in {source}")
         sections[name] = _section(name, fields, table, env)
     products = _products(raw.get("products", {}), env)
+    _unknown_variables(env, products)
     settings = Settings(source=source, products=products, **sections)
     _cross_checks(settings)
     return settings
+
+
+def _unknown_variables(env: Mapping[str, str], products: Mapping[str, Product]) -> None:
+    """A misspelled PROVISIONER_* variable is an error, like a misspelled key in the file."""
+    known = set(NOT_SETTINGS)
+    for name, fields in SECTIONS.items():
+        for key, field in fields.items():
+            known.add(f"{ENV_PREFIX}{name}_{key}".upper())
+            if field.secret:
+                known.add(f"{ENV_PREFIX}{name}_{key}_FILE".upper())
+    for pid in products:
+        known |= {_product_env(pid, key) for key in Product.FIELDS}
+    unknown = sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known)
+    if unknown:
+        hint = _did_you_mean(unknown[0], known)
+        raise ConfigError(f"{unknown[0]}: unknown environment variable{hint}; unset it "
+                          "(config/provisioner.example.toml lists every setting)")
+
+
+def _product_env(pid: str, key: str) -> str:
+    return f"{ENV_PREFIX}PRODUCTS_{re.sub(r'[^A-Za-z0-9]', '_', pid)}_{key}".upper()
 
 
 def _section(name: str, fields: dict[str, Field], table: dict[str, Any], env: Mapping[str, str]) -> Any:
@@ -94,6 +118,7 @@ def sandbox_ports(base: int) -> dict[tuple[str, str], Any]:
     api = f"http://127.0.0.1:{base + 3}"
     return {("sandbox", "vultr_port"): base, ("sandbox", "cloudflare_port"): base + 1,
             ("sandbox", "admin_port"): base + 2, ("api", "listen_port"): base + 3, ("ssh", "port"): base + 4,
+            ("sandbox", "smtp_port"): base + 5, ("notify", "smtp_port"): base + 5,
             ("vultr", "base_url"): f"http://127.0.0.1:{base}/v2",
             ("cloudflare", "base_url"): f"http://127.0.0.1:{base + 1}/client/v4",
             ("api", "public_url"): api, ("api", "cors_origin"): api, ("storefront", "url"): f"{api}/#pricing"}
@@ -141,7 +166,7 @@ def _products(table: Any, env: Mapping[str, str]) -> dict[str, Product]:
             raise ConfigError(f"products.{pid}: must be a table")
         spec = dict(spec)
         for key in Product.FIELDS:
-            env_name = f"{ENV_PREFIX}PRODUCTS_{re.sub(r'[^A-Za-z0-9]', '_', pid)}_{key}".upper()
+            env_name = _product_env(pid, key)
             if env_name in env:
                 spec[key] = _from_env(f"products.{pid}.{key}", env_name, env[env_name], Product.FIELDS[key])
         products[pid] = Product.from_table(pid, spec, ConfigError)
@@ -206,6 +231,10 @@ def _cross_checks(s: Settings) -> None:
     for pid, product in s.products.items():
         if product.default_region not in product.regions:
             raise ConfigError(f"products.{pid}.default_region: {product.default_region!r} is not in its regions")
+    if not s.sandbox.enabled and not s.notify.operator_channel:
+        raise ConfigError("notify.operator_email (with notify.smtp_host) or notify.webhook_url: a production config "
+                          "needs an operator channel, or alerts (needs attention, held destroys) land nowhere; "
+                          "set one of them")
 
 
 def _did_you_mean(key: str, allowed: set[str]) -> str:

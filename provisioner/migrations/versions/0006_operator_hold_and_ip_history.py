@@ -1,7 +1,7 @@
 """an operator's hold on a server; the history of every address a server held
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-11-27 16:30:00
 
 - ``provisioner_servers.operator_hold_at`` / ``operator_hold_reason``: a forced destroy by an
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0006'
-down_revision = '0004'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
