@@ -6,12 +6,14 @@ authenticated customer is also rate limited on their own, on top of the per-addr
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import Connection
 
 from dashboard_api.errors import ApiError
 from dashboard_api.guards import SlidingWindowLimiter, retry_after
@@ -36,6 +38,13 @@ class ApiState:
     @property
     def settings(self) -> Settings:
         return self.app.settings
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A pooled connection for one read; its transaction ends (rolled back) on the way out,
+        so a long-lived page poller never pins an old snapshot."""
+        with self.app.engine.connect() as conn:
+            yield conn
 
 
 # Both dependencies are async on purpose: they never block (no I/O), and a sync dependency

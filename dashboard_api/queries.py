@@ -13,12 +13,26 @@ import functools
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
-from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, or_, select, union_all
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    Connection,
+    Dialect,
+    Select,
+    String,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.sql.compiler import SQLCompiler
 
-from provisioner.models import Server, ServerEvent, Status
+from provisioner.models import Server, ServerEvent, Status, is_idle
 
 PREFIX_CHARS = 3   # 2**3 = at most 8 index ranges
 
@@ -61,9 +75,46 @@ class Owned:
     has_ovpn: bool
 
 
-@dataclass(frozen=True)
-class EventRow:
-    at: dt.datetime
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """What the customer's reads need of one row: plain columns, no ORM object, no secrets.
+
+    The read path (the page polls ``GET /api/servers``) builds these from one Core query
+    on a pooled connection; the write routes use the ORM (:class:`Owned`) for its version
+    fence. Both expose the attributes :mod:`dashboard_api.views` reads."""
+
+    id: int
+    server_name: str | None
+    product_id: str
+    status: str
+    action: str | None
+    step: str | None
+    needs_human: bool
+    rebuild_now_status: bool
+    rebuild_now_location: str | None
+    server_ip: str | None
+    current_location: str | None
+    rebuild_schedule: str
+    rebuild_schedule_location: str
+    bandwidth_this_month: int | None
+    bandwidth_limit_this_month: int | None
+    last_rebuilt_at: dt.datetime | None
+    has_ovpn: bool
+
+    @property
+    def busy(self) -> bool:
+        return not is_idle(self.action, self.status) or bool(self.rebuild_now_status)
+
+
+_ROW_COLUMNS = (Server.id, Server.server_name, Server.product_id, Server.status, Server.action, Server.step,
+                Server.needs_human, Server.rebuild_now_status, Server.rebuild_now_location, Server.server_ip,
+                Server.current_location, Server.rebuild_schedule, Server.rebuild_schedule_location,
+                Server.bandwidth_this_month, Server.bandwidth_limit_this_month, Server.last_rebuilt_at,
+                Server.ovpn_file_enc.is_not(None))
+
+
+class EventRow(TypedDict):
+    at: dt.datetime | None
     what: str
     outcome: str
 
@@ -78,14 +129,88 @@ def _servers_query(count: int) -> Select[tuple[Server, bool]]:
             .options(defer(Server.ovpn_file_enc), defer(Server.secrets_enc), defer(Server.root_password_enc)))
 
 
-def customer_servers_query(email: str) -> Select[tuple[Server, bool]]:
-    return _servers_query(len(_ranges(email)[1])).params(_params(email))
+@functools.lru_cache(maxsize=16)
+def _rows_query(count: int) -> Select[Any]:
+    # The same WHERE as _servers_query (the same index ranges), only the columns the reads show.
+    return select(*_ROW_COLUMNS).where(_owned_by(count))
+
+
+def customer_servers_query(email: str) -> Select[Any]:
+    """The statement the read path runs for ``email`` (tests and benchmarks EXPLAIN it)."""
+    return _rows_query(len(_ranges(email)[1])).params(_params(email))
 
 
 def _params(email: str) -> dict[str, str]:
     wanted, ranges = _ranges(email)
     return {"wanted": wanted, **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
             **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+
+
+def customer_rows(conn: Connection, email: str) -> list[ServerRow]:
+    """The customer's servers that still exist, by id, as plain rows (one indexed query)."""
+    found = [ServerRow(rid, name, product, status, action, step, bool(human), bool(rebuild), rebuild_at, ip, where,
+                       schedule, schedule_at, int(used or 0), int(limit or 0), _utc(rebuilt), bool(ovpn))
+             for (rid, name, product, status, action, step, human, rebuild, rebuild_at, ip, where, schedule,
+                  schedule_at, used, limit, rebuilt, ovpn)
+             in _fetch(conn, _rows_query(len(_ranges(email)[1])), _params(email))]
+    found.sort(key=lambda r: r.id)
+    return [r for r in found if r.status != Status.DESTROYED.value]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    positions: tuple[str, ...] | None   # the parameters' order for a positional paramstyle
+    defaults: dict[str, Any]            # the statement's own values (its LIMIT)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(dialect: Dialect, statement: ClauseElement) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    return _Compiled(compiled.string, tuple(compiled.positiontup or ()) if compiled.positional else None,
+                     dict(compiled.params))
+
+
+def _fetch(conn: Connection, statement: ClauseElement, params: dict[str, Any]) -> list[Any]:
+    """Rows of a cached statement straight from the driver's cursor.
+
+    The read path's two queries return a few dozen small rows; SQLAlchemy's result layer
+    (row objects, type processors) cost more than the SQL itself, so these two run on the
+    DBAPI cursor of the pooled connection, compiled once per dialect, and convert their own
+    values (:func:`_utc`). Parameters are plain strings and integers."""
+    c = _compile(conn.dialect, statement)
+    values = {**c.defaults, **params}
+    args: Any = tuple(values[name] for name in c.positions) if c.positions is not None else values
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(c.sql, args)
+        return list(cursor.fetchall())
+    except Exception:
+        conn.invalidate()  # a broken connection must not go back to the pool
+        raise
+    finally:
+        cursor.close()
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    """A DATETIME column as aware UTC: SQLite hands back ISO text, MySQL naive datetimes."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    result: dt.datetime = value.replace(tzinfo=dt.UTC)
+    return result
+
+
+def find_row(rows: Sequence[ServerRow], name: str, domain: str) -> ServerRow | None:
+    """The row called ``name`` (DNS name or short name) among the customer's own, else None."""
+    wanted = name.lower()
+    for row in rows:
+        full = (row.server_name or "").lower()
+        if full and wanted in (full, full.removesuffix("." + domain.lower())):
+            return row
+    return None
 
 
 def customer_servers(session: Session, email: str) -> list[Owned]:
@@ -106,8 +231,9 @@ def customer_server(session: Session, email: str, name: str, domain: str) -> Own
     return None
 
 
-def ovpn_token(session: Session, server_id: int) -> str | None:
-    return session.scalar(select(Server.ovpn_file_enc).where(Server.id == server_id))
+def ovpn_token(conn: Connection | Session, server_id: int) -> str | None:
+    token: str | None = conn.execute(select(Server.ovpn_file_enc).where(Server.id == server_id)).scalar()
+    return token
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,14 +246,26 @@ def _events_union(count: int, limit: int) -> Any:
     return union_all(*(select(*part.c) for part in parts)) if count > 1 else select(*parts[0].c)
 
 
-def recent_events(session: Session, server_ids: Sequence[int], limit: int = 10) -> dict[int, list[EventRow]]:
+def recent_events(conn: Connection | Session, server_ids: Sequence[int], limit: int = 10) -> dict[int, list[EventRow]]:
     """The last ``limit`` events of each server, newest first, in one statement: a UNION ALL of
-    one index range per server (portable: no window functions, which MySQL 5.7 lacks)."""
+    one index range per server (portable: no window functions, which MySQL 5.7 lacks).
+
+    Each event is a plain ``{"at", "what", "outcome"}`` dict, as the API shows it."""
     out: dict[int, list[EventRow]] = {sid: [] for sid in server_ids}
     if not server_ids:
         return out
     q = _events_union(len(server_ids), limit)
-    rows = session.execute(q, {f"sid{i}": sid for i, sid in enumerate(server_ids)}).tuples()
-    for sid, at, what, outcome, _id in sorted(rows, key=lambda r: (r[1], r[4]), reverse=True):
-        out[sid].append(EventRow(at=at, what=what, outcome=outcome))
+    params = {f"sid{i}": sid for i, sid in enumerate(server_ids)}
+    if isinstance(conn, Session):
+        rows = [tuple(r) for r in conn.execute(q, params)]
+    else:
+        # Sorted on the driver's values (ISO text on SQLite sorts like the times), converted after.
+        rows = _fetch(conn, q, params)
+    rows.sort(key=_newest, reverse=True)
+    for sid, at, what, outcome, _id in rows:
+        out[sid].append({"at": _utc(at), "what": what, "outcome": outcome})
     return out
+
+
+def _newest(row: Any) -> tuple[Any, int]:
+    return row[1], row[4]
