@@ -56,9 +56,10 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
         return rebuild
     if name == "sync_bandwidth":
         def sync() -> bandwidth.BandwidthReport:
-            with app.sessions() as s:
-                return bandwidth.sync_bandwidth(s, lc.ctx.vultr, app.clock(), app.settings.products,
-                                                on_event=_notifier(app.settings))
+            pace = bandwidth.SyncPace.for_period(app.settings.vultr.requests_per_second,
+                                                 app.settings.worker.bandwidth_sync_minutes * 60)
+            return bandwidth.sync_bandwidth_paced(app.sessions, lc.ctx.vultr, app.clock(), app.settings.products,
+                                                  pace, on_event=_notifier(app.settings), stop=lc.stopping)
         return sync
     if name == "reset_bandwidth_monthly":
         def reset() -> bandwidth.BandwidthReport:

@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -113,15 +113,23 @@ def _start_requested(lc: Lifecycle, s: Session, row: Server, applied: Applied) -
         applied.refused.append(f"rebuild {label}: {exc}")
 
 
+# 1 for a row whose next step creates its instance (a new create, or a rebuild's new
+# generation), 0 for one already past that.
+_NOT_STARTED = case((Server.step.in_(("prepare", "instance")), 1), (Server.step.is_(None), 1), else_=0)
+
+
 def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | None = None,
              exclude: Collection[int] = ()) -> list[int]:
-    """Rows with an action whose next attempt is due and that no live lease holds, soonest
-    first (one query on ``ix_provisioner_servers_due``)."""
+    """Rows with an action whose next attempt is due and that no live lease holds (one query
+    on ``ix_provisioner_servers_due``): servers already under way first, then new creates,
+    each soonest first. A server past its create is a boot poll, an install or a DNS write
+    away from running; taking it before starting another create keeps every provider's
+    limit busy (creates queue on Vultr's while finished boots feed SSH and Cloudflare)."""
     q = (select(Server.id).where(
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
         or_(Server.next_attempt_at.is_(None), Server.next_attempt_at <= now),
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
-        .order_by(Server.next_attempt_at, Server.id))
+        .order_by(_NOT_STARTED, Server.next_attempt_at, Server.id))
     if exclude:
         q = q.where(Server.id.not_in(list(exclude)))
     if limit is not None:

@@ -183,6 +183,27 @@ class CloudflareDNS:
                 log.info("A %s: record %s vanished while updating; reading back", name, keep and keep.id)
         raise CloudflareConflict(f"cloudflare: A record for {name} did not settle in {UPSERT_ROUNDS} rounds")
 
+    def point_a(self, name: str, ip: str, record_id: str | None = None) -> str:
+        """:meth:`upsert_a` in one write on the happy path; returns the record id.
+
+        With the id of the record we made before (a rebuild moving the name): PUT it. Without
+        (a new server's name, which only we create): POST. A reply that says the record is
+        not as we thought -- it already exists (our own earlier attempt whose reply was lost,
+        or another worker), or the known one vanished -- falls back to :meth:`upsert_a`,
+        which reads the name back and settles it (and removes duplicates)."""
+        name = _normalise(name)
+        try:
+            if record_id:
+                self._write("PUT", name, ip, record_id)
+                log.info("updated A %s -> %s (record %s)", name, ip, record_id)
+                return record_id
+            record = self._write("POST", name, ip)
+            log.info("created A %s -> %s (record %s)", name, ip, record.id)
+            return record.id
+        except (CloudflareRecordExists, CloudflareNotFound) as exc:
+            log.info("A %s: %s; reading back", name, exc)
+        return self.upsert_a(name, ip)
+
     def delete(self, record_id: str) -> bool:
         """True if this call deleted it; False if it was already gone (404 / 81044)."""
         try:
