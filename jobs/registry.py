@@ -69,8 +69,11 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
         return reset
     if name == "sweep":
         def sw() -> sweep.SweepReport:
+            from provisioner.wiring import sweep_adapters
+
+            vultr, dns = sweep_adapters(app, lc.ctx.vultr, lc.ctx.dns)
             with app.sessions() as s:
-                return sweep.sweep(s, lc.ctx.vultr, lc.ctx.dns, app.settings, app.clock())
+                return sweep.sweep(s, vultr, dns, app.settings, app.clock())
         return sw
     if name == "send_outbox":
         return lambda: outbox.send_pending(app.sessions, app.settings.notify, app.clock())
