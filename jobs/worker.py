@@ -131,7 +131,7 @@ class Worker:
     # --- running ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        db.upgrade(self.app.engine)
+        db.upgrade_if_needed(self.app.engine)
         self.check_leadership()
         w = self.app.settings.worker
         s = self.scheduler
