@@ -17,8 +17,9 @@ import time
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import case, func, or_, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -125,6 +126,11 @@ def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | 
     each soonest first. A server past its create is a boot poll, an install or a DNS write
     away from running; taking it before starting another create keeps every provider's
     limit busy (creates queue on Vultr's while finished boots feed SSH and Cloudflare)."""
+    with sessions() as s:
+        return list(s.scalars(due_rows_query(now, limit=limit, exclude=exclude)))
+
+
+def due_rows_query(now: dt.datetime, *, limit: int | None = None, exclude: Collection[int] = ()) -> Select[Any]:
     q = (select(Server.id).where(
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
         or_(Server.next_attempt_at.is_(None), Server.next_attempt_at <= now),
@@ -134,20 +140,23 @@ def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | 
         q = q.where(Server.id.not_in(list(exclude)))
     if limit is not None:
         q = q.limit(limit)
-    with sessions() as s:
-        return list(s.scalars(q))
+    return q
 
 
 def next_due_at(sessions: sessionmaker[Session], now: dt.datetime, *,
                 exclude: Collection[int] = ()) -> dt.datetime | None:
     """When the soonest waiting row (a boot poll, a backoff) that nobody works on becomes due."""
+    with sessions() as s:
+        return as_utc(s.scalar(next_due_query(now, exclude=exclude)))
+
+
+def next_due_query(now: dt.datetime, *, exclude: Collection[int] = ()) -> Select[Any]:
     q = select(func.min(Server.next_attempt_at)).where(
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
     if exclude:
         q = q.where(Server.id.not_in(list(exclude)))
-    with sessions() as s:
-        return as_utc(s.scalar(q))
+    return q
 
 
 def drive(lc: Lifecycle, ids: Iterable[int], threads: int = 8) -> dict[int, Outcome]:
