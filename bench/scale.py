@@ -99,6 +99,8 @@ class World:
         db.upgrade(self.app.engine)
         self.lc = wiring.lifecycle(self.app, owner="bench")
         self.n = n
+        self._rows: list[dict[str, Any]] = []
+        self._snapshots: dict[int, str] = {}
         self._seed(n, blob_bytes)
 
     def close(self) -> None:
@@ -136,8 +138,6 @@ class World:
         log(f"seeded {n:,} servers (rows, instances, records, {n // 100} snapshots) in "
             f"{time.perf_counter() - started:.0f}s")
 
-    _rows: list[dict[str, Any]] = []
-    _snapshots: dict[int, str] = {}
 
     def _row(self, i: int, inst: str, rec: str, ip: str, blob_bytes: int) -> None:
         now = dt.datetime.now(dt.UTC)
@@ -299,22 +299,14 @@ def _schedules(sessions: Any, now: dt.datetime, tz: Any, schedules: Any) -> None
 
 
 def _plan(engine: Any, qname: str, now: dt.datetime, w: World) -> str:
-    from sqlalchemy import or_, select
-
-    from provisioner.models import REBUILDABLE
-
     if qname == "due rows":
         q: Any = operations.due_rows_query(now, limit=32)
     elif qname == "next due":
         q = operations.next_due_query(now)
     else:
-        q = select(Server.id).where(
-            Server.rebuild_schedule == "daily",
-            or_(Server.schedule_slot_done.is_(None), Server.schedule_slot_done < now),
-            or_(Server.schedule_set_at.is_(None), Server.schedule_set_at < now),
-            or_(Server.created_at.is_(None), Server.created_at < now),
-            Server.status.in_(REBUILDABLE), Server.action.is_(None), Server.paused.is_(False),
-            Server.needs_human.is_(False)).order_by(Server.id)
+        from jobs.schedules import candidates_query
+
+        q = candidates_query("daily", now)
     sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":

@@ -119,6 +119,9 @@ def _start_requested(lc: Lifecycle, s: Session, row: Server, applied: Applied) -
 _NOT_STARTED = case((Server.step.in_(("prepare", "instance")), 1), (Server.step.is_(None), 1), else_=0)
 
 
+_LONG_AGO = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | None = None,
              exclude: Collection[int] = ()) -> list[int]:
     """Rows with an action whose next attempt is due and that no live lease holds (one query
@@ -131,9 +134,12 @@ def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | 
 
 
 def due_rows_query(now: dt.datetime, *, limit: int | None = None, exclude: Collection[int] = ()) -> Select[Any]:
+    # COALESCE, not "IS NULL OR <=": with the OR, SQLite (without ANALYZE statistics, i.e.
+    # always in practice) walks ix_next_attempt, where every idle row sits at NULL, instead of
+    # the range of rows with an action on ix_due: 50 ms instead of 0.3 ms at 100,000 rows.
     q = (select(Server.id).where(
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
-        or_(Server.next_attempt_at.is_(None), Server.next_attempt_at <= now),
+        func.coalesce(Server.next_attempt_at, _LONG_AGO) <= now,
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
         .order_by(_NOT_STARTED, Server.next_attempt_at, Server.id))
     if exclude:
@@ -151,7 +157,10 @@ def next_due_at(sessions: sessionmaker[Session], now: dt.datetime, *,
 
 
 def next_due_query(now: dt.datetime, *, exclude: Collection[int] = ()) -> Select[Any]:
+    # "IS NOT NULL" changes nothing for MIN(), but lets SQLite start its walk of ix_next_attempt
+    # past the idle rows' NULLs (every one of them, checked row by row otherwise: 90 ms at 100k).
     q = select(func.min(Server.next_attempt_at)).where(
+        Server.next_attempt_at.is_not(None),
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
     if exclude:
