@@ -14,6 +14,7 @@ import logging
 from collections.abc import Iterator
 
 from fastapi import APIRouter, Depends, Path, Response
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -50,24 +51,22 @@ def get_config(st: ApiState = Depends(state)) -> ConfigOut:  # noqa: B008
                      refresh_seconds=REFRESH_SECONDS, schedules=list(SCHEDULES))
 
 
-# The reads (the page polls /api/servers every 15 s) are async routes on plain rows: one indexed
-# Core query on a pooled connection, run on the event loop (no thread-pool hop, no ORM
-# session), the body serialised once with orjson. The writes below stay sync, on the ORM.
+# The reads (the page polls /api/servers every 15 s) are async routes on plain rows: indexed
+# queries on the read connection (ApiState.read), run on the event loop (no thread-pool hop,
+# no ORM session), the body serialised once with orjson. The writes below stay sync, on the ORM.
 
 @router.get("/servers", response_model=list[ServerOut], responses=responses(*AUTHED), tags=["servers"],
             summary="The caller's servers (Destroyed ones are left out)")
 async def list_servers(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
     now = st.clock()
-    with st.reading() as conn:
-        body = views.servers_json(conn, queries.customer_rows(conn, who.email), st.settings, now)
+    body = st.read(lambda conn: views.servers_json(conn, queries.customer_rows(conn, who.email), st.settings, now))
     return Response(body, media_type="application/json")
 
 
 @router.get("/locations", response_model=list[RegionOut], responses=responses(*AUTHED), tags=["servers"],
             summary="The locations the caller's plans allow")
 async def list_locations(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
-    with st.reading() as conn:
-        rows = queries.customer_rows(conn, who.email)
+    rows = st.read(lambda conn: queries.customer_rows(conn, who.email))
     seen: dict[str, dict[str, str]] = {}
     for row in rows:
         product = st.settings.product(row.product_id)
@@ -115,11 +114,14 @@ def set_schedule(body: ScheduleRequest, name: str = ServerName, who: Customer = 
             summary="Download the OpenVPN client profile (.ovpn)")
 async def download_ovpn(name: str = ServerName, who: Customer = Depends(customer),  # noqa: B008
                        st: ApiState = Depends(state)) -> Response:  # noqa: B008
-    with st.reading() as conn:
+    def find(conn: Connection) -> tuple[queries.ServerRow | None, str | None]:
         row = queries.find_row(queries.customer_rows(conn, who.email), name, st.settings.cloudflare.domain)
-        if row is None:
-            raise ApiError(404, "server_not_found", f"You have no server called {name}.")
-        token, server_name = queries.ovpn_token(conn, row.id), row.server_name or "server"
+        return row, queries.ovpn_token(conn, row.id) if row is not None else None
+
+    row, token = st.read(find)
+    if row is None:
+        raise ApiError(404, "server_not_found", f"You have no server called {name}.")
+    server_name = row.server_name or "server"
     if not token:
         raise ApiError(409, "not_ready", "The configuration file is not ready yet; it is made when the server "
                        "is first running.")

@@ -65,3 +65,21 @@ def test_it_does_not_remember_a_refused_signature(api_env: ApiEnv) -> None:
     for _ in range(2):
         r = api_env.client.get("/api/servers", headers={"Authorization": f"Bearer {forged}"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
+
+
+def test_it_reads_on_through_a_connection_that_died(api_env: ApiEnv, owner: dict[str, str]) -> None:
+    # Given the read connection, closed behind the API's back (as a database restart would)
+    assert api_env.client.get("/api/servers", headers=owner).status_code == 200
+    reader = api_env.api.state.dashboard.reader
+    reader._conn.connection.dbapi_connection.close()
+
+    # When the customer reads again, then the read is made on a new connection
+    r = api_env.client.get("/api/servers", headers=owner)
+    assert r.status_code == 200 and len(r.json()) == 2
+    assert api_env.client.get("/api/servers/g0001/ovpn", headers=owner).status_code == 200
+
+
+def test_it_sees_a_change_the_worker_commits_at_once(api_env: ApiEnv, owner: dict[str, str]) -> None:
+    assert api_env.client.get("/api/servers", headers=owner).json()[0]["status"] == "Running"
+    api_env.set("g0001", status=Status.ERROR.value)          # another session commits
+    assert api_env.client.get("/api/servers", headers=owner).json()[0]["status"] == "Error"
