@@ -28,6 +28,7 @@ something crashes or the query does not use the index.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
 import re
@@ -45,7 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 import httpx  # noqa: E402
+from _common import MYSQL_ENV, mysql_database, mysql_server_url  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
 from dashboard_api.queries import customer_servers_query  # noqa: E402
@@ -151,15 +155,21 @@ def populate(app: App, servers: int) -> None:
             conn.execute(insert(Server), rows[start:start + 5000])
         for start in range(0, len(events), 5000):
             conn.execute(insert(ServerEvent), events[start:start + 5000])
-        conn.execute(text("ANALYZE"))
+        conn.execute(text("ANALYZE" if app.engine.dialect.name == "sqlite" else "ANALYZE TABLE provisioner_servers"))
 
 
 def query_plan_and_timing(app: App) -> tuple[str, float, float]:
     q = customer_servers_query(OWNER)
     sql = str(q.compile(app.engine, compile_kwargs={"literal_binds": True}))
-    scan = sql.replace("FROM provisioner_servers", "FROM provisioner_servers NOT INDEXED")
+    sqlite = app.engine.dialect.name == "sqlite"
+    scan = sql.replace("FROM provisioner_servers", "FROM provisioner_servers NOT INDEXED" if sqlite
+                       else "FROM provisioner_servers IGNORE INDEX (ix_provisioner_servers_user_email)")
     with app.engine.connect() as conn:
-        plan = "; ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        if sqlite:
+            plan = "; ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        else:
+            plan = "; ".join(f"{r['type']} USING INDEX {r['key']} rows={r['rows']}"
+                             for r in conn.execute(text("EXPLAIN " + sql)).mappings())
         found = conn.execute(text(sql)).all()
         assert len(found) == OWNED, f"expected {OWNED} servers for the owner, found {len(found)}"
 
@@ -199,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=4, help="wrk connections")
     p.add_argument("--baseline", type=Path, help="a source tree whose API to measure side by side")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="the wrk binary")
+    p.add_argument("--mariadb", action="store_true",
+                   help=f"the database on the MariaDB of {MYSQL_ENV} (a fresh prov_bench_* database) instead of SQLite")
     args = p.parse_args(argv)
     if not args.wrk:
         print("wrk not found (apt-get install wrk): this benchmark measures the server with wrk; nothing run")
@@ -208,16 +220,19 @@ def main(argv: list[str] | None = None) -> int:
     rounds = max(1, min(args.rounds, 10))
     connections = max(1, min(args.connections, MAX_CLIENTS))
 
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-"))
+        database = ({"database": {"url": stack.enter_context(mysql_database(mysql_server_url()))}} if args.mariadb
+                    else {})
         ports = {"minimal": free_port(), "ours": free_port(), "baseline": free_port()}
         config = write_config(Path(tmp), api={"listen_host": "127.0.0.1", "listen_port": ports["ours"],
-                                              "requests_per_minute": 100_000, "cors_origin": ""})
+                                              "requests_per_minute": 100_000, "cors_origin": ""}, **database)
         settings = load_settings(config, env={})
         app = App(settings)
         db.upgrade(app.engine)
         started = time.perf_counter()
         populate(app, servers)
-        print(f"database: {servers:,} servers ({OWNED} owned by the benchmark customer), "
+        print(f"database: {app.engine.dialect.name}, {servers:,} servers ({OWNED} owned by the benchmark customer), "
               f"filled in {time.perf_counter() - started:.1f} s")
         plan, indexed, scanned = query_plan_and_timing(app)
         ranges = plan.count("USING INDEX ix_provisioner_servers_user_email") + plan.count(

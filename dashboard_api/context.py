@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -17,6 +18,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
 
 from dashboard_api.errors import ApiError
 from dashboard_api.guards import SlidingWindowLimiter, retry_after
@@ -44,9 +46,9 @@ class ApiState:
     def settings(self) -> Settings:
         return self.app.settings
 
-    def read(self, fn: Callable[[Connection], T]) -> T:
-        """``fn`` on the read connection (see :class:`Reader`)."""
-        return self.reader.run(fn)
+    async def read(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on a read connection (see :class:`Reader`)."""
+        return await self.reader.run(fn)
 
     @functools.cached_property
     def reader(self) -> Reader:
@@ -54,43 +56,64 @@ class ApiState:
 
 
 class Reader:
-    """The customer's reads, on one connection kept for them, in autocommit mode.
+    """The customer's reads, on connections kept for them in autocommit mode.
 
-    The read routes run on the event loop's one thread, one after the other, so one
-    connection serves them all: no pool checkout (whose liveness ping is a round trip on
-    MariaDB) and no transaction to end after each read (another round trip); every SELECT
-    sees what is committed when it starts. A connection that turns out dead (the database
-    restarted) is dropped and the read tried once more on a new one, as the pool's ping
-    would have done."""
+    No pool checkout per read (its liveness ping is a round trip on MariaDB) and no
+    transaction to end after it (another one): every SELECT sees what is committed when it
+    starts. SQLite answers in-process in microseconds, so its reads run right on the event
+    loop, on one connection (no thread-pool hop). A networked database's reads go to a
+    thread, at most ``slots`` at a time, each on a connection of its own from a small stack
+    of idle ones: one slow answer never stalls the loop, and a few are waited for at once.
+    A connection that turns out dead (the database restarted) is dropped and the read tried
+    once more on a new one, as the pool's ping would have done."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, slots: int = 8) -> None:
         self._engine = engine
-        self._conn: Connection | None = None
+        self._inline = engine.dialect.name == "sqlite"
+        self._idle: list[Connection] = []
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(slots)   # connections held <= the engine pool's size
 
-    def run(self, fn: Callable[[Connection], T]) -> T:
-        for attempt in (1, 2):
-            conn = self._connection()
-            try:
-                return fn(conn)
-            except Exception as exc:
-                if not self._dead(exc) or attempt == 2:
-                    raise
-                self.close()
-        raise AssertionError("unreachable")
+    async def run(self, fn: Callable[[Connection], T]) -> T:
+        if self._inline:
+            return self._run(fn)
+        return await run_in_threadpool(self._run, fn)
 
     def close(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.invalidate()
-                conn.close()
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            self._discard(conn)
 
-    def _connection(self) -> Connection:
-        if self._conn is not None and (self._conn.invalidated or self._conn.closed):
-            self.close()
-        if self._conn is None:
-            self._conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        return self._conn
+    def _run(self, fn: Callable[[Connection], T]) -> T:
+        with self._slots:
+            for attempt in (1, 2):
+                conn = self._take()
+                try:
+                    result = fn(conn)
+                except Exception as exc:
+                    self._discard(conn)
+                    if not self._dead(exc) or attempt == 2:
+                        raise
+                    continue
+                with self._lock:
+                    self._idle.append(conn)
+                return result
+        raise AssertionError("unreachable")
+
+    def _take(self) -> Connection:
+        with self._lock:
+            while self._idle:
+                conn = self._idle.pop()
+                if not (conn.invalidated or conn.closed):
+                    return conn
+        return self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    @staticmethod
+    def _discard(conn: Connection) -> None:
+        with contextlib.suppress(Exception):
+            conn.invalidate()
+            conn.close()
 
     def _dead(self, exc: Exception) -> bool:
         if isinstance(exc, DBAPIError):

@@ -52,21 +52,23 @@ def get_config(st: ApiState = Depends(state)) -> ConfigOut:  # noqa: B008
 
 
 # The reads (the page polls /api/servers every 15 s) are async routes on plain rows: indexed
-# queries on the read connection (ApiState.read), run on the event loop (no thread-pool hop,
-# no ORM session), the body serialised once with orjson. The writes below stay sync, on the ORM.
+# queries on a read connection (ApiState.read: on the event loop for SQLite, in a thread for
+# MariaDB), no ORM session, the body serialised once with orjson. The writes below stay sync,
+# on the ORM.
 
 @router.get("/servers", response_model=list[ServerOut], responses=responses(*AUTHED), tags=["servers"],
             summary="The caller's servers (Destroyed ones are left out)")
 async def list_servers(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
     now = st.clock()
-    body = st.read(lambda conn: views.servers_json(conn, queries.customer_rows(conn, who.email), st.settings, now))
+    body = await st.read(lambda conn: views.servers_json(conn, queries.customer_rows(conn, who.email), st.settings,
+                                                         now))
     return Response(body, media_type="application/json")
 
 
 @router.get("/locations", response_model=list[RegionOut], responses=responses(*AUTHED), tags=["servers"],
             summary="The locations the caller's plans allow")
 async def list_locations(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
-    rows = st.read(lambda conn: queries.customer_rows(conn, who.email))
+    rows = await st.read(lambda conn: queries.customer_rows(conn, who.email))
     seen: dict[str, dict[str, str]] = {}
     for row in rows:
         product = st.settings.product(row.product_id)
@@ -118,7 +120,7 @@ async def download_ovpn(name: str = ServerName, who: Customer = Depends(customer
         row = queries.find_row(queries.customer_rows(conn, who.email), name, st.settings.cloudflare.domain)
         return row, queries.ovpn_token(conn, row.id) if row is not None else None
 
-    row, token = st.read(find)
+    row, token = await st.read(find)
     if row is None:
         raise ApiError(404, "server_not_found", f"You have no server called {name}.")
     server_name = row.server_name or "server"

@@ -4,14 +4,17 @@ ORM and the response models would show, and its shortcuts keep the security chec
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from pydantic import TypeAdapter
 
 from dashboard_api import queries, views
 from dashboard_api.schemas import ServerOut
 from provisioner.models import ServerEvent, Status
 from tests.fixtures.api import *  # noqa: F403
-from tests.fixtures.api import OWNER, T0, ApiEnv
+from tests.fixtures.api import OWNER, T0, ApiEnv, build_env
 
 _LIST: TypeAdapter[list[ServerOut]] = TypeAdapter(list[ServerOut])
 
@@ -67,16 +70,28 @@ def test_it_does_not_remember_a_refused_signature(api_env: ApiEnv) -> None:
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
 
 
-def test_it_reads_on_through_a_connection_that_died(api_env: ApiEnv, owner: dict[str, str]) -> None:
+@pytest.fixture
+def any_db_env(tmp_path: Path, db_url: str) -> Iterator[ApiEnv]:
+    e = build_env(tmp_path, database_url=db_url)
+    e.add_server(OWNER, "g0001")
+    e.add_server(OWNER, "g0002")
+    with e.client:
+        yield e
+    e.app.engine.dispose()
+
+
+def test_it_reads_on_through_a_connection_that_died(any_db_env: ApiEnv) -> None:
     # Given the read connection, closed behind the API's back (as a database restart would)
-    assert api_env.client.get("/api/servers", headers=owner).status_code == 200
-    reader = api_env.api.state.dashboard.reader
-    reader._conn.connection.dbapi_connection.close()
+    owner = any_db_env.headers()
+    assert any_db_env.client.get("/api/servers", headers=owner).status_code == 200
+    reader = any_db_env.api.state.dashboard.reader
+    (conn,) = reader._idle
+    conn.connection.dbapi_connection.close()
 
     # When the customer reads again, then the read is made on a new connection
-    r = api_env.client.get("/api/servers", headers=owner)
+    r = any_db_env.client.get("/api/servers", headers=owner)
     assert r.status_code == 200 and len(r.json()) == 2
-    assert api_env.client.get("/api/servers/g0001/ovpn", headers=owner).status_code == 200
+    assert any_db_env.client.get("/api/servers/g0001/ovpn", headers=owner).status_code == 200
 
 
 def test_it_sees_a_change_the_worker_commits_at_once(api_env: ApiEnv, owner: dict[str, str]) -> None:
