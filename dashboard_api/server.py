@@ -114,9 +114,10 @@ def serve(settings: Settings) -> int:
     app = App(settings)
     db.require_schema(app.engine)
     api = create_app(app)
+    # uvloop and httptools (uvicorn[standard]'s fast loop and parser) are pinned dependencies.
     config = uvicorn.Config(api, host=settings.api.listen_host, port=settings.api.listen_port, workers=1,
-                            log_config=None, server_header=False, proxy_headers=True, timeout_keep_alive=5,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+                            loop="uvloop", http="httptools", log_config=None, server_header=False, proxy_headers=True,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     hide_query_strings(logging.getLogger("uvicorn.access"))
     log.info("dashboard API on http://%s:%s (public URL %s)", settings.api.listen_host, settings.api.listen_port,
              settings.api.public_url)

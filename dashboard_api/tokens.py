@@ -12,8 +12,11 @@ The secret is ``api.jwt_secret``; nothing here ever logs or echoes a token.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -64,9 +67,11 @@ def mint_token(settings: Settings, email: str, user_id: int | str, ttl_seconds: 
     return jwt.encode(claims, require_secret(settings), algorithm=ALGORITHM)
 
 
-def verify_token(token: str, secret: str, audience: str, now: dt.datetime) -> Customer:
-    if not token or len(token) > MAX_TOKEN_CHARS:
-        raise TokenError("invalid_token", "The sign-in token is missing or malformed.")
+@functools.lru_cache(maxsize=4096)
+def _decode(token: str, secret: str, audience: str) -> Mapping[str, Any]:
+    """Signature, algorithm, audience and the required claims: what depends only on the token,
+    the secret and the audience, so a verdict is remembered (a page polls with one token for
+    its whole life; failures are not cached). The times are checked on every call."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=[ALGORITHM], audience=audience, leeway=LEEWAY_SECONDS,
@@ -77,6 +82,13 @@ def verify_token(token: str, secret: str, audience: str, now: dt.datetime) -> Cu
         raise TokenError("invalid_token", "The sign-in token is for another application.") from None
     except jwt.PyJWTError:
         raise TokenError("invalid_token", "The sign-in token is not valid.") from None
+    return MappingProxyType(claims)
+
+
+def verify_token(token: str, secret: str, audience: str, now: dt.datetime) -> Customer:
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        raise TokenError("invalid_token", "The sign-in token is missing or malformed.")
+    claims = _decode(token, secret, audience)
     iat, exp = claims["iat"], claims["exp"]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp)):
         raise TokenError("invalid_token", "The sign-in token has malformed times.")

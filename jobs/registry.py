@@ -62,9 +62,10 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
         return rebuild
     if name == "sync_bandwidth":
         def sync() -> bandwidth.BandwidthReport:
-            with app.sessions() as s:
-                return bandwidth.sync_bandwidth(s, lc.ctx.vultr, app.clock(), app.settings.products,
-                                                on_event=_notifier(app.settings))
+            pace = bandwidth.SyncPace.for_period(app.settings.vultr.requests_per_second,
+                                                 app.settings.worker.bandwidth_sync_minutes * 60)
+            return bandwidth.sync_bandwidth_paced(app.sessions, lc.ctx.vultr, app.clock(), app.settings.products,
+                                                  pace, on_event=_notifier(app.settings), stop=lc.stopping)
         return sync
     if name == "reset_bandwidth_monthly":
         def reset() -> bandwidth.BandwidthReport:
@@ -74,8 +75,11 @@ def job(app: App, name: str, lc: Lifecycle) -> Callable[[], Any]:
         return reset
     if name == "sweep":
         def sw() -> sweep.SweepReport:
+            from provisioner.wiring import sweep_adapters
+
+            vultr, dns = sweep_adapters(app, lc.ctx.vultr, lc.ctx.dns)
             with app.sessions() as s:
-                return sweep.sweep(s, lc.ctx.vultr, lc.ctx.dns, app.settings, app.clock())
+                return sweep.sweep(s, vultr, dns, app.settings, app.clock())
         return sw
     if name == "send_outbox":
         mailer = app.calls.observe("smtp", outbox.mailer_for(app.settings.notify))

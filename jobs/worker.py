@@ -217,7 +217,7 @@ class Worker:
             self.scheduler.modify_job(name, next_run_time=self._due_at(name, now))
 
     def start(self) -> None:
-        db.upgrade(self.app.engine)
+        db.upgrade_if_needed(self.app.engine)
         self.check_leadership()
         w = self.app.settings.worker
         s = self.scheduler

@@ -193,6 +193,10 @@ class Lifecycle:
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
             row.next_attempt_at = result.not_before
+            if result.not_before is not None:
+                # A step entered with a wait (the first boot poll, the DNS TTL before retire) is
+                # entered now: its first run will look like a poll, so its intent is recorded here.
+                self.event(session, row, f"{action}.{result.step}", "started")
         session.commit()
 
     def _fail(self, session: Session, row: Server, message: str, *, permanent: bool,

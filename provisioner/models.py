@@ -136,6 +136,9 @@ class Server(Base):
     instance_id: Mapped[str | None] = mapped_column(String(64))
     instance_label: Mapped[str | None] = mapped_column(String(128))
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The generation whose create POST may have been sent (committed before sending): only a
+    # create step re-entered for that generation lists by label to adopt a lost reply's instance.
+    create_sent_generation: Mapped[int | None] = mapped_column(Integer)
     old_instance_id: Mapped[str | None] = mapped_column(String(64))    # kept until its delete is confirmed
     target_location: Mapped[str | None] = mapped_column(String(16))
     dns_record_id: Mapped[str | None] = mapped_column(String(64))

@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -140,33 +141,58 @@ def _start_requested(lc: Lifecycle, s: Session, row: Server, applied: Applied) -
         applied.refused.append(f"rebuild {label}: {exc}")
 
 
+# 1 for a row whose next step creates its instance (a new create, or a rebuild's new
+# generation), 0 for one already past that.
+_NOT_STARTED = case((Server.step.in_(("prepare", "instance")), 1), (Server.step.is_(None), 1), else_=0)
+
+
+_LONG_AGO = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
 def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | None = None,
              exclude: Collection[int] = ()) -> list[int]:
-    """Rows with an action whose next attempt is due and that no live lease holds, soonest
-    first (one query on ``ix_provisioner_servers_due``)."""
+    """Rows with an action whose next attempt is due and that no live lease holds (one query
+    on ``ix_provisioner_servers_due``): servers already under way first, then new creates,
+    each soonest first. A server past its create is a boot poll, an install or a DNS write
+    away from running; taking it before starting another create keeps every provider's
+    limit busy (creates queue on Vultr's while finished boots feed SSH and Cloudflare)."""
+    with sessions() as s:
+        return list(s.scalars(due_rows_query(now, limit=limit, exclude=exclude)))
+
+
+def due_rows_query(now: dt.datetime, *, limit: int | None = None, exclude: Collection[int] = ()) -> Select[Any]:
+    # COALESCE, not "IS NULL OR <=": with the OR, SQLite (without ANALYZE statistics, i.e.
+    # always in practice) walks ix_next_attempt, where every idle row sits at NULL, instead of
+    # the range of rows with an action on ix_due: 50 ms instead of 0.3 ms at 100,000 rows.
     q = (select(Server.id).where(
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
-        or_(Server.next_attempt_at.is_(None), Server.next_attempt_at <= now),
+        func.coalesce(Server.next_attempt_at, _LONG_AGO) <= now,
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
-        .order_by(Server.next_attempt_at, Server.id))
+        .order_by(_NOT_STARTED, Server.next_attempt_at, Server.id))
     if exclude:
         q = q.where(Server.id.not_in(list(exclude)))
     if limit is not None:
         q = q.limit(limit)
-    with sessions() as s:
-        return list(s.scalars(q))
+    return q
 
 
 def next_due_at(sessions: sessionmaker[Session], now: dt.datetime, *,
                 exclude: Collection[int] = ()) -> dt.datetime | None:
     """When the soonest waiting row (a boot poll, a backoff) that nobody works on becomes due."""
+    with sessions() as s:
+        return as_utc(s.scalar(next_due_query(now, exclude=exclude)))
+
+
+def next_due_query(now: dt.datetime, *, exclude: Collection[int] = ()) -> Select[Any]:
+    # "IS NOT NULL" changes nothing for MIN(), but lets SQLite start its walk of ix_next_attempt
+    # past the idle rows' NULLs (every one of them, checked row by row otherwise: 90 ms at 100k).
     q = select(func.min(Server.next_attempt_at)).where(
+        Server.next_attempt_at.is_not(None),
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
     if exclude:
         q = q.where(Server.id.not_in(list(exclude)))
-    with sessions() as s:
-        return as_utc(s.scalar(q))
+    return q
 
 
 def drive(lc: Lifecycle, ids: Iterable[int], threads: int = 8) -> dict[int, Outcome]:

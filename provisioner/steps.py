@@ -18,13 +18,17 @@ import base64
 import datetime as dt
 import json
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from provisioner import bandwidth, ip_history
+from provisioner.cloud.errors import ProviderError
 from provisioner.cloud.installer import Installer
 from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
 from provisioner.models import Server, Status, utcnow
@@ -80,6 +84,57 @@ class ServerSecrets:
 Crash = Callable[[str], None]
 
 
+class BootTimes:
+    """How long new instances take to boot here, so the first boot poll comes when the boot
+    can plausibly be done instead of right after the create (a wasted call per server).
+
+    Learnt in this process from the instances it created. An instance found ready at its
+    first poll booted within the wait it was given (that wait is recorded: the boot may have
+    been faster, but nothing says by how much); one that needed more polls is recorded with
+    the time from the create's reply to the poll that saw it ready. The first poll waits the
+    shortest of the last ``window`` records: stable at the fastest boot seen recently plus
+    the polling granularity, so neither creeping up nor shrinking into extra polls. With
+    nothing learnt yet the first poll waits the caller's fallback (``poll_seconds``).
+    """
+
+    def __init__(self, window: int = 32, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._pending: dict[str, tuple[float, float, bool]] = {}   # id -> (created, first wait, polled again)
+        self._seen: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def expected(self, fallback: float) -> float:
+        with self._lock:
+            return min(self._seen) if self._seen else fallback
+
+    def started(self, instance_id: str, fallback: float) -> float:
+        """Record a create's reply; returns how long to wait before the first boot poll."""
+        wait = self.expected(fallback)
+        with self._lock:
+            if len(self._pending) >= 10_000:   # ids whose boot we never saw end (deleted, another worker)
+                self._pending.clear()
+            self._pending[instance_id] = (self._monotonic(), wait, False)
+        return wait
+
+    def not_yet(self, instance_id: str) -> None:
+        with self._lock:
+            if instance_id in self._pending:
+                created, wait, _ = self._pending[instance_id]
+                self._pending[instance_id] = (created, wait, True)
+
+    def ready(self, instance_id: str) -> None:
+        with self._lock:
+            found = self._pending.pop(instance_id, None)
+        if found is not None:
+            created, wait, polled_again = found
+            self.observe(self._monotonic() - created if polled_again else wait)
+
+    def observe(self, seconds: float) -> None:
+        """Record that a boot was over within ``seconds`` of its create's reply."""
+        with self._lock:
+            self._seen.append(seconds)
+
+
 @dataclass
 class Context:
     """What steps need: settings, database, clouds, and a few hooks."""
@@ -94,6 +149,7 @@ class Context:
     names: Names
     crash: Crash = lambda point: None
     clock: Callable[[], dt.datetime] = utcnow
+    boots: BootTimes = field(default_factory=lambda: BootTimes())
 
 
 # --- create ------------------------------------------------------------------------------------
@@ -117,19 +173,26 @@ def prepare(ctx: Context, row: Server) -> Next:
 
 
 def ensure_instance(ctx: Context, row: Server) -> Next:
-    """Adopt the instance carrying this generation's label, or create it (one POST, never retried)."""
+    """Create this generation's instance: one POST, never sent twice blindly.
+
+    ``create_sent_generation`` is committed before the POST. Finding it equal to this
+    generation means an earlier attempt may have created the instance (a crash, a timeout,
+    a lost reply): only then does the step list by label and adopt what it finds. A first
+    attempt costs exactly the POST."""
     label = ctx.names.instance_label(row.id, row.generation)
     row.instance_label = label
     if row.instance_id:
         return Next("boot")
-    found = sorted(ctx.vultr.list_instances(label=label), key=lambda i: (i.date_created, i.id))
-    if found:
-        keep, extra = found[0], found[1:]
-        for dup in extra:  # two instances for one label can only come from a lost reply; keep the oldest
-            log.warning("server %s: deleting duplicate instance %s with label %s", row.server_name, dup.id, label)
-            ctx.vultr.delete_instance(dup.id)
-        row.instance_id = keep.id
-        return Next("boot", f"adopted instance {keep.id} ({label})")
+    if row.create_sent_generation == row.generation:
+        found = sorted(ctx.vultr.list_instances(label=label), key=lambda i: (i.date_created, i.id))
+        if found:
+            keep, extra = found[0], found[1:]
+            for dup in extra:  # two instances for one label can only come from a lost reply; keep the oldest
+                log.warning("server %s: deleting duplicate instance %s with label %s", row.server_name, dup.id,
+                            label)
+                ctx.vultr.delete_instance(dup.id)
+            row.instance_id = keep.id
+            return Next("boot", f"adopted instance {keep.id} ({label})")
     product = ctx.settings.product(row.product_id)
     if product is None:
         raise PermanentStepError(f"product {row.product_id} is not configured in [products]")
@@ -140,7 +203,9 @@ def ensure_instance(ctx: Context, row: Server) -> Next:
                                  [ctx.worker_public_key], hostname=row.server_name or label)
     region = row.target_location or product.default_region
     try:
-        os_id = ctx.vultr.os_id(product.os)
+        os_id = ctx.vultr.os_id(product.os)   # the catalogue is cached: one GET /os an hour
+        row.create_sent_generation = row.generation
+        _commit(row)
         inst = ctx.vultr.create_instance(label, region=region, plan=product.plan, user_data=user_data,
                                          tags=[ctx.settings.vultr.tag], os_id=os_id,
                                          ssh_key_ids=ctx.settings.vultr.ssh_key_ids,
@@ -149,13 +214,19 @@ def ensure_instance(ctx: Context, row: Server) -> Next:
         raise PermanentStepError(f"Vultr does not offer what product {product.id} asks for: {exc}") from exc
     except VultrPermanent as exc:
         raise PermanentStepError(f"Vultr refused to create the server in {region}: {exc}") from exc
+    except ProviderError as exc:
+        if not exc.outcome_unknown:   # a 429 or a refused connection: certainly not created
+            row.create_sent_generation = None
+        raise
     ctx.crash(f"{row.action}.instance:posted")
     # Saved in its own commit at once: the id is the only handle on something we pay for.
     row.instance_id = inst.id
     if inst.default_password:
         row.root_password_enc = ctx.box.seal(inst.default_password.encode())
     _commit(row)
-    return Next("boot", f"created instance {inst.id} in {region}")
+    wait = ctx.boots.started(inst.id, ctx.settings.lifecycle.poll_seconds)
+    return Next("boot", f"created instance {inst.id} in {region}",
+                not_before=ctx.clock() + dt.timedelta(seconds=wait))
 
 
 def boot(ctx: Context, row: Server) -> Next:
@@ -169,7 +240,9 @@ def boot(ctx: Context, row: Server) -> Next:
         row.instance_id = None
         return Next("instance", detail)
     if not inst.is_ready:
+        ctx.boots.not_yet(inst.id)
         raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
+    ctx.boots.ready(inst.id)
     row.server_ip = inst.main_ip
     ip_history.opened(_session(row), row, inst.main_ip, inst.id, ctx.clock())
     return Next("install", f"instance {inst.id} is up at {inst.main_ip}")
@@ -192,7 +265,8 @@ def install(ctx: Context, row: Server) -> Next:
 
 
 def point_dns(ctx: Context, row: Server) -> Next:
-    row.dns_record_id = ctx.dns.upsert_a(row.server_name, row.server_ip)
+    # One write on the happy path: PUT the record we made before (a rebuild), or POST a new one.
+    row.dns_record_id = ctx.dns.point_a(row.server_name, row.server_ip, row.dns_record_id)
     return Next("snapshot" if row.action == "create" else "carry", f"{row.server_name} → {row.server_ip}")
 
 
@@ -250,14 +324,17 @@ def retire(ctx: Context, row: Server) -> Next:
 # --- destroy -----------------------------------------------------------------------------------
 
 def delete_instances(ctx: Context, row: Server) -> Next:
+    """By the stored ids: O(1) calls whatever the fleet's size. A create POST whose instance
+    id was never recorded (``create_sent_generation`` set, no ``instance_id``) may have left
+    an instance: that generation's label is looked up, one filtered list call."""
     ids = {i for i in (row.instance_id, row.old_instance_id) if i}
-    # Also anything of ours with this server's label (a create whose reply was lost).
-    ids |= {i.id for i in ctx.vultr.list_instances(tag=ctx.settings.vultr.tag)
-            if ctx.names.is_servers_instance(i.label, row.id)}
+    if row.create_sent_generation is not None and not row.instance_id:
+        label = ctx.names.instance_label(row.id, row.create_sent_generation)
+        ids |= {i.id for i in ctx.vultr.list_instances(label=label) if ctx.names.is_servers_instance(i.label, row.id)}
     for instance_id in sorted(ids):
         _delete_ours(ctx, row, instance_id)
     ip_history.closed(_session(row), row.id, ctx.clock())
-    row.instance_id = row.old_instance_id = None
+    row.instance_id = row.old_instance_id = row.create_sent_generation = None
     return Next("dns", f"deleted {len(ids)} instance(s)")
 
 

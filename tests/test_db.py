@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -106,3 +107,46 @@ def test_every_migration_rolls_back_and_forward_again_with_data_in_place(db_url:
             "g0001.vpn.example.test", "127.77.0.9", "weekly")
         assert s.scalars(select(ServerEvent)).one().detail == "instance i-1 is up at 127.77.0.9"
     engine.dispose()
+
+
+def test_it_knows_the_shipped_head_without_alembic_and_upgrades_only_when_behind(db_url: str) -> None:
+    from alembic.script import ScriptDirectory
+
+    assert db._heads() == {ScriptDirectory(str(db.MIGRATIONS)).get_current_head()}
+    engine = db.make_engine(db_url)
+    assert db.upgrade_if_needed(engine) is True       # an empty database: migrated
+    assert db.upgrade_if_needed(engine) is False      # at the head: nothing to do
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_worker_keeps_no_migration_tool_or_unused_library_parts_resident(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import build_stack
+
+    # Given an up-to-date database
+    cfg, _, _ = build_stack(tmp_path)
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys, threading, time, os\n"
+        "def dump():\n"
+        "    time.sleep(6)\n"
+        "    print(' '.join(sorted({m.split('.')[0] for m, v in list(sys.modules.items()) if v is not None})))\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(0)\n"
+        "threading.Thread(target=dump, daemon=True).start()\n"
+        f"sys.argv = ['provisioner', '--config', {str(cfg)!r}, 'run']\n"
+        "from provisioner.cli import main\n"
+        "main()\n")
+    subprocess.run([sys.executable, "-m", "provisioner", "--config", str(cfg), "db", "upgrade"], check=True,
+                   cwd=tmp_path, capture_output=True)
+
+    # When the real worker has been running for a few seconds
+    out = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    # Then neither Alembic nor the command-line and config parts of its libraries were imported
+    loaded = set(out.stdout.split())
+    assert "sqlalchemy" in loaded and "apscheduler" in loaded, out.stderr[-2000:]
+    assert not loaded & {"alembic", "mako", "invoke", "click", "rich", "pygments"}

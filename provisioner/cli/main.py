@@ -235,9 +235,19 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+# Optional parts of libraries that the worker never uses, each resident for the daemon's life
+# once imported (together ~20 MB): httpx's command line (click, rich, pygments), imported by
+# httpx whenever those happen to be installed; and invoke (with its vendored yaml and
+# unittest), imported by paramiko's ssh_config support for ``Match exec``. Both importers fall
+# back cleanly when the import fails, which a None in sys.modules makes it do.
+UNUSED_IN_WORKER = ("httpx._main", "invoke")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import faulthandler
 
+    for name in UNUSED_IN_WORKER:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     from jobs.worker import Worker
 
     faulthandler.enable()     # a fatal signal (SIGBUS from a vanished database file) still says where
