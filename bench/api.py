@@ -1,29 +1,42 @@
-"""Throughput and latency of the dashboard API's ``GET /api/servers`` over 100,000 servers.
+"""Throughput and latency of the dashboard API's ``GET /api/servers`` over 100,000 servers,
+measured with ``wrk`` (the server, not a Python client), against a minimal FastAPI route on
+the same uvicorn in the same run.
 
-    .venv/bin/python bench/api.py                          # 100k servers, 4 clients, 20 s per phase
-    .venv/bin/python bench/api.py --servers 20000 --clients 8 --seconds 5
+    .venv/bin/python bench/api.py                          # 100k servers, wrk -t1 -c4, 3 rounds x 10 s
+    .venv/bin/python bench/api.py --servers 20000 --seconds 5 --rounds 2
+    .venv/bin/python bench/api.py --baseline /tmp/base     # + the same route served by another source tree
 
 One SQLite database in a temporary directory: one customer owns a handful of servers (with
-events), everyone else owns one each. One uvicorn process serves the real app
-(``dashboard_api.server.serve``) on 127.0.0.1; a few threads, each with its own keep-alive
-httpx client, request as fast as they can for a bounded time. Phases: ``/healthz`` (the
-floor: routing, middleware, one ``SELECT 1``), then ``/api/servers``. Also prints the query
-plan and the time of the customer query with the email index against a forced full scan.
+events), everyone else owns one each. Separate uvicorn processes on 127.0.0.1 serve:
 
-Everything is bounded (clients x seconds) and local. Prints figures; exits non-zero only when
+* ``minimal``  -- a FastAPI app with one async JSON route, on the same uvicorn settings
+  (uvloop, httptools) as the product: the framework's ceiling on this machine;
+* ``ours``     -- the real app (``dashboard_api.server.serve``), ``GET /api/servers``;
+* ``baseline`` -- with ``--baseline DIR``: the same, served by the source tree in DIR (e.g.
+  ``git archive <commit> | tar -x -C DIR``), without uvloop/httptools (the ``before``).
+
+``wrk`` (Debian package) drives each target in turn, ``--rounds`` times interleaved (the
+machine is shared: interleaving spreads the noise), and the medians are printed with the
+ratios ours/minimal and ours/baseline, next to the load average. Without ``wrk`` the script
+says so and stops. Also prints the query plan and the time of the customer query with the
+email index against a forced full scan.
+
+Everything is bounded (rounds x seconds) and local. Prints figures; exits non-zero only when
 something crashes or the query does not use the index.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +46,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 import httpx  # noqa: E402
+from _common import MYSQL_ENV, mysql_database, mysql_server_url  # noqa: E402
 from sqlalchemy import insert, text  # noqa: E402
 
 from dashboard_api.queries import customer_servers_query  # noqa: E402
@@ -45,35 +61,72 @@ from provisioner.wiring import App  # noqa: E402
 from tests.fixtures.config import write_config  # noqa: E402
 from tests.fixtures.net import free_port  # noqa: E402
 
-OWNER = "Bench.Owner@example.com"   # mixed case on purpose: the lookup is case-insensitive
+OWNER = "Bench.Owner@example.com"
+OWNER_ACCOUNT = "1"                  # the owner's storefront account: what the token's sub names
 OWNED = 5
 MAX_SECONDS, MAX_CLIENTS, MAX_SERVERS = 60.0, 32, 1_000_000
 REGIONS = ["ewr", "lax", "ord", "ams", "fra", "lhr", "cdg", "nrt", "sgp", "syd"]
 
 
+MINIMAL_APP = """
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/min")
+async def minimal() -> dict[str, str]:
+    return {"status": "ok"}
+"""
+# The same uvicorn settings as dashboard_api.server.serve (uvloop, httptools, one worker).
+MINIMAL_SERVE = ("import sys, uvicorn; sys.path.insert(0, sys.argv[2]); from minimal_app import app; "
+                 "uvicorn.run(app, host='127.0.0.1', port=int(sys.argv[1]), loop='uvloop', http='httptools', "
+                 "log_config=None, access_log=False, server_header=False)")
+OURS_SERVE = ("import sys; from provisioner.settings import load_settings; from dashboard_api.server import serve; "
+              "sys.exit(serve(load_settings(sys.argv[1], env={})))")
+# The baseline as it ran before uvloop/httptools were dependencies: uvicorn's "auto" falls back
+# to asyncio and h11 when they cannot be imported.
+BASELINE_SERVE = "import sys; sys.modules['uvloop'] = None; sys.modules['httptools'] = None; " + OURS_SERVE
+
+
 @dataclass
-class Phase:
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+
+
+@dataclass
+class Target:
     name: str
-    seconds: float
-    latencies: list[float] = field(default_factory=list)
-    statuses: dict[int, int] = field(default_factory=dict)
-    errors: int = 0
+    url: str
+    headers: dict[str, str]
+    runs: list[Run] = field(default_factory=list)
 
-    @property
-    def rps(self) -> float:
-        return len(self.latencies) / self.seconds
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(r, attr) for r in self.runs) if self.runs else float("nan")
 
-    def pct(self, q: float) -> float:
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
-    def print(self) -> None:
-        mean = statistics.fmean(self.latencies) * 1000 if self.latencies else float("nan")
-        print(f"{self.name:<26} {self.rps:9.1f} req/s   p50 {self.pct(0.50):7.2f} ms   p99 {self.pct(0.99):7.2f} ms   "
-              f"mean {mean:7.2f} ms   requests {len(self.latencies)}   statuses {dict(sorted(self.statuses.items()))}"
-              f"   errors {self.errors}")
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text.strip())
+    if not m:
+        raise ValueError(f"unreadable wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def run_wrk(wrk: str, target: Target, threads: int, connections: int, seconds: float) -> Run:
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
+    for k, v in target.headers.items():
+        cmd += ["-H", f"{k}: {v}"]
+    out = subprocess.run([*cmd, target.url], capture_output=True, text=True, timeout=seconds + 30,  # noqa: S603
+                         check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return Run(rps, p50, p99, int(bad.group(1)) if bad else 0)
 
 
 def populate(app: App, servers: int) -> None:
@@ -89,6 +142,7 @@ def populate(app: App, servers: int) -> None:
         rows.append({
             "id": i + 1, "subscription_id": f"sub-{i}", "customer_id": str(i), "product_id": "1",
             "user_email": OWNER if mine else f"user{i:06d}@example{i % 97}.com", "server_name": f"g{i:06d}.vpn.test",
+            "account_id": OWNER_ACCOUNT if mine else str(1000 + i),
             "status": "Running", "server_ip": f"127.77.{i // 256 % 256}.{i % 256}", "current_location": REGIONS[i % 10],
             "bandwidth_this_month": i * 1000, "bandwidth_limit_this_month": 10**12, "rebuild_schedule": "weekly",
             "rebuild_schedule_location": "random", "ovpn_file_enc": ovpn, "version": 1, "generation": 1,
@@ -103,15 +157,21 @@ def populate(app: App, servers: int) -> None:
             conn.execute(insert(Server), rows[start:start + 5000])
         for start in range(0, len(events), 5000):
             conn.execute(insert(ServerEvent), events[start:start + 5000])
-        conn.execute(text("ANALYZE"))
+        conn.execute(text("ANALYZE" if app.engine.dialect.name == "sqlite" else "ANALYZE TABLE provisioner_servers"))
 
 
 def query_plan_and_timing(app: App) -> tuple[str, float, float]:
-    q = customer_servers_query(OWNER)
+    q = customer_servers_query(OWNER_ACCOUNT)
     sql = str(q.compile(app.engine, compile_kwargs={"literal_binds": True}))
-    scan = sql.replace("FROM provisioner_servers", "FROM provisioner_servers NOT INDEXED")
+    sqlite = app.engine.dialect.name == "sqlite"
+    scan = sql.replace("FROM provisioner_servers", "FROM provisioner_servers NOT INDEXED" if sqlite
+                       else "FROM provisioner_servers IGNORE INDEX (ix_provisioner_servers_account)")
     with app.engine.connect() as conn:
-        plan = "; ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        if sqlite:
+            plan = "; ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+        else:
+            plan = "; ".join(f"{r['type']} USING INDEX {r['key']} rows={r['rows']}"
+                             for r in conn.execute(text("EXPLAIN " + sql)).mappings())
         found = conn.execute(text(sql)).all()
         assert len(found) == OWNED, f"expected {OWNED} servers for the owner, found {len(found)}"
 
@@ -128,68 +188,53 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> No
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the API exited with {proc.returncode}")
+            raise RuntimeError(f"a server exited with {proc.returncode}")
         try:
-            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                return
+            httpx.get(url, timeout=1)
+            return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError("the API did not start in time")
+    raise RuntimeError(f"{url} did not start in time")
 
 
-def hammer(name: str, url: str, headers: dict[str, str], clients: int, seconds: float) -> Phase:
-    phase = Phase(name, seconds)
-    lock = threading.Lock()
-    deadline = time.monotonic() + seconds
-
-    def run() -> None:
-        lat: list[float] = []
-        statuses: dict[int, int] = {}
-        errors = 0
-        with httpx.Client(headers=headers, timeout=10) as client:
-            while time.monotonic() < deadline:
-                started = time.perf_counter()
-                try:
-                    status = client.get(url).status_code
-                except httpx.HTTPError:
-                    errors += 1
-                    continue
-                lat.append(time.perf_counter() - started)
-                statuses[status] = statuses.get(status, 0) + 1
-        with lock:
-            phase.latencies += lat
-            phase.errors += errors
-            for k, v in statuses.items():
-                phase.statuses[k] = phase.statuses.get(k, 0) + v
-
-    threads = [threading.Thread(target=run) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return phase
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--servers", type=int, default=100_000)
-    p.add_argument("--clients", type=int, default=4)
-    p.add_argument("--seconds", type=float, default=20.0, help="per phase")
+    p.add_argument("--seconds", type=float, default=10.0, help="per wrk run")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
+    p.add_argument("--threads", type=int, default=1, help="wrk threads")
+    p.add_argument("--connections", type=int, default=4, help="wrk connections")
+    p.add_argument("--baseline", type=Path, help="a source tree whose API to measure side by side")
+    p.add_argument("--wrk", default=shutil.which("wrk") or "", help="the wrk binary")
+    p.add_argument("--mariadb", action="store_true",
+                   help=f"the database on the MariaDB of {MYSQL_ENV} (a fresh prov_bench_* database) instead of SQLite")
     args = p.parse_args(argv)
+    if not args.wrk:
+        print("wrk not found (apt-get install wrk): this benchmark measures the server with wrk; nothing run")
+        return 0
     servers = max(OWNED * 2, min(args.servers, MAX_SERVERS))
-    clients, seconds = max(1, min(args.clients, MAX_CLIENTS)), max(1.0, min(args.seconds, MAX_SECONDS))
+    seconds = max(1.0, min(args.seconds, MAX_SECONDS))
+    rounds = max(1, min(args.rounds, 10))
+    connections = max(1, min(args.connections, MAX_CLIENTS))
 
-    with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        port = free_port()
-        config = write_config(Path(tmp), api={"listen_host": "127.0.0.1", "listen_port": port,
-                                              "requests_per_minute": 100000, "cors_origin": ""})
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-"))
+        database = ({"database": {"url": stack.enter_context(mysql_database(mysql_server_url()))}} if args.mariadb
+                    else {})
+        ports = {"minimal": free_port(), "ours": free_port(), "baseline": free_port()}
+        config = write_config(Path(tmp), api={"listen_host": "127.0.0.1", "listen_port": ports["ours"],
+                                              "requests_per_minute": 100_000, "cors_origin": ""}, **database)
         settings = load_settings(config, env={})
         app = App(settings)
         db.upgrade(app.engine)
         started = time.perf_counter()
         populate(app, servers)
-        print(f"database: {servers:,} servers ({OWNED} owned by the benchmark customer), "
+        print(f"database: {app.engine.dialect.name}, {servers:,} servers ({OWNED} owned by the benchmark customer), "
               f"filled in {time.perf_counter() - started:.1f} s")
         plan, indexed, scanned = query_plan_and_timing(app)
         ranges = plan.count("USING INDEX ix_provisioner_servers_user_email") + plan.count(
@@ -201,31 +246,56 @@ def main(argv: list[str] | None = None) -> int:
               f"(x{scanned / indexed:.0f})")
         app.engine.dispose()
 
-        token = mint_token(settings, OWNER.lower(), 1, ttl_seconds=3600)
+        token = mint_token(settings, OWNER.lower(), OWNER_ACCOUNT, ttl_seconds=3600)
+        auth = {"Authorization": f"Bearer {token}"}
+        (Path(tmp) / "minimal_app.py").write_text(MINIMAL_APP)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        code = ("import sys; from provisioner.settings import load_settings; from dashboard_api.server import serve; "
-                "sys.exit(serve(load_settings(sys.argv[1], env={})))")
-        proc = subprocess.Popen([sys.executable, "-c", code, str(config)], env=env, cwd=tmp)  # noqa: S603
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        targets = [Target("minimal", f"http://127.0.0.1:{ports['minimal']}/min", {}),
+                   Target("ours", f"http://127.0.0.1:{ports['ours']}/api/servers", auth)]
         try:
-            base = f"http://127.0.0.1:{port}"
-            wait_for(base, proc)
-            auth = {"Authorization": f"Bearer {token}"}
-            check = httpx.get(base + "/api/servers", headers=auth, timeout=10)
-            assert check.status_code == 200 and len(check.json()) == OWNED, check.text[:200]
-            print(f"one uvicorn process on {base}; {clients} keep-alive clients; {seconds:g} s per phase")
-            floor = hammer("GET /healthz", base + "/healthz", {}, clients, seconds)
-            floor.print()
-            listing = hammer("GET /api/servers", base + "/api/servers", auth, clients, seconds)
-            listing.print()
-            print(f"ratio /api/servers : /healthz   throughput {listing.rps / floor.rps:.2f}   "
-                  f"p50 latency {listing.pct(0.5) / floor.pct(0.5):.2f}x   p99 latency "
-                  f"{listing.pct(0.99) / floor.pct(0.99):.2f}x")
+            procs["minimal"] = subprocess.Popen([sys.executable, "-c", MINIMAL_SERVE, str(ports["minimal"]), tmp],  # noqa: S603
+                                                env=env, cwd=tmp)
+            procs["ours"] = subprocess.Popen([sys.executable, "-c", OURS_SERVE, str(config)], env=env, cwd=tmp)  # noqa: S603
+            if args.baseline:
+                base_config = Path(tmp) / "baseline.toml"
+                base_config.write_text(config.read_text().replace(f"listen_port = {ports['ours']}",
+                                                                  f"listen_port = {ports['baseline']}"))
+                base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
+                procs["baseline"] = subprocess.Popen(  # noqa: S603
+                    [sys.executable, "-c", BASELINE_SERVE, str(base_config)], env=base_env, cwd=tmp)
+                targets.append(Target("baseline", f"http://127.0.0.1:{ports['baseline']}/api/servers", auth))
+            for t in targets:
+                wait_for(t.url, procs[t.name])
+                check = httpx.get(t.url, headers=t.headers, timeout=10)
+                assert check.status_code == 200, (t.name, check.text[:200])
+                if t.name != "minimal":
+                    assert len(check.json()) == OWNED, check.text[:200]
+            print(f"wrk -t{args.threads} -c{connections} -d{seconds:g}s, {rounds} interleaved round(s); "
+                  f"one uvicorn process per target; {load()}")
+            for r in range(rounds):
+                for t in targets:
+                    run = run_wrk(args.wrk, t, args.threads, connections, seconds)
+                    t.runs.append(run)
+                    print(f"  round {r + 1} {t.name:<9} {run.rps:8.0f} req/s  p50 {run.p50_ms:6.2f} ms  "
+                          f"p99 {run.p99_ms:6.2f} ms  non-2xx {run.non_2xx}  ({load()})", file=sys.stderr)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            for proc in procs.values():
+                proc.terminate()
+            for proc in procs.values():
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        print(f"{'target':<10} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   (medians of {rounds}; {load()})")
+        for t in targets:
+            print(f"{t.name:<10} {t.median('rps'):8.0f} {t.median('p50_ms'):8.2f} {t.median('p99_ms'):8.2f}"
+                  f"{'   NON-2XX ANSWERS' if any(r.non_2xx for r in t.runs) else ''}")
+        by = {t.name: t for t in targets}
+        print(f"ratio ours / minimal route: {by['ours'].median('rps') / by['minimal'].median('rps'):.2f}")
+        if "baseline" in by:
+            print(f"ratio ours / baseline: {by['ours'].median('rps') / by['baseline'].median('rps'):.2f} "
+                  f"(p99 {by['ours'].median('p99_ms') / by['baseline'].median('p99_ms'):.2f}x)")
     if "ix_provisioner_servers_user_email" not in plan:
         print("FAIL: the customer query does not use the user_email index", file=sys.stderr)
         return 1

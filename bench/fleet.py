@@ -39,6 +39,7 @@ import argparse
 import collections
 import contextlib
 import datetime as dt
+import ipaddress
 import logging
 import os
 import random
@@ -124,6 +125,14 @@ class Stack:
     lc: Lifecycle
 
 
+def loopback_pool(text: str) -> str:
+    """An address pool inside 127.0.0.0/8: the simulated hosts listen on these addresses."""
+    net = ipaddress.ip_network(text, strict=False)
+    if not net.subnet_of(ipaddress.ip_network("127.0.0.0/8")):  # type: ignore[arg-type]
+        raise argparse.ArgumentTypeError(f"{text}: the pool must be inside 127.0.0.0/8 (nothing leaves the machine)")
+    return str(net)
+
+
 def cf_client_limits(args: argparse.Namespace) -> tuple[int, float]:
     if args.cf_limit <= 0:  # "unthrottled": a bucket far larger than anything we send
         return 10_000_000, 1.0
@@ -138,8 +147,8 @@ def stack(tmp: Path, args: argparse.Namespace, faults: dict[str, Any] | None = N
     key_file.write_text(key.private_pem)
     key_file.chmod(0o600)
     ssh_port = free_port()
-    # A /16 of loopback addresses (65k hosts), away from the tests' 127.100-250.x.0/24 pools
-    pool = f"127.{random.randint(10, 60)}.0.0/16"
+    # By default a /16 of loopback addresses (65k hosts), away from the tests' 127.100-250.x.0/24 pools
+    pool = args.pool or f"127.{random.randint(10, 60)}.0.0/16"
     sb_config = SandboxConfig(boot_seconds=args.boot, snapshot_seconds=0.0, ip_pool=pool, tick_seconds=0.05,
                               state_file=None, call_log_limit=CALL_LOG_LIMIT, faults=faults, seed=args.seed,
                               cloudflare_limit=max(0, args.cf_limit), cloudflare_window_seconds=args.cf_window)
@@ -402,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault-rate", type=float, default=0.2, help="soak fault probability per call (default 0.2)")
     parser.add_argument("--fault-hold", type=float, default=2.0, help="seconds a 'timeout' fault holds (default 2)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pool", type=loopback_pool, default=None,
+                        help="the simulated instances' address pool, a loopback network (default a random "
+                             "127.N.0.0/16 with N in 10-60, away from the tests' pools)")
     parser.add_argument("--check-all", action="store_true", help="check the invariants after makespan runs too")
     parser.add_argument("--log-level", default="CRITICAL",
                         help="provisioner log lines shown on stderr (default CRITICAL; ERRORs are counted anyway)")

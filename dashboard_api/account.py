@@ -83,7 +83,7 @@ def account(who: Customer = Depends(customer), st: ApiState = Depends(state)) ->
     now = st.clock()
     with st.app.sessions() as s:
         rows = s.execute(select(Server.id, Server.server_name, Server.status, Server.subscription_id,
-                                Server.product_id, Server.destroyed_at).where(queries.owned_by(who.email))).all()
+                                Server.product_id, Server.destroyed_at).where(queries.owned_by(who.user_id))).all()
         subs = [r.subscription_id for r in rows]
         standings = {x.subscription_id: x for x in s.scalars(
             select(SubscriptionStanding).where(SubscriptionStanding.subscription_id.in_(subs)))} if subs else {}

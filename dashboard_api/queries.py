@@ -1,56 +1,55 @@
 """Customer-scoped reads: every query the API makes about servers starts here.
 
-A customer is their email, compared case-insensitively (ASCII case, as SQLite's ``lower()``
-and MySQL's ``*_ci`` collations fold). A plain ``lower(user_email) = ?`` would scan the
-table; instead the email's first letters in all their case variants become a few index
-range scans on ``ix_provisioner_servers_user_email``, and the exact comparison filters those.
+A customer is their storefront account (a dashboard token's ``sub``: the WordPress user id
+for EDD, the Stripe customer id for Stripe), compared exactly on
+``ix_provisioner_servers_account``. The e-mail address is not an identity: it changes, and
+whoever holds an old address must not see the servers. Rows without an account (guest
+checkouts) belong to nobody until the storefront gives them one; the planner keeps
+``account_id`` in step with the storefront on every pass.
+
+A customer sees their servers that still exist, and those support took down until further
+notice (``operator_hold_at``); other Destroyed rows are kept for audit, not shown.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
-from sqlalchemy import ColumnElement, Select, String, and_, bindparam, func, or_, select, union_all
+from sqlalchemy import (
+    ClauseElement,
+    ColumnElement,
+    Connection,
+    Dialect,
+    Select,
+    String,
+    bindparam,
+    false,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session, defer
+from sqlalchemy.sql.compiler import SQLCompiler
 
-from provisioner.models import Server, ServerEvent, Status
+from provisioner.models import Server, ServerEvent, Status, is_idle
 
-PREFIX_CHARS = 3   # 2**3 = at most 8 index ranges
-
-
-def ascii_lower(text: str) -> str:
-    return text.translate(_LOWER)
+GUESTS = ("", "0")     # a token for "no account" (WordPress's user id 0) owns nothing
 
 
-_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+def _owned_by() -> ColumnElement[bool]:
+    return Server.account_id == bindparam("account", type_=String)
 
 
-def _next_string(prefix: str) -> str:
-    """The smallest string greater than every string starting with ``prefix``."""
-    return prefix[:-1] + chr(ord(prefix[-1]) + 1)
+def owned_by(account: str) -> ColumnElement[bool]:
+    """The account's rows, every status (a guest's token owns nothing)."""
+    return false() if account in GUESTS else Server.account_id == account
 
 
-def _ranges(email: str) -> tuple[str, list[tuple[str, str]]]:
-    wanted = ascii_lower(email)
-    head = wanted[:PREFIX_CHARS] or " "
-    variants = sorted({"".join(chars) for chars in itertools.product(*({c, c.upper()} for c in head))})
-    return wanted, [(v, _next_string(v)) for v in variants]
-
-
-def _owned_by(count: int) -> ColumnElement[bool]:
-    ranges = [and_(Server.user_email >= bindparam(f"lo{i}", type_=String),
-                   Server.user_email < bindparam(f"hi{i}", type_=String)) for i in range(count)]
-    return and_(or_(*ranges), func.lower(Server.user_email) == bindparam("wanted", type_=String))
-
-
-def owned_by(email: str) -> ColumnElement[bool]:
-    """``Server.user_email`` equals ``email`` ignoring ASCII case, in a form that uses the index."""
-    return _owned_by(len(_ranges(email)[1])).params(_params(email))
+def _shown(status: str, operator_hold_at: object) -> bool:
+    return status != Status.DESTROYED.value or operator_hold_at is not None
 
 
 @dataclass(frozen=True)
@@ -61,53 +60,172 @@ class Owned:
     has_ovpn: bool
 
 
-@dataclass(frozen=True)
-class EventRow:
-    at: dt.datetime
+@dataclass(frozen=True, slots=True)
+class ServerRow:
+    """What the customer's reads need of one row: plain columns, no ORM object, no secrets.
+
+    The read path (the page polls ``GET /api/servers``) builds these from one Core query
+    on a pooled connection; the write routes use the ORM (:class:`Owned`) for its version
+    fence. Both expose the attributes :mod:`dashboard_api.views` reads."""
+
+    id: int
+    server_name: str | None
+    product_id: str
+    status: str
+    action: str | None
+    step: str | None
+    needs_human: bool
+    rebuild_now_status: bool
+    rebuild_now_location: str | None
+    server_ip: str | None
+    current_location: str | None
+    rebuild_schedule: str
+    rebuild_schedule_location: str
+    bandwidth_this_month: int | None
+    bandwidth_limit_this_month: int | None
+    last_rebuilt_at: dt.datetime | None
+    has_ovpn: bool
+    paused: bool
+    operator_hold_at: dt.datetime | None
+    human_alerted_at: dt.datetime | None
+    restart_pending: bool
+
+    @property
+    def busy(self) -> bool:
+        return not is_idle(self.action, self.status) or bool(self.rebuild_now_status)
+
+    @property
+    def on_hold(self) -> bool:
+        return self.operator_hold_at is not None
+
+
+_ROW_COLUMNS = (Server.id, Server.server_name, Server.product_id, Server.status, Server.action, Server.step,
+                Server.needs_human, Server.rebuild_now_status, Server.rebuild_now_location, Server.server_ip,
+                Server.current_location, Server.rebuild_schedule, Server.rebuild_schedule_location,
+                Server.bandwidth_this_month, Server.bandwidth_limit_this_month, Server.last_rebuilt_at,
+                Server.ovpn_file_enc.is_not(None), Server.paused, Server.operator_hold_at, Server.human_alerted_at,
+                Server.restart_pending)
+
+
+class EventRow(TypedDict):
+    at: dt.datetime | None
     what: str
     outcome: str
 
 
-@functools.lru_cache(maxsize=16)
-def _servers_query(count: int) -> Select[tuple[Server, bool]]:
-    # Built once per number of index ranges: building the statement costs more than running it.
-    # No ORDER BY and no other filter in SQL: with them SQLite's planner prefers a rowid scan
-    # of the whole table over the index ranges. A customer has a handful of rows; Python sorts.
+@functools.lru_cache(maxsize=1)
+def _servers_query() -> Select[tuple[Server, bool]]:
+    # Built once: building the statement costs more than running it. A customer has a
+    # handful of rows; Python sorts them.
     return (select(Server, Server.ovpn_file_enc.is_not(None))
-            .where(_owned_by(count))
+            .where(_owned_by())
             .options(defer(Server.ovpn_file_enc), defer(Server.secrets_enc), defer(Server.root_password_enc)))
 
 
-def customer_servers_query(email: str) -> Select[tuple[Server, bool]]:
-    return _servers_query(len(_ranges(email)[1])).params(_params(email))
+@functools.lru_cache(maxsize=1)
+def _rows_query() -> Select[Any]:
+    # The same WHERE as _servers_query (the same index range), only the columns the reads show.
+    return select(*_ROW_COLUMNS).where(_owned_by())
 
 
-def _params(email: str) -> dict[str, str]:
-    wanted, ranges = _ranges(email)
-    return {"wanted": wanted, **{f"lo{i}": lo for i, (lo, _) in enumerate(ranges)},
-            **{f"hi{i}": hi for i, (_, hi) in enumerate(ranges)}}
+def customer_servers_query(account: str) -> Select[Any]:
+    """The statement the read path runs for ``account`` (tests and benchmarks EXPLAIN it)."""
+    return _rows_query().params(account=account)
 
 
-def customer_servers(session: Session, email: str) -> list[Owned]:
-    """The customer's servers that still exist (Destroyed rows are kept for audit, not shown)."""
-    result = session.execute(_servers_query(len(_ranges(email)[1])), _params(email)).tuples()
+def customer_rows(conn: Connection, account: str) -> list[ServerRow]:
+    """The account's servers to show, by id, as plain rows (one indexed query)."""
+    if account in GUESTS:
+        return []
+    found = [ServerRow(rid, name, product, status, action, step, bool(human), bool(rebuild), rebuild_at, ip, where,
+                       schedule, schedule_at, int(used or 0), int(limit or 0), _utc(rebuilt), bool(ovpn),
+                       bool(paused), _utc(held), _utc(alerted), bool(restart))
+             for (rid, name, product, status, action, step, human, rebuild, rebuild_at, ip, where, schedule,
+                  schedule_at, used, limit, rebuilt, ovpn, paused, held, alerted, restart)
+             in _fetch(conn, _rows_query(), {"account": account})]
+    found.sort(key=lambda r: r.id)
+    return [r for r in found if _shown(r.status, r.operator_hold_at)]
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    positions: tuple[str, ...] | None   # the parameters' order for a positional paramstyle
+    defaults: dict[str, Any]            # the statement's own values (its LIMIT)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(dialect: Dialect, statement: ClauseElement) -> _Compiled:
+    compiled = statement.compile(dialect=dialect)
+    assert isinstance(compiled, SQLCompiler)
+    return _Compiled(compiled.string, tuple(compiled.positiontup or ()) if compiled.positional else None,
+                     dict(compiled.params))
+
+
+def _fetch(conn: Connection, statement: ClauseElement, params: dict[str, Any]) -> list[Any]:
+    """Rows of a cached statement straight from the driver's cursor.
+
+    The read path's two queries return a few dozen small rows; SQLAlchemy's result layer
+    (row objects, type processors) cost more than the SQL itself, so these two run on the
+    DBAPI cursor of the pooled connection, compiled once per dialect, and convert their own
+    values (:func:`_utc`). Parameters are plain strings and integers."""
+    c = _compile(conn.dialect, statement)
+    values = {**c.defaults, **params}
+    args: Any = tuple(values[name] for name in c.positions) if c.positions is not None else values
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(c.sql, args)
+        return list(cursor.fetchall())
+    except Exception:
+        conn.invalidate()  # a broken connection must not go back to the pool
+        raise
+    finally:
+        cursor.close()
+
+
+def _utc(value: Any) -> dt.datetime | None:
+    """A DATETIME column as aware UTC: SQLite hands back ISO text, MySQL naive datetimes."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    result: dt.datetime = value.replace(tzinfo=dt.UTC)
+    return result
+
+
+def find_row(rows: Sequence[ServerRow], name: str, domain: str) -> ServerRow | None:
+    """The row called ``name`` (DNS name or short name) among the customer's own, else None."""
+    wanted = name.lower()
+    for row in rows:
+        full = (row.server_name or "").lower()
+        if full and wanted in (full, full.removesuffix("." + domain.lower())):
+            return row
+    return None
+
+
+def customer_servers(session: Session, account: str) -> list[Owned]:
+    """The account's servers to show, as ORM rows (the write routes: the version fence)."""
+    if account in GUESTS:
+        return []
+    result = session.execute(_servers_query(), {"account": account}).tuples()
     found = [Owned(row, bool(has)) for row, has in result]
-    return sorted((o for o in found if o.row.status != Status.DESTROYED.value), key=lambda o: o.row.id)
+    return sorted((o for o in found if _shown(o.row.status, o.row.operator_hold_at)), key=lambda o: o.row.id)
 
 
-def customer_server(session: Session, email: str, name: str, domain: str) -> Owned | None:
-    """One of the customer's servers by DNS name or short name; anyone else's is None, like a
+def customer_server(session: Session, account: str, name: str, domain: str) -> Owned | None:
+    """One of the account's servers by DNS name or short name; anyone else's is None, like a
     missing one, so a guess cannot tell "exists" from "not yours"."""
     wanted = name.lower()
-    for owned in customer_servers(session, email):
+    for owned in customer_servers(session, account):
         full = (owned.row.server_name or "").lower()
         if full and wanted in (full, full.removesuffix("." + domain.lower())):
             return owned
     return None
 
 
-def ovpn_token(session: Session, server_id: int) -> str | None:
-    return session.scalar(select(Server.ovpn_file_enc).where(Server.id == server_id))
+def ovpn_token(conn: Connection | Session, server_id: int) -> str | None:
+    token: str | None = conn.execute(select(Server.ovpn_file_enc).where(Server.id == server_id)).scalar()
+    return token
 
 
 @functools.lru_cache(maxsize=64)
@@ -120,14 +238,26 @@ def _events_union(count: int, limit: int) -> Any:
     return union_all(*(select(*part.c) for part in parts)) if count > 1 else select(*parts[0].c)
 
 
-def recent_events(session: Session, server_ids: Sequence[int], limit: int = 10) -> dict[int, list[EventRow]]:
+def recent_events(conn: Connection | Session, server_ids: Sequence[int], limit: int = 10) -> dict[int, list[EventRow]]:
     """The last ``limit`` events of each server, newest first, in one statement: a UNION ALL of
-    one index range per server (portable: no window functions, which MySQL 5.7 lacks)."""
+    one index range per server (portable: no window functions, which MySQL 5.7 lacks).
+
+    Each event is a plain ``{"at", "what", "outcome"}`` dict, as the API shows it."""
     out: dict[int, list[EventRow]] = {sid: [] for sid in server_ids}
     if not server_ids:
         return out
     q = _events_union(len(server_ids), limit)
-    rows = session.execute(q, {f"sid{i}": sid for i, sid in enumerate(server_ids)}).tuples()
-    for sid, at, what, outcome, _id in sorted(rows, key=lambda r: (r[1], r[4]), reverse=True):
-        out[sid].append(EventRow(at=at, what=what, outcome=outcome))
+    params = {f"sid{i}": sid for i, sid in enumerate(server_ids)}
+    if isinstance(conn, Session):
+        rows = [tuple(r) for r in conn.execute(q, params)]
+    else:
+        # Sorted on the driver's values (ISO text on SQLite sorts like the times), converted after.
+        rows = _fetch(conn, q, params)
+    rows.sort(key=_newest, reverse=True)
+    for sid, at, what, outcome, _id in rows:
+        out[sid].append({"at": _utc(at), "what": what, "outcome": outcome})
     return out
+
+
+def _newest(row: Any) -> tuple[Any, int]:
+    return row[1], row[4]

@@ -53,6 +53,9 @@ class ServerOut(BaseModel):
     status: str = Field(description="Queued, Installing, Running, Rebuilding, Destroying, Error or Suspended")
     step: str | None = Field(description="the lifecycle step in progress, if any")
     progress: str | None = Field(description="human text of what is happening now")
+    support_hold: Literal["paused", "suspended"] | None = Field(
+        None, description="support holds the server: paused while they look (it keeps running), or suspended "
+                          "(taken down until they release it); null otherwise")
     busy: bool = Field(description="true while a rebuild cannot be requested")
     rebuild_requested: bool
     rebuild_location: str | None
@@ -70,7 +73,8 @@ class ServerOut(BaseModel):
     last_rebuilt: dt.datetime | None
     ovpn_available: bool
     last_error: str | None = Field(description="human text, only when status is Error")
-    last_error_code: str | None = Field(description="retrying or needs_attention, only when status is Error")
+    last_error_code: str | None = Field(description="retrying, rebuild_delayed, rebuild_delayed_alerted, "
+                                                    "needs_attention or stopped, only when status is Error")
     events: list[EventOut] = Field(description="the last 10 events, newest first")
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def owned(s: Session, st: ApiState, who: Customer, name: str) -> queries.Owned:
-    found = queries.customer_server(s, who.email, name, st.settings.cloudflare.domain)
+    found = queries.customer_server(s, who.user_id, name, st.settings.cloudflare.domain)
     if found is None:
         raise ApiError(404, "server_not_found", f"You have no server called {name}.")
     return found

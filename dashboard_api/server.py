@@ -37,6 +37,7 @@ from provisioner.wiring import App
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
+GRACEFUL_SHUTDOWN_SECONDS = 3     # SIGTERM: requests in flight get this long, then the process exits
 
 
 def create_app(app: App, *, clock: Callable[[], dt.datetime] | None = None) -> FastAPI:
@@ -116,14 +117,33 @@ def serve(settings: Settings) -> int:
     app = App(settings)
     db.require_schema(app.engine)
     api = create_app(app)
+    # uvloop and httptools (uvicorn[standard]'s fast loop and parser) are pinned dependencies.
     config = uvicorn.Config(api, host=settings.api.listen_host, port=settings.api.listen_port, workers=1,
-                            log_config=None, server_header=False, proxy_headers=True, timeout_keep_alive=5)
+                            loop="uvloop", http="httptools", log_config=None, server_header=False, proxy_headers=True,
+                            timeout_keep_alive=5, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    hide_query_strings(logging.getLogger("uvicorn.access"))
     log.info("dashboard API on http://%s:%s (public URL %s)", settings.api.listen_host, settings.api.listen_port,
              settings.api.public_url)
     server = uvicorn.Server(config)
     threading.Thread(target=_tell_systemd, args=(server,), name="sd-notify", daemon=True).start()
     server.run()
     return 0
+
+
+class QueryStringFilter(logging.Filter):
+    """The access log never shows a query string: a dashboard token pasted into a URL
+    (``?token=…``) must not land in the journal. The path stays, the query becomes ``?…``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            record.args = (*args[:2], args[2].split("?", 1)[0] + "?…", *args[3:])
+        return True
+
+
+def hide_query_strings(logger: logging.Logger) -> None:
+    if not any(isinstance(f, QueryStringFilter) for f in logger.filters):
+        logger.addFilter(QueryStringFilter())
 
 
 def _tell_systemd(server: Any) -> None:

@@ -2,9 +2,10 @@
 
 1. 503 ``webhook_not_configured`` while ``stripe.webhook_secrets`` is empty.
 2. The raw body (at most 1 MB, else 413) is verified with
-   ``stripe.Webhook.construct_event`` against each configured secret in turn (rotation:
-   the old and the new secret both pass). A missing or bad signature, or a timestamp older
-   than ``stripe.webhook_tolerance_seconds``, is 400 and nothing is stored.
+   ``stripe.WebhookSignature.verify_header`` against each configured secret in turn (rotation:
+   the old and the new secret both pass). A missing or bad signature, a timestamp older
+   than ``stripe.webhook_tolerance_seconds`` or further than that in the future, or a signed
+   body that is not a JSON object of an event, is 400 and nothing is stored.
 3. An event id seen before is 200 ``{"received": true, "duplicate": true}`` and changes
    nothing. Otherwise the event row and its effect on the subscription commit in one
    transaction; 200 ``{"received": true, "duplicate": false, "outcome": …}``.
@@ -17,7 +18,9 @@ re-fetch) runs in the thread pool, never on the event loop.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from typing import Annotated, Any
 
 import stripe
@@ -63,19 +66,50 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
-def verify(body: bytes, signature: str, secrets: list[str], tolerance: int) -> tuple[Any, JSONResponse | None]:
-    """The verified event, or the 400 to answer. Tries every secret (rotation)."""
-    stale = False
+def verify(body: bytes, signature: str, secrets: list[str], tolerance: int,
+           now: float | None = None) -> tuple[dict[str, Any] | None, JSONResponse | None]:
+    """The verified event as a plain dict, or the 400 to answer. Tries every secret (rotation).
+
+    Stripe's own check refuses only timestamps *older* than the tolerance; a signature dated
+    further than the tolerance in the future is refused here too (a replay prepared ahead).
+    The signed body must be a JSON object that is an event (a list, a string, a number: 400).
+    """
+    stamp = _timestamp(signature)
+    if stamp is None:
+        return None, _error(400, "bad_signature", "the Stripe-Signature header has no timestamp")
+    if tolerance and stamp > (time.time() if now is None else now) + tolerance:
+        return None, _error(400, "future_signature", "the signature timestamp is in the future beyond the tolerance")
+    try:
+        payload = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, _error(400, "bad_payload", "the body is not UTF-8")
+    stale, verified = False, False
     for secret in secrets:
         try:
-            return stripe.Webhook.construct_event(body, signature, secret, tolerance), None
+            stripe.WebhookSignature.verify_header(payload, signature, secret, tolerance)
+            verified = True
+            break
         except stripe.SignatureVerificationError as exc:
             stale = stale or "tolerance" in str(exc)
-        except ValueError:     # valid signature, but not JSON or not a v1 snapshot event
-            return None, _error(400, "bad_payload", "the body is not a Stripe event")
-    if stale:
-        return None, _error(400, "stale_signature", "the signature timestamp is outside the tolerance window")
-    return None, _error(400, "bad_signature", "the Stripe-Signature header does not match any webhook secret")
+    if not verified:
+        if stale:
+            return None, _error(400, "stale_signature", "the signature timestamp is outside the tolerance window")
+        return None, _error(400, "bad_signature", "the Stripe-Signature header does not match any webhook secret")
+    try:
+        event = json.loads(payload)
+    except ValueError:
+        return None, _error(400, "bad_payload", "the body is not a Stripe event")
+    if not isinstance(event, dict) or event.get("object") != "event":
+        return None, _error(400, "bad_payload", "the body is not a Stripe event (a JSON object with object=event)")
+    return event, None
+
+
+def _timestamp(signature: str) -> int | None:
+    for part in signature.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _storefront(request: Request, app: App) -> StripeStorefront:

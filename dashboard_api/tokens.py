@@ -1,7 +1,8 @@
 """Dashboard login tokens: HS256 JWTs minted by the storefront (or the demo), verified here.
 
-Claims: ``email`` (the WordPress user's email, which scopes every request), ``sub`` (the
-WordPress user id), ``aud`` (``api.jwt_audience``), ``iat`` and ``exp``. A token may live at
+Claims: ``sub`` (the storefront account, which scopes every request: the WordPress user id
+with EDD, the Stripe customer id with Stripe), ``email`` (for display only: an address is not
+an identity), ``aud`` (``api.jwt_audience``), ``iat`` and ``exp``. A token may live at
 most :data:`MAX_TTL_SECONDS`: one minted for longer is refused even before it expires, so a
 leaked long-lived token is useless. The WordPress plugin mints 15-minute tokens.
 
@@ -11,8 +12,11 @@ The secret is ``api.jwt_secret``; nothing here ever logs or echoes a token.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import jwt
@@ -63,9 +67,11 @@ def mint_token(settings: Settings, email: str, user_id: int | str, ttl_seconds: 
     return jwt.encode(claims, require_secret(settings), algorithm=ALGORITHM)
 
 
-def verify_token(token: str, secret: str, audience: str, now: dt.datetime) -> Customer:
-    if not token or len(token) > MAX_TOKEN_CHARS:
-        raise TokenError("invalid_token", "The sign-in token is missing or malformed.")
+@functools.lru_cache(maxsize=4096)
+def _decode(token: str, secret: str, audience: str) -> Mapping[str, Any]:
+    """Signature, algorithm, audience and the required claims: what depends only on the token,
+    the secret and the audience, so a verdict is remembered (a page polls with one token for
+    its whole life; failures are not cached). The times are checked on every call."""
     try:
         claims: dict[str, Any] = jwt.decode(
             token, secret, algorithms=[ALGORITHM], audience=audience, leeway=LEEWAY_SECONDS,
@@ -76,6 +82,13 @@ def verify_token(token: str, secret: str, audience: str, now: dt.datetime) -> Cu
         raise TokenError("invalid_token", "The sign-in token is for another application.") from None
     except jwt.PyJWTError:
         raise TokenError("invalid_token", "The sign-in token is not valid.") from None
+    return MappingProxyType(claims)
+
+
+def verify_token(token: str, secret: str, audience: str, now: dt.datetime) -> Customer:
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        raise TokenError("invalid_token", "The sign-in token is missing or malformed.")
+    claims = _decode(token, secret, audience)
     iat, exp = claims["iat"], claims["exp"]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (iat, exp)):
         raise TokenError("invalid_token", "The sign-in token has malformed times.")

@@ -35,24 +35,36 @@ It defaults to a no-op; if it raises, the error is logged and the sync goes on.
 Each sync also keeps the current instance's bytes per UTC day of the month
 (:func:`provisioner.bandwidth.record_days`) for the customer's usage chart.
 
-Every row is read fresh and committed on its own; a row changed by someone else
-meanwhile (``StaleDataError``) or held by a lifecycle worker right now is skipped this
-round. One server's API failure is logged, recorded as an event, and the rest go on.
+Every row is read fresh (without its sealed secrets and ``.ovpn``) and committed on its
+own; a row changed by someone else meanwhile (``StaleDataError``) or held by a lifecycle
+worker right now is skipped this round. One server's API failure is logged, recorded as an
+event, and the rest go on.
+
+At scale (:func:`sync_bandwidth_paced`, what the worker runs): one Vultr call per server
+cannot all fit in an hour at 100,000 servers without eating the account's whole budget
+(30 requests/s). The job gets a share of it (:class:`SyncPace`, 25 %): it reads at most
+``share x rate x period`` rows per run, spread over the period by its own token bucket,
+with a few threads, rows near their cap first, then the least recently synced. At 10,000
+servers every row is read every hour; at 100,000 each row every few hours, and the ones
+close to their cap every hour.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, case, select
+from sqlalchemy.orm import Session, defer, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from provisioner.bandwidth import month_of, month_total, record_days
+from provisioner.cloud.ratelimit import RateLimiter
 from provisioner.cloud.vultr import VultrError, VultrNotFound
 from provisioner.models import LIVE_STATUSES, Server, ServerEvent, Status
 from provisioner.settings.schema import Product
@@ -61,6 +73,8 @@ log = logging.getLogger(__name__)
 
 ACTOR = "bandwidth"
 SYNCED = (Status.RUNNING.value, Status.SUSPENDED.value, Status.REBUILDING.value)
+# The sealed secrets and the .ovpn (~12 KB a row) are never needed here.
+NO_BLOBS = (defer(Server.secrets_enc), defer(Server.ovpn_file_enc), defer(Server.root_password_enc))
 
 OnEvent = Callable[[Session, Server, str, dict[str, Any]], None]
 
@@ -133,15 +147,79 @@ def sync_bandwidth(session: Session, vultr: BandwidthCloud, now: dt.datetime, pr
                                .order_by(Server.id)))
     for rid in ids:
         report.checked += 1
-        try:
-            _sync_one(session, vultr, rid, now, products, notify, report)
-        except StaleDataError:
-            session.rollback()
-            report.skipped += 1
-            log.info("server #%s changed during the bandwidth sync; next round", rid)
+        _sync_unless_changed(session, vultr, rid, now, products, notify, report)
     if report.did_work or report.failed:
         log.info("bandwidth sync %s: %s", report.month, report)
     return report
+
+
+@dataclass(frozen=True)
+class SyncPace:
+    """How much of Vultr's budget one sync may spend, and how."""
+
+    calls_per_second: float     # this job's own ceiling: a share of the account's rate
+    max_rows: int               # rows read in one run (one call each)
+    threads: int = 4
+
+    @classmethod
+    def for_period(cls, provider_rate: float, period_seconds: float, *, share: float = 0.25, threads: int = 4,
+                   fill: float = 0.9) -> SyncPace:
+        """``share`` of ``provider_rate``, for ``fill`` of the period (so a run ends before the next)."""
+        rate = max(0.01, provider_rate * share)
+        return cls(rate, max(1, int(rate * period_seconds * fill)), max(1, threads))
+
+
+# Rows at 70 % of their month's limit or more are read first: they are the ones an alert or the
+# cap may be about to concern. Then the least recently read (never read sorts first: NULLs
+# come first in ascending order on SQLite and MySQL alike).
+_NEAR_CAP_FIRST = case((and_(Server.bandwidth_limit_this_month > 0,
+                             Server.bandwidth_this_month * 10 >= Server.bandwidth_limit_this_month * 7), 0), else_=1)
+
+
+def rows_to_sync(session: Session, limit: int) -> list[int]:
+    """The ids one paced run reads, in order (one query, ids only)."""
+    return list(session.scalars(
+        select(Server.id).where(Server.status.in_(SYNCED), Server.instance_id.is_not(None))
+        .order_by(_NEAR_CAP_FIRST, Server.bandwidth_synced_at, Server.id).limit(limit)))
+
+
+def sync_bandwidth_paced(sessions: sessionmaker[Session], vultr: BandwidthCloud, now: dt.datetime,
+                         products: Mapping[str, Product], pace: SyncPace, *, on_event: OnEvent | None = None,
+                         stop: threading.Event | None = None) -> BandwidthReport:
+    """:func:`sync_bandwidth` for a large fleet: at most ``pace.max_rows`` rows, at most
+    ``pace.calls_per_second`` Vultr calls a second, ``pace.threads`` at a time, each row in its
+    own session. ``stop`` (the worker shutting down) ends the run at the next row."""
+    if now.tzinfo is None:
+        raise ValueError("sync_bandwidth_paced() needs an aware datetime")
+    notify = _guarded(on_event)
+    report = BandwidthReport(job="sync", month=month_of(now))
+    with sessions() as s:
+        ids = rows_to_sync(s, pace.max_rows)
+    bucket = RateLimiter(pace.calls_per_second, burst=1, name="bandwidth sync")
+    lock = threading.Lock()
+
+    def one(rid: int) -> None:
+        if stop is not None and stop.is_set():
+            return
+        bucket.acquire()
+        mine = BandwidthReport(job="sync", month=report.month, checked=1)
+        with sessions() as session:
+            _sync_unless_changed(session, vultr, rid, now, products, notify, mine)
+        with lock:
+            _add(report, mine)
+
+    with ThreadPoolExecutor(max_workers=pace.threads, thread_name_prefix="bandwidth") as pool:
+        for future in [pool.submit(one, rid) for rid in ids]:
+            future.result()
+    if report.did_work or report.failed:
+        log.info("bandwidth sync %s: %s", report.month, report)
+    return report
+
+
+def _add(total: BandwidthReport, part: BandwidthReport) -> None:
+    for f in fields(BandwidthReport):
+        if f.type in ("int", int):
+            setattr(total, f.name, getattr(total, f.name) + getattr(part, f.name))
 
 
 def reset_bandwidth_monthly(session: Session, vultr: BandwidthCloud, now: dt.datetime, *,
@@ -162,7 +240,7 @@ def reset_bandwidth_monthly(session: Session, vultr: BandwidthCloud, now: dt.dat
     for rid in ids:
         report.checked += 1
         try:
-            row = session.get(Server, rid, populate_existing=True)
+            row = session.get(Server, rid, populate_existing=True, options=NO_BLOBS)
             if row is None or row.status not in LIVE_STATUSES:
                 continue
             if _busy(row, now):
@@ -188,9 +266,19 @@ def reset_bandwidth_monthly(session: Session, vultr: BandwidthCloud, now: dt.dat
 
 # --- one row ---------------------------------------------------------------------------------------
 
+def _sync_unless_changed(session: Session, vultr: BandwidthCloud, rid: int, now: dt.datetime,
+                         products: Mapping[str, Product], notify: OnEvent, report: BandwidthReport) -> None:
+    try:
+        _sync_one(session, vultr, rid, now, products, notify, report)
+    except StaleDataError:
+        session.rollback()
+        report.skipped += 1
+        log.info("server #%s changed during the bandwidth sync; next round", rid)
+
+
 def _sync_one(session: Session, vultr: BandwidthCloud, rid: int, now: dt.datetime,
               products: Mapping[str, Product], notify: OnEvent, report: BandwidthReport) -> None:
-    row = session.get(Server, rid, populate_existing=True)
+    row = session.get(Server, rid, populate_existing=True, options=NO_BLOBS)
     if row is None or row.status not in SYNCED or not row.instance_id:
         return
     if _busy(row, now):

@@ -9,7 +9,6 @@ carries every due row forward in its own pool: a slow install never delays a pla
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,10 +17,10 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from jobs.records import record_once, record_status
 from jobs.schedules import mark_due_rebuilds
-from provisioner import operations, standing
+from provisioner import holds, operations, standing
 from provisioner.lifecycle import Lifecycle
-from provisioner.models import WorkerStatus
 from provisioner.reconcile import Plan
 from provisioner.subscriptions import Subscription
 from provisioner.wiring import App
@@ -70,20 +69,30 @@ def server_check(app: App, lc: Lifecycle, *, still_leader: Callable[[], bool] = 
     if error:
         log.error("storefront could not be read: %s", error)
     if not still_leader():
-        report.lost_leadership = True
-        log.error("leader lock lost during the planning pass; the plan is not recorded")
-        return report
-    applied = operations.start_plan(lc, result, app.destroy_cross_check())
+        return _lost(report)
+    applied = operations.start_plan(lc, result, app.destroy_cross_check(), still_leader=still_leader)
+    if applied.lost_leadership:
+        return _lost(report)
     report.started, report.refused = applied.started, applied.refused
     for line in applied.refused:
         log.warning("plan: %s", line)
-    for held in result.held:
-        log.warning("plan held: %s", held["reason"])
+    if not error:
+        with app.sessions() as s:
+            recorded = holds.record_pass(s, result, now, app.settings, extra_holds=applied.held)
+            if not still_leader():
+                s.rollback()
+                return _lost(report)
+            s.commit()
+        for h in recorded.new_holds:
+            log.warning("plan held: server %s (subscription %s): %s", h.server, h.subscription_id, h.reason)
     report.seconds = time.monotonic() - t0
-    record_status(app, "last_tick", {"at": now.isoformat(), "seconds": round(report.seconds, 3),
-                                     "plan": result.to_json(), "started": report.started})
+    record_status(app, "last_tick", {
+        "at": now.isoformat(), "seconds": round(report.seconds, 3), "plan": result.to_json(),
+        "started": report.started, "storefront_error": error, "thin_read": result.thin_read,
+        "breaker": result.breaker})
     if not error:
         record_status(app, "storefront_ok", {"at": now.isoformat()})
+    record_once(app, "first_tick", {"at": now.isoformat()})
     if report.did_work:
         log.info("tick: %s", report.summary())
     return report
@@ -99,12 +108,7 @@ def keep_standing(app: App, subs: list[Subscription], now: dt.datetime) -> None:
         log.warning("could not keep the subscriptions' standing for the dashboard: %s", type(exc).__name__)
 
 
-def record_status(app: App, name: str, value: dict[str, object]) -> None:
-    with app.sessions() as s:
-        row = s.get(WorkerStatus, name)
-        text = json.dumps(value, default=str)
-        if row is None:
-            s.add(WorkerStatus(name=name, value=text, updated_at=app.clock()))
-        else:
-            row.value, row.updated_at = text, app.clock()
-        s.commit()
+def _lost(report: TickReport) -> TickReport:
+    report.lost_leadership = True
+    log.error("leader lock lost during the planning pass; the plan is not recorded")
+    return report

@@ -19,6 +19,7 @@ reset_bandwidth_monthly    the 1st, 00:00
 sync_bandwidth             every ``worker.bandwidth_sync_minutes``
 sweep                      every ``worker.sweep_minutes``
 send_outbox                every minute
+purge_ip_history           03:15 daily (``privacy.ip_history_days``)
 =========================  ======================================
 
 The leader's driver loop also starts the rebuilds customers asked for as soon as they are
@@ -32,21 +33,25 @@ work; running steps stop at their next recorded boundary (at most
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from apscheduler.events import EVENT_JOB_ERROR, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import SQLAlchemyError
 
-from jobs import registry
+from jobs import records, registry
 from jobs.driver import Driver
 from jobs.leader import LeaderLock, leader_lock
-from jobs.server_check import record_status, server_check
+from jobs.server_check import server_check
 from provisioner import db, operations, planning, sdnotify, wiring
 from provisioner.lifecycle import Lifecycle
+from provisioner.models import WorkerStatus
 from provisioner.wiring import App
 
 log = logging.getLogger("provisioner.worker")
@@ -63,7 +68,8 @@ class Worker:
         self.exit_code = 0
         self.leader = False
         w = app.settings.worker
-        self.driver = Driver(self.lc, threads=w.threads, on_loop=self._on_driver_loop)
+        self.driver = Driver(self.lc, threads=w.threads, on_loop=self._on_driver_loop,
+                             can_work=self.database_up, on_database_error=self._database_failed)
         self.scheduler = BackgroundScheduler(
             timezone=w.timezone,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
@@ -71,6 +77,8 @@ class Worker:
         self._planning = threading.Lock()
         self._last_plan_started = dt.datetime.min.replace(tzinfo=dt.UTC)
         self._storefront_marker: object | None = None
+        self._db_down_since: float | None = None     # monotonic; None while the database takes writes
+        self._db_lock = threading.Lock()
         # APScheduler says "Running job …" at INFO for every run: the journal wants our lines.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
@@ -78,7 +86,7 @@ class Worker:
 
     def tick(self) -> None:
         """The planning pass (leader only); the driver carries out what it records."""
-        if self.stop.is_set() or not self.leader:
+        if self.stop.is_set() or not self.leader or not self.database_up():
             return
         if not self._planning.acquire(blocking=False):
             return
@@ -87,6 +95,9 @@ class Worker:
             report = server_check(self.app, self.lc, still_leader=self.lock.held)
             if report.lost_leadership:
                 self._lost_leadership()
+        except SQLAlchemyError as exc:
+            self._database_failed(exc)
+            return
         finally:
             self._planning.release()
         self.driver.wake()
@@ -108,22 +119,72 @@ class Worker:
 
     def _leader_only(self, name: str, func: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
-            if self.leader and not self.stop.is_set():
-                result = func()
-                record_status(self.app, f"job:{name}", {"at": self.app.clock().isoformat(),
-                                                        "result": registry.summary(name, result)})
+            if not self.leader or self.stop.is_set() or not self.database_up():
+                return
+            try:
+                registry.run_and_record(self.app, name, func)
+            except SQLAlchemyError as exc:
+                self._database_failed(exc)
+            except Exception:  # noqa: BLE001 - recorded as failed (status shows it); the clock goes on
+                log.exception("job %s failed", name)
         run.__name__ = run.__qualname__ = name
         return run
 
     def check_leadership(self) -> None:
+        """Every few seconds on every worker: the heartbeat (a write: it notices a read-only or
+        lost database), then the leader lock."""
+        self._heartbeat()
         if self.leader:
             if not self.lock.held():
                 self._lost_leadership()
-        elif self.lock.acquire():
+        elif self.database_up() and self.lock.acquire():
             self.leader = True
             log.info("this worker is now the leader (clock and planner)")
+            if self.scheduler.running:
+                self._schedule_interval_jobs()
             self.driver.wake()
         sdnotify.notify("WATCHDOG=1")
+
+    def _heartbeat(self) -> None:
+        try:
+            records.heartbeat(self.app, self.lc.owner, leader=self.leader)
+        except SQLAlchemyError as exc:
+            self._database_failed(exc)
+            return
+        self._database_ok()
+
+    # --- the database coming and going -----------------------------------------------------------
+
+    def database_up(self) -> bool:
+        return self._db_down_since is None
+
+    def _database_failed(self, exc: SQLAlchemyError) -> None:
+        """A write (or a read) failed. Fresh connections next time: a SQLite file opened while it
+        was read-only stays read-only on that connection, and a MariaDB that restarted left
+        dead ones. Past ``worker.database_outage_seconds`` the worker exits 1 (systemd restarts it)."""
+        limit = self.app.settings.worker.database_outage_seconds
+        with self._db_lock:
+            first = self._db_down_since is None
+            if first:
+                self._db_down_since = time.monotonic()
+            down_for = time.monotonic() - (self._db_down_since or 0.0)
+        if first:
+            log.error("the database does not take writes (%s); pausing work and reconnecting, for at most %gs",
+                      db.reason(exc), limit)
+        self.app.engine.dispose()
+        if down_for > limit and not self.stop.is_set():
+            log.error("the database has not taken writes for %.0fs (%s); exiting so that systemd restarts the "
+                      "worker", down_for, db.reason(exc))
+            self.exit_code = 1
+            self.lc.stopping.set()
+            self.stop.set()
+
+    def _database_ok(self) -> None:
+        with self._db_lock:
+            was_down, self._db_down_since = self._db_down_since, None
+        if was_down is not None:
+            log.info("the database takes writes again after %.0fs; resuming", time.monotonic() - was_down)
+            self.driver.wake()
 
     def _lost_leadership(self) -> None:
         log.error("leader lock lost: stopping all side effects and exiting")
@@ -137,8 +198,27 @@ class Worker:
 
     # --- running ---------------------------------------------------------------------------------
 
+    def _due_at(self, name: str, now: dt.datetime) -> dt.datetime:
+        """When an interval job is next due by its last recorded run (in the database), so a
+        worker restarted more often than the interval still runs it on time."""
+        try:
+            with self.app.sessions() as s:
+                row = s.get(WorkerStatus, f"job:{name}")
+                last = dt.datetime.fromisoformat(json.loads(row.value)["at"]) if row is not None else None
+        except (SQLAlchemyError, ValueError, KeyError, TypeError):
+            last = None
+        soon = now + dt.timedelta(seconds=INTERVAL_JOB_STAGGER_SECONDS)
+        if last is None:
+            return soon
+        return max(soon, last + registry.period(name, self.app.settings.worker))
+
+    def _schedule_interval_jobs(self) -> None:
+        now = dt.datetime.now(dt.UTC)
+        for name in registry.INTERVAL_JOBS:
+            self.scheduler.modify_job(name, next_run_time=self._due_at(name, now))
+
     def start(self) -> None:
-        db.upgrade(self.app.engine)
+        db.upgrade_if_needed(self.app.engine)
         self.check_leadership()
         w = self.app.settings.worker
         s = self.scheduler
@@ -149,7 +229,8 @@ class Worker:
                   next_run_time=now)
         for name, trigger in registry.CLOCK.items():
             func = registry.job(self.app, name, self.lc)
-            s.add_job(self._leader_only(name, func), trigger=trigger(w), id=name, name=name)
+            when = {"next_run_time": self._due_at(name, now)} if name in registry.INTERVAL_JOBS else {}
+            s.add_job(self._leader_only(name, func), trigger=trigger(w), id=name, name=name, **when)
         s.start()
         self.driver.start()
         sdnotify.notify("READY=1")
@@ -175,3 +256,6 @@ class Worker:
             log.warning("shutdown: steps still running after %ss; they resume on restart", grace)
         self.lock.release()
         log.info("worker stopped")
+
+
+INTERVAL_JOB_STAGGER_SECONDS = 5     # after a start, due jobs wait for the first planning pass

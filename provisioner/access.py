@@ -86,6 +86,14 @@ def sync_devices(session: Session, row: Server, pki: vpn_pki.ServerPKI, now: dt.
             add_device_row(session, row, info.device_id, info.name, PROTOCOLS, now, revoked_at=info.revoked_at)
 
 
+def wipe_identity(session: Session, row: Server) -> None:
+    """A destroyed server's identity goes for good: its sealed PKI, and with it its devices,
+    the customer's keys (personal data) and the login mode (the rows say it, not the caller)."""
+    row.secrets_enc, row.identity_kept_until = None, None
+    row.key_only = False
+    forget(session, row)
+
+
 def forget(session: Session, row: Server) -> None:
     """A destroyed server keeps neither devices nor the customer's keys (personal data)."""
     pks = select(Device.id).where(Device.server_id == row.id).scalar_subquery()

@@ -54,6 +54,10 @@ def busy_reason(row: Server) -> str | None:
     """Why a rebuild cannot be asked for now, in the customer's words (None: it can)."""
     if not row.busy:
         return None
+    if row.on_hold:
+        return "This server is suspended by support; please contact them."
+    if row.paused:
+        return "Support has paused this server while they look at it; a rebuild is possible once they resume it."
     if row.rebuild_now_status:
         return "A rebuild is already requested for this server; it starts within a minute or two."
     if row.action:
@@ -66,7 +70,7 @@ def request_rebuild(session: Session, settings: Settings, row: Server, location:
     wanted = check_location(settings, row, location)
     busy = busy_reason(row)
     if busy:
-        raise Refused(409, "busy", busy)
+        raise Refused(409, "support_hold" if row.paused or row.on_hold else "busy", busy)
     _cool_down(row.rebuild_requested_at, settings.api.rebuild_cooldown_seconds, now, "rebuild_cooldown",
                "You asked for a rebuild recently; you can ask again in {} seconds.")
     row.rebuild_now_status, row.rebuild_now_location, row.rebuild_requested_at = True, wanted, now

@@ -6,7 +6,10 @@ what ``provisioner db upgrade`` does, and it is safe to run at every start.
 
 from __future__ import annotations
 
+import ast
+import functools
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +77,11 @@ def check_connection(engine: Engine) -> None:
     except SQLAlchemyError as exc:
         raise DatabaseUnavailable(
             f"cannot connect to database {safe_url(str(engine.url.render_as_string(hide_password=False)))}: "
-            f"{_reason(exc)}") from None
+            f"{reason(exc)}") from None
 
 
-def _reason(exc: SQLAlchemyError) -> str:
+def reason(exc: SQLAlchemyError) -> str:
+    """The driver's own words for a database error, one line (never the URL or a password)."""
     orig = getattr(exc, "orig", None)
     if orig is not None and getattr(orig, "args", None):
         args = orig.args
@@ -90,6 +94,15 @@ def session_factory(engine: Engine, info: dict[str, Any] | None = None) -> sessi
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    _migrate(engine, revision, down=False)
+
+
+def downgrade(engine: Engine, revision: str) -> None:
+    """Roll the schema back to ``revision`` (every migration moves its data back too)."""
+    _migrate(engine, revision, down=True)
+
+
+def _migrate(engine: Engine, revision: str, *, down: bool) -> None:
     from alembic import command
     from alembic.config import Config
 
@@ -98,7 +111,40 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+def upgrade_if_needed(engine: Engine) -> bool:
+    """:func:`upgrade` unless the database is already at the shipped head; True if it ran.
+
+    The check reads the version table and the migration files' ids, without importing
+    Alembic: a worker that starts on an up-to-date database never has Alembic (and Mako)
+    resident for its whole life."""
+    check_connection(engine)
+    if current_revision(engine) in _heads() and len(_heads()) == 1:
+        return False
+    upgrade(engine)
+    return True
+
+
+_REVISION = re.compile(r"^revision\s*=\s*(.+)$", re.MULTILINE)
+_DOWN = re.compile(r"^down_revision\s*=\s*(.+)$", re.MULTILINE)
+
+
+@functools.lru_cache(maxsize=1)
+def _heads() -> frozenset[str]:
+    """The shipped migrations' heads: revisions no other migration names as its parent."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        rev, down = _REVISION.search(source), _DOWN.search(source)
+        if rev is None:
+            continue
+        revisions.add(str(ast.literal_eval(rev.group(1).strip())))
+        value = ast.literal_eval(down.group(1).strip()) if down else None
+        parents.update(str(v) for v in (value if isinstance(value, tuple | list) else (value,)) if v)
+    return frozenset(revisions - parents)
 
 
 def current_revision(engine: Engine) -> str | None:

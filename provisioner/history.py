@@ -24,6 +24,7 @@ WHATS = frozenset({
     "destroy.requested", "destroy.done", "root_password.viewed", "ssh_key.added", "ssh_key.removed",
     "ssh.key_only", "device.added", "device.revoked", "sync.done", "restart.requested", "restart.done",
     "bandwidth.80", "bandwidth.100", "bandwidth.suspend", "bandwidth.resume",
+    "operator.paused", "operator.resumed", "operator.held", "operator.released",
 })
 # Besides those: a step of any action that stopped for a human (outcome "failed", this detail).
 NEEDS_A_HUMAN = "needs a human"
@@ -94,6 +95,8 @@ def _kind(what: str, outcome: str, by: str, detail: str) -> tuple[str, dict[str,
         "restart.requested": "restart_requested", "restart.done": "restarted",
         "bandwidth.80": "usage_80", "bandwidth.100": "usage_100", "bandwidth.suspend": "suspended",
         "bandwidth.resume": "resumed", "destroy.requested": "removal_started",
+        "operator.paused": "support_paused", "operator.resumed": "support_resumed",
+        "operator.held": "support_held", "operator.released": "support_released",
     }
     if what in ("bandwidth.suspend", "bandwidth.resume") and outcome != "ok":
         return None

@@ -183,15 +183,21 @@ class Lifecycle:
         if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
+            kept = {"identity_until": f"{row.identity_kept_until:%Y-%m-%d %H:%M}"} if row.identity_kept_until else {}
             message = {"create": ("server_ready", {}),
                        "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
-                       "destroy": ("server_destroyed", {})}.get(action)   # sync and restart: the page says it
-            if message is not None:
+                       "destroy": ("server_destroyed", kept)}.get(action)   # sync and restart: the page says it
+            # "Your subscription has ended" would be untrue when an operator took the server down.
+            if message is not None and not (action == "destroy" and row.on_hold):
                 kind, context = message
                 self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
             row.next_attempt_at = result.not_before
+            if result.not_before is not None:
+                # A step entered with a wait (the first boot poll, the DNS TTL before retire) is
+                # entered now: its first run will look like a poll, so its intent is recorded here.
+                self.event(session, row, f"{action}.{result.step}", "started")
         session.commit()
 
     def _fail(self, session: Session, row: Server, message: str, *, permanent: bool,
@@ -207,31 +213,43 @@ class Lifecycle:
             row.status = in_error
             row.next_attempt_at = None
             self.event(session, row, f"{row.action}.{row.step}", "failed", f"needs a human: {message}")
-            key = f"attention:{row.id}:{row.action}:{row.step}:g{row.generation}"
-            self._notify(session, row, "needs_attention", key,
-                         {"error": message, "step": row.step or "", "action": row.action or "",
-                          "attempt": row.attempts})
-            log.error("server %s sub=%s: %s.%s needs a human: %s", row.server_name or row.id, row.subscription_id,
-                      row.action, row.step, message)
+            # One alert per marking: after `provisioner retry`, a new failure alerts again.
+            key = f"attention:{row.id}:{row.action}:{row.step}:g{row.generation}:v{row.version}"
+            queued = self._notify(session, row, "needs_attention", key,
+                                  {"error": message, "step": row.step or "", "action": row.action or "",
+                                   "attempt": row.attempts})
+            alerted = bool(queued) and self.ctx.settings.notify.operator_channel
+            row.human_alerted_at = now if alerted else None
+            self._tell_customer(session, row, alerted=alerted)
+            log.error("server %s sub=%s: %s.%s needs a human: %s%s", row.server_name or row.id, row.subscription_id,
+                      row.action, row.step, message, "" if alerted else " (no operator channel: nobody was alerted)")
         else:
             wait = backoff(row.attempts, lc.backoff_base_seconds, lc.backoff_cap_seconds, retry_after=retry_after)
             row.next_attempt_at = now + dt.timedelta(seconds=wait)
             row.step_deadline = row.next_attempt_at + budget(lc, row.step or "")
             if row.attempts >= lc.error_after_attempts:
                 row.status = in_error
-                if row.action == "create":  # tell the customer once that it takes longer
-                    self._notify(session, row, "provisioning_delayed", f"delayed:{row.id}:g{row.generation}", {})
+                self._tell_customer(session, row, alerted=False)
             self.event(session, row, f"{row.action}.{row.step}", "failed",
                        f"attempt {row.attempts}: {message}; retrying in {wait:.0f}s")
         session.commit()
 
-    def _notify(self, session: Session, row: Server, kind: str, key: str, context: dict[str, Any]) -> None:
-        """Queue a message in the same transaction as the state change that caused it."""
+    def _tell_customer(self, session: Session, row: Server, *, alerted: bool) -> None:
+        """Once per action and generation: a create is late (no server yet), or a rebuild is late
+        (the old server keeps serving). "Our team has been alerted" only when it is true."""
+        kind = {"create": "provisioning_delayed", "rebuild": "rebuild_delayed"}.get(row.action or "")
+        if kind is not None:
+            self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", {"alerted": alerted})
+
+    def _notify(self, session: Session, row: Server, kind: str, key: str, context: dict[str, Any]) -> int:
+        """Queue a message in the same transaction as the state change that caused it; how many
+        rows were queued (0: deduplicated, no recipient, or a template problem)."""
         try:
-            notify.enqueue(session, kind, server=row, context=context, dedupe_key=key, settings=self.ctx.settings,
-                           now=self.clock())
+            return notify.enqueue(session, kind, server=row, context=context, dedupe_key=key,
+                                  settings=self.ctx.settings, now=self.clock())
         except ValueError as exc:  # a template problem must never block the server's life
             log.error("server %s: could not queue %s: %s", row.server_name or row.id, kind, exc)
+            return 0
 
     # --- the audit trail ----------------------------------------------------------------------
 

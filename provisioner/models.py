@@ -1,18 +1,23 @@
 """Every table of ours, in one metadata (one Alembic history).
 
 - ``provisioner_servers`` and ``provisioner_server_events``: the seed's server table and
-  its audit trail; ``provisioner_worker_status`` and ``provisioner_orphans`` for health.
+  its audit trail; ``provisioner_worker_status`` and ``provisioner_orphans`` for health;
+  ``provisioner_destroy_holds``: the destroys the planner holds, and why.
 - ``provisioner_stripe_events``: every verified webhook event, once (its id is the key),
   with what processing made of it. A replay finds its row and changes nothing.
 - ``provisioner_stripe_subscriptions``: our copy of each Stripe subscription, written
   only from verified events and from the Stripe API. ``last_event_created`` is the Stripe
   time the stored state is *as of*; an older event never overwrites a newer state.
+- ``provisioner_ip_history``: every public address a server held, from when to when (who
+  held an address named in an abuse report), kept for ``privacy.ip_history_days``.
 - ``provisioner_outbox``: messages to send (email or signed webhook), written in the
   same transaction as the state change that caused them and sent later by
   :func:`provisioner.notify.outbox.send_pending`. ``dedupe_key`` is unique.
 
 Our tables carry the ``provisioner_`` prefix so they can live inside the WordPress
 database next to ``wp_*`` without clashing. The storefront's tables are never written.
+
+Sealed (Fernet) columns are listed once, in :data:`SEALED_COLUMNS`, for key rotation.
 
 Units: bandwidth in bytes (the seed's "Mb" would lose precision when summed across
 rebuilds). Times are naive UTC in the database (MySQL DATETIME has no zone) and aware UTC
@@ -134,6 +139,9 @@ class Server(Base):
     instance_id: Mapped[str | None] = mapped_column(String(64))
     instance_label: Mapped[str | None] = mapped_column(String(128))
     generation: Mapped[int] = mapped_column(Integer, default=0)
+    # The generation whose create POST may have been sent (committed before sending): only a
+    # create step re-entered for that generation lists by label to adopt a lost reply's instance.
+    create_sent_generation: Mapped[int | None] = mapped_column(Integer)
     old_instance_id: Mapped[str | None] = mapped_column(String(64))    # kept until its delete is confirmed
     target_location: Mapped[str | None] = mapped_column(String(16))
     dns_record_id: Mapped[str | None] = mapped_column(String(64))
@@ -146,7 +154,11 @@ class Server(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     last_error: Mapped[str | None] = mapped_column(Text)
     needs_human: Mapped[bool] = mapped_column(Boolean, default=False)
-    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)       # "hold while I look": nobody works on it
+    # An operator took the server down (a forced destroy: abuse, a chargeback). Distinct from
+    # `paused`: the planner does not build it again until `provisioner release`; its PKI is kept.
+    operator_hold_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    operator_hold_reason: Mapped[str | None] = mapped_column(Text)
     # compare-and-set: every claim bumps `version`; a write with a stale version changes nothing
     version: Mapped[int] = mapped_column(Integer, default=0)
     lease_owner: Mapped[str | None] = mapped_column(String(64))
@@ -176,6 +188,15 @@ class Server(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # --- running unattended ------------------------------------------------------------------
+    # The storefront account that owns the subscription now (WordPress user id for EDD, Stripe
+    # customer id); a dashboard token's `sub` must name it. NULL: a guest (sees nothing).
+    account_id: Mapped[str | None] = mapped_column(String(64))
+    ended_seen_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)     # a pass first saw it ended
+    planned_destroy_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # the planner started a destroy
+    identity_kept_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # Destroyed: name + PKI kept
+    action_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # heartbeats never move it
+    human_alerted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)   # needs_human alert queued
 
     # Every UPDATE carries "AND version = <what we read>" and bumps it: a worker whose claim was
     # taken over gets StaleDataError instead of overwriting the new owner's work (fencing).
@@ -195,6 +216,9 @@ class Server(Base):
         # The leader's "which running server must get the customer's changes?" (rarely any).
         Index("ix_provisioner_servers_access_pending", "access_pending_since"),
         Index("ix_provisioner_servers_restart", "restart_pending"),
+        # The dashboard's "whose servers?" and the breaker's "how many destroys in the window?".
+        Index("ix_provisioner_servers_account", "account_id"),
+        Index("ix_provisioner_servers_planned_destroy", "planned_destroy_at"),
     )
 
     @property
@@ -206,12 +230,34 @@ class Server(Base):
         return is_idle(self.action, self.status)
 
     @property
+    def on_hold(self) -> bool:
+        """Taken down by an operator until released."""
+        return self.operator_hold_at is not None
+
+    @property
     def busy(self) -> bool:
-        """A rebuild cannot be asked for now: not idle, or one is already requested."""
-        return not self.idle or bool(self.rebuild_now_status)
+        """A rebuild cannot be asked for now: not idle, one is already requested, or support holds it."""
+        return not self.idle or bool(self.rebuild_now_status) or bool(self.paused) or self.on_hold
 
     def __repr__(self) -> str:  # secrets never appear here
         return f"<Server {self.id} {self.server_name or '-'} sub={self.subscription_id} {self.status}>"
+
+
+class DestroyHold(Base):
+    """A destroy the planner holds, and why: written by every planning pass that read the
+    storefront (a row per held server; gone once it is no longer held), read by
+    ``provisioner destroys`` and ``provisioner status``. An operator approves a destroy held
+    by the circuit breaker here (``approved_*``); the next pass lets it go."""
+
+    __tablename__ = "provisioner_destroy_holds"
+
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"), primary_key=True)
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    reason_code: Mapped[str] = mapped_column(String(32))   # vanished | no_evidence | thin_read | breaker | …
+    reason: Mapped[str] = mapped_column(Text, default="")
+    since: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)   # this hold (code, reason) began
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    approved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class WorkerStatus(Base):
@@ -255,6 +301,39 @@ class ServerEvent(Base):
     __table_args__ = (Index("ix_provisioner_server_events_server_at", "server_id", "at"),
                       # the customer's paged history: newest first, from a cursor
                       Index("ix_provisioner_server_events_server_id", "server_id", "id"))
+
+
+class IpHolding(Base):
+    """Who held which public address when: one row per address an instance of a server had.
+
+    Opened when the worker first sees the instance up at the address, closed when that
+    instance is deleted (a rebuild's retire, a destroy). The customer fields are a copy taken
+    when the row was opened, so an abuse report about an old address names who held it then.
+    Closed rows older than ``privacy.ip_history_days`` are deleted (job ``purge_ip_history``).
+    """
+
+    __tablename__ = "provisioner_ip_history"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                    autoincrement=True)
+    ip: Mapped[str] = mapped_column(String(45))
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"))
+    server_name: Mapped[str | None] = mapped_column(String(191))
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[str] = mapped_column(String(64))
+    user_email: Mapped[str] = mapped_column(String(191))
+    instance_id: Mapped[str | None] = mapped_column(String(64))
+    held_from: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    held_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)   # None: still held
+
+    __table_args__ = (
+        Index("ix_provisioner_ip_history_ip", "ip", "held_from"),
+        Index("ix_provisioner_ip_history_server", "server_id", "held_until"),
+        Index("ix_provisioner_ip_history_until", "held_until"),
+    )
+
+    def __repr__(self) -> str:  # no e-mail: personal data
+        return f"<IpHolding {self.ip} server={self.server_id} {self.held_from:%Y-%m-%d %H:%M}..{self.held_until}>"
 
 
 # --- the Stripe storefront's copy of its subscriptions, and the notification outbox -------------
@@ -414,3 +493,6 @@ class SubscriptionStanding(Base):
     paid_through: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     entitled_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+# Every column that holds a Fernet token, in one place: `provisioner secrets rotate` re-seals
+# exactly these. A table that adds a sealed column adds it here (it needs a one-column primary key).
+SEALED_COLUMNS: tuple[Any, ...] = (Server.secrets_enc, Server.ovpn_file_enc, Server.root_password_enc)

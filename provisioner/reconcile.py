@@ -4,28 +4,48 @@
 
 - **build** every entitled subscription that has no live server. One row per subscription,
   ever: a subscription whose server was destroyed and that entitles again (a lapsed
-  customer who renews) gets its old row revived, never a second row.
-- **destroy** live servers whose subscription the storefront positively reports as ended,
-  past the grace period. A subscription missing from a successful read is *not* evidence;
-  a failed read (``subscriptions is None``) destroys nothing and builds nothing.
+  customer who renews) gets its old row revived, never a second row. A server an operator
+  took down (``operator_hold``: a forced destroy) is not built again until released.
+  Subscriptions of products that are not configured are ignored (listed under ``unconfigured``).
+- **destroy** only on aged, positive evidence: the storefront reports the subscription
+  ended (:meth:`Subscription.ended`), and the later of its paid-through date and the moment
+  a pass first saw it ended (``ended_seen_at``, which the caller records) is older than
+  ``destroy_grace``. No evidence is ever inferred from an unknown status word, an
+  unreadable or zero date, a subscription missing from the read, or a read that came back
+  implausibly thin (fewer than ``min_read_fraction`` of the live servers' subscriptions):
+  those servers are **held**, each with a reason.
+- The **circuit breaker** works over time, not per pass: in any rolling ``breaker_window``
+  at most ``max(1, min(max_destroy_count, ⌊max_destroy_fraction × fleet⌋))`` servers are
+  destroyed by the planner (the fleet: live servers plus those the planner destroyed in the
+  window). Beyond that destroys are held (code ``breaker``), oldest evidence first to go,
+  until an operator approves them (``destroy_approved``), which lets them go regardless.
 - **rebuild** servers whose customer asked for one (or whose schedule came due, once its
   spread start ``rebuild_due_at`` has passed) and that are idle.
 - **resume** servers in the middle of an action whose step deadline has passed (a crashed
   or stalled worker's leftovers).
-- The **circuit breaker**: a plan that would destroy more than
-  ``max(max_destroy_count, max_destroy_fraction × live servers)`` destroys nothing and
-  says why in ``held``.
+- **contacts**: live rows whose e-mail or storefront account differs from what the
+  storefront says now (the row follows the storefront).
+
+A failed read (``subscriptions is None``) destroys nothing and builds nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.models import Server, Status
 from provisioner.subscriptions import Subscription
+
+# Hold codes (stable: `provisioner destroys`, `status` and alerts key on them).
+VANISHED = "vanished"            # the subscription is missing from a successful read
+NO_EVIDENCE = "no_evidence"      # unknown status, unreadable date, a status that neither entitles nor ends
+THIN_READ = "thin_read"          # the read returned implausibly few of our subscriptions
+BREAKER = "breaker"              # beyond the rolling window's allowance
+CROSS_CHECK = "cross_check"      # a second source (Stripe behind EDD) did not confirm the end
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +62,21 @@ class ServerState:
     paused: bool = False
     needs_human: bool = False
     rebuild_due_at: dt.datetime | None = None   # a scheduled rebuild's spread start
+    ended_seen_at: dt.datetime | None = None    # when a pass first saw its subscription ended
+    planned_destroy_at: dt.datetime | None = None  # when the planner last started its destroy
+    destroy_approved: bool = False              # an operator let its breaker-held destroy go
+    email: str | None = None                    # None: do not compare contacts
+    account_id: str | None = None
+    operator_hold: bool = False                  # taken down by an operator until `provisioner release`
 
     @classmethod
-    def of(cls, row: Server) -> ServerState:
+    def of(cls, row: Server, destroy_approved: bool = False) -> ServerState:
         return cls(id=row.id, name=row.server_name, subscription_id=row.subscription_id, status=row.status,
                    action=row.action, step_deadline=row.step_deadline, rebuild_now=bool(row.rebuild_now_status),
-                   paused=bool(row.paused), needs_human=bool(row.needs_human), rebuild_due_at=row.rebuild_due_at)
+                   paused=bool(row.paused), needs_human=bool(row.needs_human), rebuild_due_at=row.rebuild_due_at,
+                   ended_seen_at=row.ended_seen_at, planned_destroy_at=row.planned_destroy_at,
+                   destroy_approved=destroy_approved, email=row.user_email, account_id=row.account_id,
+                   operator_hold=row.on_hold)
 
     @property
     def live(self) -> bool:
@@ -64,6 +93,32 @@ class Policy:
     max_destroy_fraction: float = 0.1
     destroy_grace: dt.timedelta = dt.timedelta(0)
     products: Collection[str] | None = None      # configured product ids; None = accept all
+    breaker_window: dt.timedelta = dt.timedelta(hours=24)
+    min_read_fraction: float = 0.9               # of the live servers' subscriptions a read must hold
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A destroy the planner will not carry out, and why."""
+
+    server_id: int
+    server: str
+    subscription_id: str
+    code: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"server": self.server, "subscription": self.subscription_id, "code": self.code,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    """The storefront's current e-mail and account for a live row that says otherwise."""
+
+    server_id: int
+    email: str
+    account_id: str | None
 
 
 @dataclass
@@ -73,7 +128,15 @@ class Plan:
     rebuild: list[ServerState] = field(default_factory=list)
     resume: list[ServerState] = field(default_factory=list)
     held: list[dict[str, str]] = field(default_factory=list)
-    ended: dict[int, Subscription] = field(default_factory=dict)   # server id → the ended subscription
+    holds: list[Hold] = field(default_factory=list)              # per server (also in ``held``)
+    ended: dict[int, Subscription] = field(default_factory=dict)  # server id → the ended subscription
+    unconfigured: list[str] = field(default_factory=list)          # subscription ids of unknown products
+    waiting: dict[str, dt.datetime] = field(default_factory=dict)  # server → when its grace ends
+    seen_ended: list[int] = field(default_factory=list)            # rows to stamp ended_seen_at = now
+    unended: list[int] = field(default_factory=list)               # rows whose ended_seen_at no longer holds
+    contacts: list[Contact] = field(default_factory=list)
+    thin_read: str | None = None                                   # why the read looked implausible
+    breaker: dict[str, int] = field(default_factory=dict)          # allowance, used in window, fleet
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,11 +145,22 @@ class Plan:
             "rebuild": [s.label for s in self.rebuild],
             "resume": [s.label for s in self.resume],
             "held": list(self.held),
+            "unconfigured": list(self.unconfigured),
         }
 
     @property
     def empty(self) -> bool:
         return not (self.build or self.destroy or self.rebuild or self.resume)
+
+    def hold(self, s: ServerState, code: str, reason: str) -> None:
+        h = Hold(server_id=s.id, server=s.label, subscription_id=s.subscription_id, code=code, reason=reason)
+        self.holds.append(h)
+        self.held.append({**h.to_json(), "reason": f"server {s.label}: {reason}"})
+
+
+def allowance(policy: Policy, fleet: int) -> int:
+    """How many servers the planner may destroy in one rolling window."""
+    return max(1, min(policy.max_destroy_count, math.floor(policy.max_destroy_fraction * fleet)))
 
 
 def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerState], now: dt.datetime,
@@ -96,7 +170,11 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
     policy = policy or Policy()
     result = Plan()
     by_sub: dict[str, ServerState] = {}
+    window_start = now - policy.breaker_window
+    used = 0
     for s in servers:
+        if s.planned_destroy_at is not None and s.planned_destroy_at > window_start:
+            used += 1
         # Several rows for one subscription cannot come from us (unique column), but a
         # hand-edited table could: keep the live one and never plan a build next to it.
         if s.subscription_id not in by_sub or (s.live and not by_sub[s.subscription_id].live):
@@ -113,7 +191,8 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
             result.rebuild.append(s)
 
     if subscriptions is None:
-        result.held.append({"reason": "storefront could not be read: nothing is built or destroyed this pass"})
+        result.held.append({"code": "storefront_unreadable",
+                            "reason": "storefront could not be read: nothing is built or destroyed this pass"})
         return result
 
     subs: dict[str, Subscription] = {}
@@ -126,41 +205,78 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
         existing = by_sub.get(sub.id)
         if existing is not None and existing.live:
             continue
+        if existing is not None and existing.operator_hold:
+            result.held.append({"code": "operator_hold",
+                                "reason": f"server {existing.label}: taken down by an operator; not building it "
+                                          f"again until `provisioner release {existing.label}`"})
+            continue
         if policy.products is not None and sub.product_id not in policy.products:
-            result.held.append({"reason": f"subscription {sub.id}: product {sub.product_id} is not configured "
-                                          "in [products]; not building"})
+            result.unconfigured.append(sub.id)
             continue
         result.build.append(sub)
 
-    wanted: list[ServerState] = []
+    present = sum(1 for s in live if s.subscription_id in subs)
+    if live and present < policy.min_read_fraction * len(live):
+        result.thin_read = (f"the storefront read holds the subscriptions of only {present} of {len(live)} live "
+                            f"servers (at least {policy.min_read_fraction:.0%} expected)")
+        result.held.append({"code": THIN_READ, "reason": result.thin_read + ": no server is destroyed this pass"})
+
+    candidates: list[tuple[dt.datetime, dt.datetime, ServerState]] = []
     for s in live:
+        sub_or_none = subs.get(s.subscription_id)
+        if sub_or_none is not None and s.email is not None and (
+                sub_or_none.email != s.email or sub_or_none.account_id != s.account_id) and sub_or_none.email:
+            result.contacts.append(Contact(s.id, sub_or_none.email, sub_or_none.account_id))
         if s.paused or s.action == "destroy":
             continue
-        sub_or_none = subs.get(s.subscription_id)
         if sub_or_none is None:
-            result.held.append({"reason": f"server {s.label}: subscription {s.subscription_id} is not in the "
-                                          "storefront; not destroying without positive evidence"})
+            result.hold(s, VANISHED, f"subscription {s.subscription_id} is not in the storefront; "
+                                     "not destroying without positive evidence")
             continue
-        if _ended_past_grace(sub_or_none, now, policy.destroy_grace):
-            wanted.append(s)
-            result.ended[s.id] = sub_or_none
+        sub = sub_or_none
+        if not sub.ended(now):
+            if s.ended_seen_at is not None:
+                result.unended.append(s.id)
+            why = sub.no_evidence(now)
+            if why is not None:
+                result.hold(s, NO_EVIDENCE, f"subscription {sub.id}: {why}; not destroying without positive "
+                                            "evidence")
+            continue
+        seen = s.ended_seen_at
+        if seen is None:
+            result.seen_ended.append(s.id)
+            seen = now
+        assert sub.paid_through is not None  # ended() requires it
+        due = max(sub.paid_through, seen) + policy.destroy_grace
+        if now < due:
+            result.waiting[s.label] = due
+            continue
+        candidates.append((due, sub.paid_through, s))
 
-    allowance = max(policy.max_destroy_count, int(policy.max_destroy_fraction * len(live)))
-    if len(wanted) > allowance:
-        result.held.append({"reason": f"circuit breaker: this pass would destroy {len(wanted)} of {len(live)} live "
-                                      f"servers (allowed {allowance}); destroying none — check the storefront, "
-                                      "then raise planner.max_destroy_count or destroy by hand"})
-    else:
-        result.destroy = wanted
+    if result.thin_read:
+        for _, _, s in candidates:
+            result.hold(s, THIN_READ, "the storefront read looks implausibly thin; not destroying this pass")
+        candidates = []
+
+    fleet = len(live) + sum(1 for s in by_sub.values() if not s.live and s.planned_destroy_at is not None
+                            and s.planned_destroy_at > window_start)
+    allowed = allowance(policy, fleet)
+    result.breaker = {"allowance": allowed, "used": used, "fleet": fleet}
+    candidates.sort(key=lambda c: (c[0], c[1], c[2].id))     # oldest evidence goes first
+    room = max(0, allowed - used)
+    hours = policy.breaker_window.total_seconds() / 3600
+    for _, _, s in candidates:
+        if s.destroy_approved:
+            result.destroy.append(s)
+        elif room > 0:
+            result.destroy.append(s)
+            room -= 1
+        else:
+            result.hold(s, BREAKER, f"circuit breaker: {used} server(s) destroyed in the last {hours:g} h and at "
+                                    f"most {allowed} allowed (fleet of {fleet}); approve with "
+                                    "`provisioner destroys approve`")
+    result.ended = {s.id: subs[s.subscription_id] for s in result.destroy}
     # A server on its way out is not rebuilt first.
     doomed = {s.id for s in result.destroy}
     result.rebuild = [s for s in result.rebuild if s.id not in doomed]
     return result
-
-
-def _ended_past_grace(sub: Subscription, now: dt.datetime, grace: dt.timedelta) -> bool:
-    if sub.entitled(now):
-        return False
-    if sub.entitled_until is None:
-        return True
-    return now >= sub.entitled_until + grace

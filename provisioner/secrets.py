@@ -33,6 +33,8 @@ class SecretBox:
                     f"Fernet key #{i + 1} is not a 32-byte url-safe base64 key; make one with `provisioner keygen`"
                 ) from None
         self._multi = MultiFernet(fernets)
+        self._primary = fernets[0]
+        self.key_count = len(fernets)
 
     def __repr__(self) -> str:
         return "SecretBox(<keys hidden>)"
@@ -51,6 +53,15 @@ class SecretBox:
             return self._multi.rotate(token.encode("ascii")).decode("ascii")
         except (InvalidToken, UnicodeEncodeError):
             raise UndecryptableSecret("a stored secret cannot be decrypted with the configured keys") from None
+
+
+    def sealed_with_primary(self, token: str) -> bool:
+        """Whether the first key alone opens ``token`` (after a rotation, every token does)."""
+        try:
+            self._primary.decrypt(token.encode("ascii"))
+        except (InvalidToken, UnicodeEncodeError):
+            return False
+        return True
 
 
 def generate_key() -> str:

@@ -22,13 +22,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, object_session, sessionmaker
 
-from provisioner import access, bandwidth, history
+from provisioner import access, bandwidth, history, ip_history
+from provisioner.cloud.errors import ProviderError
 from provisioner.cloud.installer import Host, Remote
 from provisioner.cloud.ssh import SSHTimeout, SSHUnreachable
 from provisioner.cloud.vultr import VultrCloud, VultrNotFound, VultrPermanent
@@ -67,6 +71,57 @@ class Next:
 Crash = Callable[[str], None]
 
 
+class BootTimes:
+    """How long new instances take to boot here, so the first boot poll comes when the boot
+    can plausibly be done instead of right after the create (a wasted call per server).
+
+    Learnt in this process from the instances it created. An instance found ready at its
+    first poll booted within the wait it was given (that wait is recorded: the boot may have
+    been faster, but nothing says by how much); one that needed more polls is recorded with
+    the time from the create's reply to the poll that saw it ready. The first poll waits the
+    shortest of the last ``window`` records: stable at the fastest boot seen recently plus
+    the polling granularity, so neither creeping up nor shrinking into extra polls. With
+    nothing learnt yet the first poll waits the caller's fallback (``poll_seconds``).
+    """
+
+    def __init__(self, window: int = 32, *, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._pending: dict[str, tuple[float, float, bool]] = {}   # id -> (created, first wait, polled again)
+        self._seen: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def expected(self, fallback: float) -> float:
+        with self._lock:
+            return min(self._seen) if self._seen else fallback
+
+    def started(self, instance_id: str, fallback: float) -> float:
+        """Record a create's reply; returns how long to wait before the first boot poll."""
+        wait = self.expected(fallback)
+        with self._lock:
+            if len(self._pending) >= 10_000:   # ids whose boot we never saw end (deleted, another worker)
+                self._pending.clear()
+            self._pending[instance_id] = (self._monotonic(), wait, False)
+        return wait
+
+    def not_yet(self, instance_id: str) -> None:
+        with self._lock:
+            if instance_id in self._pending:
+                created, wait, _ = self._pending[instance_id]
+                self._pending[instance_id] = (created, wait, True)
+
+    def ready(self, instance_id: str) -> None:
+        with self._lock:
+            found = self._pending.pop(instance_id, None)
+        if found is not None:
+            created, wait, polled_again = found
+            self.observe(self._monotonic() - created if polled_again else wait)
+
+    def observe(self, seconds: float) -> None:
+        """Record that a boot was over within ``seconds`` of its create's reply."""
+        with self._lock:
+            self._seen.append(seconds)
+
+
 @dataclass
 class Context:
     """What steps need: settings, database, clouds, and a few hooks."""
@@ -81,6 +136,7 @@ class Context:
     names: Names
     crash: Crash = lambda point: None
     clock: Callable[[], dt.datetime] = utcnow
+    boots: BootTimes = field(default_factory=lambda: BootTimes())
 
 
 # --- create ------------------------------------------------------------------------------------
@@ -107,19 +163,26 @@ def prepare(ctx: Context, row: Server) -> Next:
 
 
 def ensure_instance(ctx: Context, row: Server) -> Next:
-    """Adopt the instance carrying this generation's label, or create it (one POST, never retried)."""
+    """Create this generation's instance: one POST, never sent twice blindly.
+
+    ``create_sent_generation`` is committed before the POST. Finding it equal to this
+    generation means an earlier attempt may have created the instance (a crash, a timeout,
+    a lost reply): only then does the step list by label and adopt what it finds. A first
+    attempt costs exactly the POST."""
     label = ctx.names.instance_label(row.id, row.generation)
     row.instance_label = label
     if row.instance_id:
         return Next("boot")
-    found = sorted(ctx.vultr.list_instances(label=label), key=lambda i: (i.date_created, i.id))
-    if found:
-        keep, extra = found[0], found[1:]
-        for dup in extra:  # two instances for one label can only come from a lost reply; keep the oldest
-            log.warning("server %s: deleting duplicate instance %s with label %s", row.server_name, dup.id, label)
-            ctx.vultr.delete_instance(dup.id)
-        row.instance_id = keep.id
-        return Next("boot", f"adopted instance {keep.id} ({label})")
+    if row.create_sent_generation == row.generation:
+        found = sorted(ctx.vultr.list_instances(label=label), key=lambda i: (i.date_created, i.id))
+        if found:
+            keep, extra = found[0], found[1:]
+            for dup in extra:  # two instances for one label can only come from a lost reply; keep the oldest
+                log.warning("server %s: deleting duplicate instance %s with label %s", row.server_name, dup.id,
+                            label)
+                ctx.vultr.delete_instance(dup.id)
+            row.instance_id = keep.id
+            return Next("boot", f"adopted instance {keep.id} ({label})")
     product = ctx.settings.product(row.product_id)
     if product is None:
         raise PermanentStepError(f"product {row.product_id} is not configured in [products]")
@@ -130,7 +193,9 @@ def ensure_instance(ctx: Context, row: Server) -> Next:
                                  [ctx.worker_public_key], hostname=row.server_name or label)
     region = row.target_location or product.default_region
     try:
-        os_id = ctx.vultr.os_id(product.os)
+        os_id = ctx.vultr.os_id(product.os)   # the catalogue is cached: one GET /os an hour
+        row.create_sent_generation = row.generation
+        _commit(row)
         inst = ctx.vultr.create_instance(label, region=region, plan=product.plan, user_data=user_data,
                                          tags=[ctx.settings.vultr.tag], os_id=os_id,
                                          ssh_key_ids=ctx.settings.vultr.ssh_key_ids,
@@ -139,13 +204,19 @@ def ensure_instance(ctx: Context, row: Server) -> Next:
         raise PermanentStepError(f"Vultr does not offer what product {product.id} asks for: {exc}") from exc
     except VultrPermanent as exc:
         raise PermanentStepError(f"Vultr refused to create the server in {region}: {exc}") from exc
+    except ProviderError as exc:
+        if not exc.outcome_unknown:   # a 429 or a refused connection: certainly not created
+            row.create_sent_generation = None
+        raise
     ctx.crash(f"{row.action}.instance:posted")
     # Saved in its own commit at once: the id is the only handle on something we pay for.
     row.instance_id = inst.id
     if inst.default_password:
         row.root_password_enc = ctx.box.seal(inst.default_password.encode())
     _commit(row)
-    return Next("boot", f"created instance {inst.id} in {region}")
+    wait = ctx.boots.started(inst.id, ctx.settings.lifecycle.poll_seconds)
+    return Next("boot", f"created instance {inst.id} in {region}",
+                not_before=ctx.clock() + dt.timedelta(seconds=wait))
 
 
 def boot(ctx: Context, row: Server) -> Next:
@@ -154,14 +225,19 @@ def boot(ctx: Context, row: Server) -> Next:
     except VultrNotFound:
         # Gone behind our back (or never recorded): make it again under the same label.
         detail = f"instance {row.instance_id} disappeared; creating it again"
+        if row.instance_id:
+            ip_history.closed(_session(row), row.id, ctx.clock(), row.instance_id)
         row.instance_id = None
         return Next("instance", detail)
     if not inst.is_ready:
+        ctx.boots.not_yet(inst.id)
         raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
+    ctx.boots.ready(inst.id)
     if row.action == "rebuild":
         row.new_ip = inst.main_ip       # the customer keeps seeing the old one until DNS moves
     else:
         row.server_ip = inst.main_ip
+    ip_history.opened(_session(row), row, inst.main_ip, inst.id, ctx.clock())
     return Next("install", f"instance {inst.id} is up at {inst.main_ip}")
 
 
@@ -188,7 +264,8 @@ def point_dns(ctx: Context, row: Server) -> Next:
         detail = "; " + history.moved(row.current_location, row.target_location)
         row.server_ip, row.new_ip = row.new_ip or row.server_ip, None
         row.current_location = row.target_location
-    row.dns_record_id = ctx.dns.upsert_a(row.server_name, row.server_ip)
+    # One write on the happy path: PUT the record we made before (a rebuild), or POST a new one.
+    row.dns_record_id = ctx.dns.point_a(row.server_name, row.server_ip, row.dns_record_id)
     return Next("snapshot" if row.action == "create" else "carry", f"{row.server_name} → {row.server_ip}{detail}")
 
 
@@ -238,6 +315,7 @@ def retire(ctx: Context, row: Server) -> Next:
     detail = ""
     if row.old_instance_id:
         _delete_ours(ctx, row, row.old_instance_id)
+        ip_history.closed(_session(row), row.id, ctx.clock(), row.old_instance_id)
         detail = f"deleted old instance {row.old_instance_id}"
         row.old_instance_id = None
     return Next("finish", detail)
@@ -246,13 +324,17 @@ def retire(ctx: Context, row: Server) -> Next:
 # --- destroy -----------------------------------------------------------------------------------
 
 def delete_instances(ctx: Context, row: Server) -> Next:
+    """By the stored ids: O(1) calls whatever the fleet's size. A create POST whose instance
+    id was never recorded (``create_sent_generation`` set, no ``instance_id``) may have left
+    an instance: that generation's label is looked up, one filtered list call."""
     ids = {i for i in (row.instance_id, row.old_instance_id) if i}
-    # Also anything of ours with this server's label (a create whose reply was lost).
-    ids |= {i.id for i in ctx.vultr.list_instances(tag=ctx.settings.vultr.tag)
-            if ctx.names.is_servers_instance(i.label, row.id)}
+    if row.create_sent_generation is not None and not row.instance_id:
+        label = ctx.names.instance_label(row.id, row.create_sent_generation)
+        ids |= {i.id for i in ctx.vultr.list_instances(label=label) if ctx.names.is_servers_instance(i.label, row.id)}
     for instance_id in sorted(ids):
         _delete_ours(ctx, row, instance_id)
-    row.instance_id = row.old_instance_id = None
+    ip_history.closed(_session(row), row.id, ctx.clock())
+    row.instance_id = row.old_instance_id = row.create_sent_generation = None
     return Next("dns", f"deleted {len(ids)} instance(s)")
 
 
@@ -277,12 +359,29 @@ def delete_snapshot(ctx: Context, row: Server) -> Next:
 
 
 def wipe(ctx: Context, row: Server) -> Next:
-    row.secrets_enc = row.ovpn_file_enc = row.root_password_enc = None
+    """The end of a destroy. The server's name and sealed PKI (with its SSH host key, its devices
+    and the customer's SSH keys) stay for ``lifecycle.keep_identity_days``: a renewal within them
+    revives the server with the same ``.ovpn`` (:func:`provisioner.actions.begin_create`); then
+    ``expire_identities`` wipes them. A server an operator took down keeps them until released.
+    The root password and the sealed ``.ovpn`` go now (the ``.ovpn`` is rebuilt, byte for byte,
+    from the PKI)."""
+    now = ctx.clock()
+    keep = dt.timedelta(days=ctx.settings.lifecycle.keep_identity_days)
+    row.ovpn_file_enc = row.root_password_enc = None
     row.server_ip = row.new_ip = None
-    access.forget(_session(row), row)
-    row.key_only, row.access_pending_since, row.restart_pending = False, None, False
+    row.access_pending_since, row.restart_pending = None, False
     row.status = Status.DESTROYED.value
-    row.destroyed_at = ctx.clock()
+    row.destroyed_at = now
+    if row.on_hold:
+        # Taken down by an operator, not ended: `provisioner release` builds it again with this PKI,
+        # so the customer's .ovpn (rendered from it again, byte for byte) keeps working.
+        row.identity_kept_until = None
+        return Next(None, "instance, DNS record and snapshot removed; PKI kept until the operator releases it")
+    if keep and row.secrets_enc:
+        row.identity_kept_until = now + keep
+        return Next(None, f"instance, DNS record, snapshot and password removed; name and PKI kept until "
+                          f"{row.identity_kept_until:%Y-%m-%d %H:%M} UTC for a renewal")
+    access.wipe_identity(_session(row), row)
     return Next(None, "instance, DNS record, snapshot and secrets removed")
 
 
@@ -335,21 +434,18 @@ def _host(ctx: Context, row: Server, ip: str | None, secrets: ServerSecrets) -> 
     return Host(ip, ctx.settings.ssh.port, secrets.host_public)
 
 
-def _session(row: Server) -> Session:
-    from sqlalchemy.orm import object_session
+def _commit(row: Server) -> None:
+    session = object_session(row)
+    if session is not None:
+        session.commit()
 
+
+def _session(row: Server) -> Session:
+    """The row's session: what a step records beside the row lands in the step's own commit."""
     session = object_session(row)
     if session is None:
         raise RuntimeError("a step's row must belong to a session")
     return session
-
-
-def _commit(row: Server) -> None:
-    from sqlalchemy.orm import object_session
-
-    session = object_session(row)
-    if session is not None:
-        session.commit()
 
 
 Step = Callable[[Context, Server], Next]

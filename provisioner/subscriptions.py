@@ -1,8 +1,16 @@
 """What a storefront tells us about one subscription, in storefront-neutral terms.
 
 Every storefront reader (EDD Recurring over MySQL, Stripe Billing via webhooks) turns its
-rows into :class:`Subscription` values and decides entitlement by its own rules; the
-planner only ever asks :meth:`Subscription.entitled` and :meth:`Subscription.ended`.
+rows into :class:`Subscription` values and decides by its own rules. The planner asks three
+questions and nothing else:
+
+- :meth:`Subscription.entitled`: does it entitle a server now?
+- :meth:`Subscription.ended`: does the storefront *positively* report that it ended? (a
+  known ending status, or a known status whose paid window has run out, with a readable
+  paid-through date). Only this is evidence for a destroy.
+- :meth:`Subscription.no_evidence`: neither: why not (an unknown status word, a zero or
+  unreadable date, a status that neither entitles nor ends). Such a subscription's server
+  is held, never destroyed.
 
 All datetimes here are timezone-aware UTC.
 """
@@ -30,14 +38,40 @@ class Subscription:
     entitled_until: dt.datetime | None
     profile_id: str = ""         # gateway subscription id (Stripe ``sub_…`` behind EDD)
     user_id: int = 0             # WordPress user id (0 = guest)
-    # For the customer's page only (never for entitlement, nor compared): the end of the paid
-    # period, and whether the storefront will try to renew it then.
-    paid_through: dt.datetime | None = field(default=None, compare=False)
+    # The end of the period the customer paid for (EDD ``expiration``, Stripe
+    # ``current_period_end``); None when the storefront has no readable date. The customer's
+    # page shows it too.
+    paid_through: dt.datetime | None = None
+    # The status word itself says "ended" (EDD expired/completed; Stripe canceled, unpaid…).
+    ends_by_status: bool = False
+    # Why this row is no evidence either way (an unknown status word, an unreadable date);
+    # None when the reader understood it.
+    problem: str | None = None
+    # The storefront account that owns the subscription, the one a dashboard token's ``sub``
+    # must name: the WordPress user id (EDD) or the Stripe customer id. None: a guest.
+    account_id: str | None = None
+    # For the customer's page only (never for entitlement, nor compared): whether the
+    # storefront will try to renew it at the end of the paid period.
     renews: bool = field(default=False, compare=False)
 
     def entitled(self, now: dt.datetime) -> bool:
-        return self.entitled_until is not None and now < self.entitled_until
+        return self.problem is None and self.entitled_until is not None and now < self.entitled_until
 
     def ended(self, now: dt.datetime) -> bool:
-        """Positive evidence that the subscription no longer entitles a server."""
-        return not self.entitled(now)
+        """Positive evidence that the subscription ended: a status the storefront defines as
+        ending (or a known status whose window has run out) and a readable paid-through date."""
+        if self.problem is not None or self.paid_through is None:
+            return False
+        if self.ends_by_status:
+            return True
+        return self.entitled_until is not None and now >= self.entitled_until
+
+    def no_evidence(self, now: dt.datetime) -> str | None:
+        """Why this subscription neither entitles nor ended (None when it does one of them)."""
+        if self.entitled(now) or self.ended(now):
+            return None
+        if self.problem is not None:
+            return self.problem
+        if self.paid_through is None:
+            return f"status {self.status!r} without a readable paid-through date"
+        return f"status {self.status!r} neither entitles a server nor ends the subscription"

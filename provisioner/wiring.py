@@ -21,9 +21,12 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner import db, planning
+from provisioner.cloud import cloudflare as cloudflare_mod
+from provisioner.cloud import vultr as vultr_mod
+from provisioner.cloud.calls import CallStats
 from provisioner.cloud.cloudflare import CloudflareDNS
 from provisioner.cloud.installer import ssh_remote
-from provisioner.cloud.ratelimit import RateLimiter
+from provisioner.cloud.ratelimit import RateLimiter, Shared
 from provisioner.cloud.vultr import VultrCloud
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import Server, ServerEvent, utcnow
@@ -59,6 +62,11 @@ class App:
     @cached_property
     def storefront(self) -> Storefront:
         return open_storefront(self.settings, self.sessions)
+
+    @cached_property
+    def calls(self) -> CallStats:
+        """How this process's calls to Vultr, Cloudflare, SSH and SMTP went lately."""
+        return CallStats()
 
     @property
     def names(self) -> Names:
@@ -99,6 +107,8 @@ class App:
 
 # --- adapters and the lifecycle ---------------------------------------------------------------
 
+SWEEP_SHARE = 0.25   # of each provider's budget, at most, for the orphan sweep's listings
+
 def vultr(app: App) -> VultrCloud:
     v = app.settings.vultr
     return VultrCloud(v.api_key, v.base_url, rate_limiter=RateLimiter.per_second(v.requests_per_second, name="vultr"),
@@ -109,6 +119,21 @@ def cloudflare(app: App) -> CloudflareDNS:
     c = app.settings.cloudflare
     limiter = RateLimiter.per_window(c.requests_per_window, c.window_seconds, name="cloudflare")
     return CloudflareDNS(c.api_token, c.zone_id, c.base_url, ttl=c.ttl, rate_limiter=limiter)
+
+
+def sweep_adapters(app: App, vultr_shared: VultrCloud, dns_shared: CloudflareDNS, *,
+                   share: float = SWEEP_SHARE) -> tuple[VultrCloud, CloudflareDNS]:
+    """Adapters for the orphan sweep: the providers' largest list pages, and at most ``share``
+    of each provider's budget, on top of the process's shared buckets (the lifecycle's calls
+    keep the rest)."""
+    v, c = app.settings.vultr, app.settings.cloudflare
+    own_v = RateLimiter.per_second(max(0.1, v.requests_per_second * share), name="vultr sweep")
+    own_c = RateLimiter.per_window(max(2, int(c.requests_per_window * share)), c.window_seconds, burst=1,
+                                   name="cloudflare sweep")
+    return (VultrCloud(v.api_key, v.base_url, rate_limiter=Shared(own_v, vultr_shared.rate_limiter),
+                       timeout=v.timeout_seconds, per_page=vultr_mod.MAX_PER_PAGE),
+            CloudflareDNS(c.api_token, c.zone_id, c.base_url, ttl=c.ttl,
+                          rate_limiter=Shared(own_c, dns_shared.rate_limiter), per_page=cloudflare_mod.LARGE_PAGE))
 
 
 def worker_public_key(app: App) -> str:
@@ -129,10 +154,10 @@ def worker_public_key(app: App) -> str:
 
 def context(app: App) -> Context:
     s = app.settings.ssh
-    return Context(settings=app.settings, sessions=app.sessions, box=app.secret_box, vultr=vultr(app),
-                   dns=cloudflare(app),
-                   remote=ssh_remote(s.private_key_file, connect_timeout=s.connect_timeout,
-                                     command_timeout=s.command_timeout),
+    remote = ssh_remote(s.private_key_file, connect_timeout=s.connect_timeout, command_timeout=s.command_timeout)
+    return Context(settings=app.settings, sessions=app.sessions, box=app.secret_box,
+                   vultr=app.calls.observe("vultr", vultr(app)), dns=app.calls.observe("cloudflare", cloudflare(app)),
+                   remote=app.calls.observe("ssh", remote),
                    worker_public_key=worker_public_key(app), names=app.names, clock=app.clock)
 
 

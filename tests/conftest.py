@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.sandbox",
     "tests.fixtures.hosts",
     "tests.fixtures.stack",
+    "tests.fixtures.shop",
     "tests.fixtures.browser",
     "tests.fixtures.wordpress",
     "tests.fixtures.machine",

@@ -153,10 +153,42 @@ def test_it_refuses_the_none_algorithm(api_env: ApiEnv) -> None:
 
 def test_it_accepts_a_numeric_wordpress_user_id(api_env: ApiEnv) -> None:
     now = int(api_env.clock.now.timestamp())
-    token = api_env.raw_token({"email": OTHER, "sub": 42, "aud": api_env.settings.api.jwt_audience,
+    token = api_env.raw_token({"email": OTHER, "sub": 2, "aud": api_env.settings.api.jwt_audience,
                                "iat": now, "exp": now + 900})
     r = api_env.client.get("/api/servers", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and [s["short_name"] for s in r.json()] == ["g0003"]
+
+
+def _names(api_env: ApiEnv, email: str, sub: str) -> list[str]:
+    headers = {"Authorization": f"Bearer {api_env.token(email, user_id=sub)}"}
+    r = api_env.client.get("/api/servers", headers=headers)
+    assert r.status_code == 200
+    return [s["short_name"] for s in r.json()]
+
+
+def test_the_account_decides_not_the_address(api_env: ApiEnv) -> None:
+    # alice's address with bob's account sees bob's server, never alice's
+    assert _names(api_env, OWNER, "2") == ["g0003"]
+    assert api_env.client.get("/api/servers/g0001/ovpn",
+                              headers={"Authorization": f"Bearer {api_env.token(OWNER, user_id='2')}"}
+                              ).status_code == 404
+    # an account that owns nothing sees nothing, whatever address it carries
+    assert _names(api_env, OWNER, "99") == []
+
+
+def test_the_old_address_loses_the_dashboard_when_the_customer_changes_it(api_env: ApiEnv) -> None:
+    # the storefront moved alice to a new address: the row follows (the planner does it), and
+    # someone signed in with her old address on another account sees nothing
+    api_env.set("g0001", user_email="alice@new.example")
+    assert _names(api_env, "alice@new.example", "1") == ["g0001", "g0002"]
+    assert _names(api_env, OWNER, "7") == []
+
+
+def test_a_guest_checkout_sees_nothing_until_it_has_an_account(api_env: ApiEnv) -> None:
+    api_env.add_server("guest@shop.test", "g0009")          # no storefront account: a guest
+    assert _names(api_env, "guest@shop.test", "0") == []
+    api_env.set("g0009", account_id="31")                   # the guest registered; the planner records it
+    assert _names(api_env, "guest@shop.test", "31") == ["g0009"]
 
 
 def test_it_mints_tokens_the_api_accepts_and_caps_their_life(api_env: ApiEnv) -> None:

@@ -262,13 +262,13 @@ def test_it_exports_metrics(api_env: ApiEnv, owner: dict[str, str]) -> None:
     assert 'provisioner_servers{status="Installing"} 1.0' in text
 
 
-def test_it_finds_a_customers_servers_through_the_email_index(api_env: ApiEnv) -> None:
+def test_it_finds_a_customers_servers_through_the_account_index(api_env: ApiEnv) -> None:
     from sqlalchemy import text
 
     from dashboard_api.queries import customer_servers_query
 
-    q = customer_servers_query("Alice@Example.com")
+    q = customer_servers_query("1")
     sql = str(q.compile(api_env.app.engine, compile_kwargs={"literal_binds": True}))
     with api_env.app.engine.connect() as conn:
         plan = " ".join(str(row[-1]) for row in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
-    assert "ix_provisioner_servers_user_email" in plan and "SCAN provisioner_servers" not in plan, plan
+    assert "ix_provisioner_servers_account" in plan and "SCAN provisioner_servers" not in plan, plan

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 
 from provisioner.models import Status
 from tests.fixtures.api import *  # noqa: F403
-from tests.fixtures.api import OVPN, OWNER, REGIONS, STOREFRONT, ApiEnv
+from tests.fixtures.api import OVPN, OWNER, REGIONS, STOREFRONT, ApiEnv, build_env
 
 
 def _servers(env: ApiEnv, headers: dict[str, str]) -> dict[str, dict]:
@@ -47,15 +48,40 @@ def test_it_shows_the_next_scheduled_rebuild_in_utc(api_env: ApiEnv, owner: dict
     assert (g1["schedule"], g1["schedule_location"]) == ("weekly", "ams")
 
 
+def test_it_shows_schedule_times_in_the_workers_time_zone(tmp_path: Path, api_db_template: Path,
+                                                         owner: dict[str, str]) -> None:
+    # Given a shop whose worker runs its clock in Berlin, not New York
+    (tmp_path / "berlin").mkdir()
+    env = build_env(tmp_path / "berlin", template=api_db_template, sections={"worker": {"timezone": "Europe/Berlin"}})
+    env.add_server(OWNER, "g0001", rebuild_schedule="weekly", rebuild_schedule_location="ams")
+    g1 = _servers(env, owner)["g0001"]
+    # Then the next weekly slot is Sunday midnight in Berlin (CET = UTC+1), as the worker will run it
+    assert g1["next_scheduled_rebuild"] == "2025-03-15T23:00:00Z"
+
+
 def test_it_explains_errors_in_human_text_without_the_operators_details(api_env: ApiEnv,
                                                                           owner: dict[str, str]) -> None:
     api_env.set("g0001", status=Status.ERROR.value, last_error="vultr: 500 on POST /instances (id 7f3a...)")
     g1 = _servers(api_env, owner)["g0001"]
     assert g1["last_error_code"] == "retrying" and "retrying automatically" in g1["last_error"]
     assert "vultr" not in g1["last_error"]
-    api_env.set("g0001", needs_human=True)
-    assert _servers(api_env, owner)["g0001"]["last_error_code"] == "needs_attention"
+    # stopped for a human: "alerted" only when an alert really was queued to an operator channel
+    api_env.set("g0001", needs_human=True, action="create", step="install")
+    assert _servers(api_env, owner)["g0001"]["last_error_code"] == "stopped"
+    api_env.set("g0001", human_alerted_at=api_env.clock.now)
+    g1 = _servers(api_env, owner)["g0001"]
+    assert g1["last_error_code"] == "needs_attention" and "our team has been alerted" in g1["last_error"]
     assert _servers(api_env, owner)["g0002"]["last_error"] is None
+
+
+def test_a_delayed_rebuild_says_the_vpn_keeps_working(api_env: ApiEnv, owner: dict[str, str]) -> None:
+    api_env.set("g0001", status=Status.ERROR.value, action="rebuild", step="install", old_instance_id="old-1")
+    g1 = _servers(api_env, owner)["g0001"]
+    assert g1["last_error_code"] == "rebuild_delayed" and "keeps working" in g1["last_error"]
+    assert "alerted" not in g1["last_error"]
+    api_env.set("g0001", needs_human=True, human_alerted_at=api_env.clock.now)
+    g1 = _servers(api_env, owner)["g0001"]
+    assert g1["last_error_code"] == "rebuild_delayed_alerted" and "keeps working" in g1["last_error"]
 
 
 def test_it_keeps_only_the_last_ten_events_newest_first(api_env: ApiEnv) -> None:

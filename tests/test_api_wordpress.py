@@ -52,11 +52,11 @@ def test_it_accepts_a_token_minted_by_the_plugin(php: str, api_env: ApiEnv) -> N
     # Given a token minted by the plugin's PHP with the API's secret and audience (15 minutes)
     s = api_env.settings.api
     now = int(api_env.clock.now.timestamp())
-    token = mint_in_php(php, OWNER, "17", s.jwt_audience, s.jwt_secret, now, 900)
+    token = mint_in_php(php, OWNER, "1", s.jwt_audience, s.jwt_secret, now, 900)
 
-    # Then the API accepts it and shows that user's servers
+    # Then the API accepts it and shows that WordPress user's servers
     who = verify_token(token, s.jwt_secret, s.jwt_audience, api_env.clock.now)
-    assert (who.email, who.user_id) == (OWNER, "17")
+    assert (who.email, who.user_id) == (OWNER, "1")
     r = api_env.client.get("/api/servers", headers={"Authorization": f"Bearer {token}"})
     assert r.status_code == 200 and sorted(x["short_name"] for x in r.json()) == ["g0001", "g0002"]
 

@@ -88,3 +88,49 @@ def test_it_exits_2_on_usage_errors(tmp_path: Path) -> None:
     proc = run(tmp_path, "frobnicate")
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_db_downgrade_rolls_back_and_refuses_an_unknown_revision(tmp_path, capsys) -> None:  # noqa: ANN001
+    from provisioner import db
+    from provisioner.cli import main
+    from tests.fixtures.config import write_config
+
+    cfg = write_config(tmp_path)
+    assert main(["--config", str(cfg), "db", "upgrade"]) == 0
+    assert main(["--config", str(cfg), "db", "downgrade", "9999"]) == 2
+    assert "no schema revision '9999'" in capsys.readouterr().err
+    assert main(["--config", str(cfg), "db", "downgrade", "0003"]) == 0
+    engine = db.make_engine(f"sqlite:///{tmp_path}/provisioner.db")
+    assert db.current_revision(engine) == "0003"
+    engine.dispose()
+
+
+def test_an_unknown_provisioner_variable_stops_the_command_naming_it(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    proc = run(tmp_path, "--config", str(cfg), "servers", env={"PROVISIONER_PLANNER_MAX_DESTROY": "3"})
+    assert_one_line_error(proc, 2, "PROVISIONER_PLANNER_MAX_DESTROY: unknown environment variable")
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    import os
+
+    from sqlalchemy import insert
+
+    from provisioner import db
+    from provisioner.models import Server
+
+    cfg = write_config(tmp_path)
+    assert run(tmp_path, "--config", str(cfg), "db", "upgrade").returncode == 0
+    engine = db.make_engine(f"sqlite:///{tmp_path}/provisioner.db")
+    with engine.begin() as conn:        # enough rows that the output outgrows the pipe's buffer
+        conn.execute(insert(Server), [{"subscription_id": str(i), "customer_id": str(i), "product_id": "1",
+                                       "user_email": f"customer{i:05d}@example.com", "status": "Running",
+                                       "server_name": f"g{i:05d}.vpn.example.test"} for i in range(3000)])
+    engine.dispose()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c",
+                           f"'{sys.executable}' -m provisioner --config '{cfg}' servers | head -n 1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.startswith("NAME")
+    assert proc.stderr == "", proc.stderr          # no "internal error: BrokenPipeError", no traceback
+    assert proc.returncode == 141                  # as a command killed by SIGPIPE

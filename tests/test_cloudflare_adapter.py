@@ -51,6 +51,25 @@ def test_it_resolves_81058_after_a_lost_create_reply(sandbox: Sandbox, cloudflar
     assert [r.id for r in cloudflare.list_by_name(f"g0-c.{ZONE}")] == [record_id]
 
 
+def test_it_points_a_name_with_one_write_when_it_knows_the_record(sandbox: Sandbox,
+                                                                    cloudflare: CloudflareDNS) -> None:
+    first = cloudflare.point_a(f"g0-p.{ZONE}", "127.77.0.2")                 # new name: POST, no read
+    assert cloudflare.point_a(f"g0-p.{ZONE}", "127.77.0.3", first) == first   # known record: PUT, no read
+    assert [c["method"] for c in sandbox.calls("cloudflare")] == ["POST", "PUT"]
+    assert [r.content for r in cloudflare.list_by_name(f"g0-p.{ZONE}")] == ["127.77.0.3"]
+
+
+def test_it_points_a_name_after_a_lost_reply_or_a_vanished_record_by_reading_back(
+        sandbox: Sandbox, cloudflare: CloudflareDNS) -> None:
+    sandbox.set_faults({"faults": {f"POST {RECORDS}": {"lost_reply_first": 1}}})
+    record_id = cloudflare.point_a(f"g0-q.{ZONE}", "127.77.0.4")     # lost, then 81058: read back
+    assert [r.id for r in cloudflare.list_by_name(f"g0-q.{ZONE}")] == [record_id]
+    cloudflare.delete(record_id)
+    again = cloudflare.point_a(f"g0-q.{ZONE}", "127.77.0.5", record_id)   # PUT 404: read back, create
+    assert again != record_id
+    assert [(r.id, r.content) for r in cloudflare.list_by_name(f"g0-q.{ZONE}")] == [(again, "127.77.0.5")]
+
+
 class StaleFirstRead(CloudflareDNS):
     """Sees no record on its first read, as if another worker created one just after it."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 
+import pytest
 from sqlalchemy import select, text
 
 from provisioner import db, operations
@@ -30,7 +31,8 @@ def _build_then_end_in_edd(stack: Stack) -> int:
     operations.drive_until_idle(lc, timeout=60)
     eng = db.make_engine(stack.app.settings.storefront.edd_url)
     with eng.begin() as conn:  # EDD now says the subscription expired
-        conn.execute(text("UPDATE wp_edd_subscriptions SET status='expired', profile_id='sub_1' WHERE id=1"))
+        conn.execute(text("UPDATE wp_edd_subscriptions SET status='expired', profile_id='sub_1', "
+                          "expiration='2020-01-01 00:00:00' WHERE id=1"))
     eng.dispose()
     with stack.app.sessions() as s:
         return s.scalars(select(Server.id)).one()
@@ -44,6 +46,10 @@ def _tick(app: App, stack: Stack) -> operations.Applied:
     return operations.start_plan(wiring.lifecycle(app, owner="t"), result, app.destroy_cross_check())
 
 
+NO_GRACE = {"planner": {"destroy_grace_hours": 0}}
+
+
+@pytest.mark.parametrize("stack", [NO_GRACE], indirect=True)
 def test_it_holds_a_destroy_when_stripe_says_the_subscription_is_live(stack: Stack) -> None:
     rid = _build_then_end_in_edd(stack)
     with fake_stripe() as stripe_api:
@@ -59,6 +65,7 @@ def test_it_holds_a_destroy_when_stripe_says_the_subscription_is_live(stack: Sta
         assert s.scalars(select(ServerEvent.what).where(ServerEvent.what == "destroy.held")).first()
 
 
+@pytest.mark.parametrize("stack", [NO_GRACE], indirect=True)
 def test_it_holds_when_stripe_cannot_be_reached_and_destroys_once_stripe_confirms(stack: Stack) -> None:
     _build_then_end_in_edd(stack)
     with fake_stripe() as stripe_api:

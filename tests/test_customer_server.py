@@ -226,7 +226,7 @@ def test_the_customer_restarts_their_server(stack: Stack) -> None:
     assert (row.status, row.action, row.restart_pending) == ("Running", None, False)
     assert [e for e in events(stack, rid) if e[0].startswith("restart.")] == [
         ("restart.requested", "info"), ("restart.requested", "info"), ("restart.reboot", "started"),
-        ("restart.reboot", "ok"), ("restart.settle", "ok"), ("restart.done", "ok")]
+        ("restart.reboot", "ok"), ("restart.settle", "started"), ("restart.settle", "ok"), ("restart.done", "ok")]
     reboots = [c for c in stack.sandbox.calls() if c["method"] == "POST" and c["path"].endswith("/reboot")]
     assert len(reboots) == 1 and row.instance_id in reboots[0]["path"]
 

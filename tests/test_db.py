@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -80,3 +81,72 @@ def test_it_says_clearly_when_the_database_is_unreachable() -> None:
 def test_it_rejects_a_malformed_database_url() -> None:
     with pytest.raises(db.DatabaseUnavailable, match="not a valid SQLAlchemy URL"):
         db.make_engine("not a url")
+
+
+def test_every_migration_rolls_back_and_forward_again_with_data_in_place(db_url: str) -> None:
+    # Given a database at head with a server and its audit trail
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    with db.session_factory(engine)() as s:
+        row = Server(customer_id="1", product_id="1", subscription_id="42", user_email="a@example.com",
+                     server_name="g0001.vpn.example.test", status="Running", server_ip="127.77.0.9",
+                     rebuild_schedule="weekly")
+        s.add(row)
+        s.flush()
+        s.add(ServerEvent(server_id=row.id, actor="worker", what="create.boot", outcome="ok",
+                          detail="instance i-1 is up at 127.77.0.9"))
+        s.commit()
+    # When it is rolled back to the first cut's schema and upgraded again
+    db.downgrade(engine, "0003")
+    assert db.current_revision(engine) == "0003"
+    db.upgrade(engine)
+    # Then the server and its trail are still there
+    with db.session_factory(engine)() as s:
+        again = s.scalars(select(Server)).one()
+        assert (again.server_name, again.server_ip, again.rebuild_schedule) == (
+            "g0001.vpn.example.test", "127.77.0.9", "weekly")
+        assert s.scalars(select(ServerEvent)).one().detail == "instance i-1 is up at 127.77.0.9"
+    engine.dispose()
+
+
+def test_it_knows_the_shipped_head_without_alembic_and_upgrades_only_when_behind(db_url: str) -> None:
+    from alembic.script import ScriptDirectory
+
+    assert db._heads() == {ScriptDirectory(str(db.MIGRATIONS)).get_current_head()}
+    engine = db.make_engine(db_url)
+    assert db.upgrade_if_needed(engine) is True       # an empty database: migrated
+    assert db.upgrade_if_needed(engine) is False      # at the head: nothing to do
+    engine.dispose()
+
+
+@pytest.mark.slow
+def test_the_worker_keeps_no_migration_tool_or_unused_library_parts_resident(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures.stack import build_stack
+
+    # Given an up-to-date database
+    cfg, _, _ = build_stack(tmp_path)
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys, threading, time, os\n"
+        "def dump():\n"
+        "    time.sleep(6)\n"
+        "    print(' '.join(sorted({m.split('.')[0] for m, v in list(sys.modules.items()) if v is not None})))\n"
+        "    sys.stdout.flush()\n"
+        "    os._exit(0)\n"
+        "threading.Thread(target=dump, daemon=True).start()\n"
+        f"sys.argv = ['provisioner', '--config', {str(cfg)!r}, 'run']\n"
+        "from provisioner.cli import main\n"
+        "main()\n")
+    subprocess.run([sys.executable, "-m", "provisioner", "--config", str(cfg), "db", "upgrade"], check=True,
+                   cwd=tmp_path, capture_output=True)
+
+    # When the real worker has been running for a few seconds
+    out = subprocess.run([sys.executable, str(probe)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    # Then neither Alembic nor the command-line and config parts of its libraries were imported
+    loaded = set(out.stdout.split())
+    assert "sqlalchemy" in loaded and "apscheduler" in loaded, out.stderr[-2000:]
+    assert not loaded & {"alembic", "mako", "invoke", "click", "rich", "pygments"}

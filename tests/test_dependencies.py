@@ -22,6 +22,8 @@ NOT_IMPORTED = {
     "mypy": "`make test` runs it",
     "import-linter": "`make test` runs lint-imports: the layering contracts in pyproject.toml",
     "types-pyyaml": "PyYAML's type stubs, for mypy",
+    "uvloop": "uvicorn's event loop (loop=\"uvloop\" in dashboard_api.server)",
+    "httptools": "uvicorn's HTTP parser (http=\"httptools\" in dashboard_api.server)",
 }
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;\\]+)", re.MULTILINE)
 

@@ -99,3 +99,34 @@ def test_a_new_sale_is_planned_within_seconds_not_at_the_next_tick(stack: Stack)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
+
+
+def test_the_due_row_query_is_one_range_on_the_due_index(db_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import insert, text
+
+    from provisioner import db, operations
+
+    # Given many idle rows (no action, no next attempt) and a few with work, no statistics gathered
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    now = dt.datetime.now(dt.UTC)
+    rows = [{"subscription_id": f"s{i}", "customer_id": "1", "product_id": "1", "user_email": "a@example.com",
+             "status": "Running", "action": "create" if i % 100 == 0 else None} for i in range(2000)]
+    with engine.begin() as conn:
+        conn.execute(insert(Server), rows)
+
+    # When the driver's statement is planned
+    sql = str(operations.due_rows_query(now, limit=32).compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+            # Then it searches ix_provisioner_servers_due for the rows with an action, nothing else
+            assert "SEARCH provisioner_servers USING INDEX ix_provisioner_servers_due" in plan, plan
+            assert "MULTI-INDEX" not in plan and "SCAN" not in plan, plan
+        else:
+            found = conn.execute(text("EXPLAIN " + sql)).mappings().all()
+            assert [r["key"] for r in found] == ["ix_provisioner_servers_due"], found
+        assert len(conn.execute(text(sql)).all()) == 20
+    engine.dispose()

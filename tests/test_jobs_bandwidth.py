@@ -17,10 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from jobs.bandwidth import BandwidthReport, reset_bandwidth_monthly, sync_bandwidth
+from jobs.bandwidth import (
+    BandwidthReport,
+    SyncPace,
+    reset_bandwidth_monthly,
+    rows_to_sync,
+    sync_bandwidth,
+    sync_bandwidth_paced,
+)
 from provisioner import db, notify, operations
 from provisioner.bandwidth import month_of, month_total, usage_days
 from provisioner.cloud.vultr import VultrCloud
@@ -542,3 +549,60 @@ def test_it_carries_a_rebuild_suspends_at_the_cap_and_resumes_next_month(
     clock.jump(600)
     sync()
     assert server().bandwidth_this_month == 600 * 100_000
+
+
+# --- at fleet scale: the paced sync ---------------------------------------------------------------
+
+def test_a_pace_spends_its_share_of_the_budget_over_most_of_the_period() -> None:
+    pace = SyncPace.for_period(30, 3600, share=0.25)
+    assert pace.calls_per_second == 7.5
+    assert pace.max_rows == int(7.5 * 3600 * 0.9)          # 24,300 rows an hour at most
+    assert pace.max_rows / pace.calls_per_second < 3600      # so a run ends within its period
+
+
+def test_it_reads_rows_near_their_cap_first_then_the_least_recently_read(world: World) -> None:
+    # Given four servers: one read long ago, one never, one read just now but near its cap, one read just now
+    old = world.server(limit=10**12, bandwidth_synced_at=world.now.replace(hour=1))
+    never = world.server(limit=10**12)
+    near = world.server(limit=1000, bandwidth_this_month=800, bandwidth_synced_at=world.now)
+    fresh = world.server(limit=10**12, bandwidth_synced_at=world.now)
+    with world.sessions() as s:
+        # Then the order is: near its cap, never read, read long ago, read just now
+        assert rows_to_sync(s, 10) == [near, never, old, fresh]
+        assert rows_to_sync(s, 2) == [near, never]
+
+
+def test_it_syncs_at_most_its_rows_in_parallel_without_reading_blobs(world: World) -> None:
+    # Given five servers with sealed secrets and a .ovpn in their rows
+    ids = [world.server(limit=10**12, secrets_enc="S" * 5000, ovpn_file_enc="O" * 3000) for _ in range(5)]
+    statements: list[str] = []
+    engine = world.sessions.kw["bind"]
+    event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    before = len(calls(world.sb, "GET /v2/instances/{id}/bandwidth"))
+
+    # When a paced sync may read three of them
+    report = sync_bandwidth_paced(world.sessions, world.vultr, world.now, product(),
+                                  SyncPace(calls_per_second=1000, max_rows=3, threads=3))
+
+    # Then three were read (one call each), the rest wait for the next run, and no blob was read
+    assert report.checked == 3 and report.failed == 0
+    assert len(calls(world.sb, "GET /v2/instances/{id}/bandwidth")) - before == 3
+    with world.sessions() as s:
+        synced = set(s.scalars(select(Server.id).where(Server.bandwidth_synced_at.is_not(None))))
+    assert len(synced) == 3 and synced < set(ids)
+    assert statements and not [q for q in statements if "secrets_enc" in q or "ovpn_file_enc" in q]
+
+
+def test_it_stops_at_the_next_row_when_the_worker_stops(world: World) -> None:
+    for _ in range(3):
+        world.server(limit=10**12)
+    stop = threading.Event()
+    stop.set()
+    report = sync_bandwidth_paced(world.sessions, world.vultr, world.now, product(),
+                                  SyncPace(calls_per_second=1000, max_rows=10), stop=stop)
+    assert report.checked == 0
+
+
+@pytest.mark.parametrize("share", [0.1, 0.25])
+def test_the_share_scales_the_rows_per_run(share: float) -> None:
+    assert SyncPace.for_period(30, 3600, share=share).calls_per_second == pytest.approx(30 * share)

@@ -343,3 +343,29 @@ def test_it_starts_everything_at_the_slot_without_a_spread(sessions: sessionmake
     assert spread_offset(rid, 0) == dt.timedelta(0)
     assert mark(sessions, utc(2026, 11, 21, 5), spread=0) == [rid]
     assert row(sessions, rid).rebuild_due_at == utc(2026, 11, 21, 5)
+
+
+def test_the_due_schedule_query_reads_two_index_ranges(db_url: str) -> None:
+    import datetime as dt
+
+    from sqlalchemy import text
+
+    from jobs.schedules import candidates_query
+    from provisioner import db
+
+    engine = db.make_engine(db_url)
+    db.upgrade(engine)
+    sql = str(candidates_query("daily", dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+              .compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
+            assert plan.count("USING INDEX ix_provisioner_servers_schedule (rebuild_schedule=? AND "
+                              "schedule_slot_done") == 2, plan
+            assert "SCAN" not in plan, plan
+        else:
+            # an empty table's plan may pick another index; each part must consider this one and use one
+            found = [r for r in conn.execute(text("EXPLAIN " + sql)).mappings() if r["table"] == "provisioner_servers"]
+            assert len(found) == 2 and all("ix_provisioner_servers_schedule" in str(r["possible_keys"])
+                                           and r["key"] for r in found), found
+    engine.dispose()

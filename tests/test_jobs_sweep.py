@@ -217,3 +217,35 @@ def test_it_retries_a_failed_delete_on_the_next_sweep(sweeper: Sweeper) -> None:
     assert ("snapshot", leaks.snapshot) in sweeper.existing()
     assert sweeper.orphans()[("snapshot", leaks.snapshot)].deleted_at is None
     assert [(r.kind, r.provider_id) for r in sweeper.run(delete_after=1).deleted] == [("snapshot", leaks.snapshot)]
+
+
+def test_the_sweep_lists_at_the_largest_pages_within_its_share_of_the_budget(stack: Stack) -> None:
+    from jobs.registry import job
+
+    # Given a few servers (their instances and A records)
+    for sub in (1, 2, 3):
+        stack.create_server(sub, f"user{sub}@example.com")
+    before = len(stack.sandbox.calls())
+
+    # When the worker's sweep job runs
+    job(stack.app, "sweep", stack.lifecycle())()
+
+    # Then each listing asked for the providers' largest page, so one page each
+    lists = [c for c in stack.sandbox.calls()[before:] if c["method"] == "GET"]
+    per_page = {c["endpoint"]: c["query"].get("per_page") for c in lists}
+    assert per_page == {"GET /v2/instances": "500", "GET /v2/snapshots": "500",
+                        "GET /client/v4/zones/{zone_id}/dns_records": "50000"}
+    assert len(lists) == 3
+
+
+def test_a_jobs_share_waits_for_both_its_own_bucket_and_the_shared_one() -> None:
+    from provisioner.cloud.ratelimit import RateLimiter, Shared
+
+    waits: list[float] = []
+    now = [0.0]
+    own = RateLimiter(1.0, 1, clock=lambda: now[0], sleep=waits.append)        # the job: 1 call/s
+    shared = RateLimiter(100.0, 1, clock=lambda: now[0], sleep=waits.append)   # the provider: 100/s
+    both = Shared(own, shared)
+    both.acquire()
+    both.acquire()
+    assert waits == [1.0, 0.01] and shared.stats().acquired == 2

@@ -90,8 +90,18 @@ def test_it_destroys_leaving_nothing_of_ours_behind(stack: Stack) -> None:
     stack.act(rid, "destroy")
     row = _row(stack, rid)
     assert row.status == "Destroyed"
-    assert (row.secrets_enc, row.ovpn_file_enc, row.root_password_enc, row.instance_id) == (None, None, None, None)
+    # only the sealed PKI stays, for lifecycle.keep_identity_days (a late renewal's same .ovpn)
+    assert row.secrets_enc and row.identity_kept_until is not None
+    assert (row.ovpn_file_enc, row.root_password_enc, row.instance_id, row.server_ip) == (None, None, None, None)
     assert _ours(stack) == ([], [], [])
+
+
+@pytest.mark.parametrize("stack", [{"lifecycle": {"keep_identity_days": 0}}], indirect=True)
+def test_it_wipes_every_secret_at_destroy_when_no_identity_is_kept(stack: Stack) -> None:
+    rid = stack.create_server()
+    stack.act(rid, "destroy")
+    row = _row(stack, rid)
+    assert (row.status, row.secrets_enc, row.ovpn_file_enc, row.root_password_enc) == ("Destroyed", None, None, None)
 
 
 @pytest.mark.parametrize("stack", [{"products": {"1": {"plan": "vc9-does-not-exist"}}}], indirect=True)
@@ -105,8 +115,9 @@ def test_it_stops_for_a_human_on_an_unknown_plan(stack: Stack) -> None:
 
 def test_it_rides_out_transient_provider_faults(stack: Stack) -> None:
     stack.sandbox.set_faults({"seed": 3, "faults": {
-        "GET /v2/instances/{id}": {"error_rate": 0.3, "error_status": 503},
-        "GET /v2/instances": {"rate_limit_first": 3, "retry_after": 0.05},
+        "GET /v2/instances/{id}": {"error_first": 1, "error_status": 503},
+        # A create refused with 429 certainly did not happen: the step is retried, and lists nothing.
+        "POST /v2/instances": {"rate_limit_first": 1, "retry_after": 0.05},
         "POST /client/v4/zones/{zone_id}/dns_records": {"error_first": 2, "error_status": 500}}})
     rid = stack.create_server()
     row = _row(stack, rid)

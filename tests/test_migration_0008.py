@@ -77,7 +77,10 @@ def test_it_makes_todays_ovpn_device_1_byte_for_byte_and_downgrades(db_url: str,
             False, 0, None, False)
     assert devices == [("g0042.vpn.example.com", "1", "Device 1", None)] and profiles == ["openvpn"]
 
-    # And the customer's device 1 profile is today's .ovpn, byte for byte, as is the old download
+    # And (once the planner's first pass gave the EDD row its storefront account, as it does after
+    # revision 0005) the customer's device 1 profile is today's .ovpn, byte for byte, as is the old download
+    with app.engine.begin() as conn:
+        conn.execute(text("UPDATE provisioner_servers SET account_id = '1' WHERE subscription_id = 's1'"))
     api = create_app(app, clock=FakeClock())
     from dashboard_api.tokens import mint_token
 

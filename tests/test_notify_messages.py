@@ -90,7 +90,7 @@ def test_it_sends_every_kind_in_the_customers_language(tmp_path: Path, lang: str
         assert "g0001.vpn.example.com" in m.subject + m.body, kind
         assert DASHBOARD in m.body, kind
         assert m.message["Content-Language"] == lang
-    assert "http://127.0.0.1:8000/#pricing" in got["server_destroyed"].body   # storefront.url to resubscribe
+    assert "http://127.0.0.1:18083/#pricing" in got["server_destroyed"].body  # storefront.url (sandbox.port_base + 3)
     app.engine.dispose()
 
 

@@ -3,6 +3,8 @@ go away, and one server's failure never stops the others."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import select
 
 from jobs.server_check import server_check
@@ -22,12 +24,16 @@ def _settle(stack: Stack) -> None:
     operations.drive_until_idle(lc, timeout=60)
 
 
-def test_it_builds_for_new_subscriptions_and_destroys_for_ended_ones(stack: Stack) -> None:
+def test_it_builds_for_new_subscriptions_and_destroys_for_ended_ones_after_the_grace(stack: Stack) -> None:
     stack.add_subscription(1, "ann@example.com")
     stack.add_subscription(2, "bob@example.com")
     _settle(stack)
     assert _statuses(stack) == {"1": "Running", "2": "Running"}
     stack.set_subscription(2, status="cancelled", days=-1)   # paid period over
+    _settle(stack)
+    # first seen ended now: it waits out planner.destroy_grace_hours (48 by default)
+    assert _statuses(stack) == {"1": "Running", "2": "Running"}
+    stack.app.clock = lambda: dt.datetime.now(dt.UTC) + dt.timedelta(hours=48, minutes=5)
     _settle(stack)
     assert _statuses(stack) == {"1": "Running", "2": "Destroyed"}
     assert len(stack.state()["instances"]) == 1

@@ -62,7 +62,8 @@ def test_it_stops_on_a_missing_secret_and_says_where_to_put_it(tmp_path: Path) -
 def test_it_takes_environment_overrides_over_the_file(tmp_path: Path) -> None:
     env = {"PROVISIONER_VULTR_REQUESTS_PER_SECOND": "7.5", "PROVISIONER_SSH_PORT": "2200",
            "PROVISIONER_SANDBOX_ENABLED": "false", "PROVISIONER_VULTR_SSH_KEY_IDS": "a, b",
-           "PROVISIONER_PRODUCTS_1_BANDWIDTH_CAP_GB": "2000"}
+           "PROVISIONER_PRODUCTS_1_BANDWIDTH_CAP_GB": "2000",
+           "PROVISIONER_NOTIFY_WEBHOOK_URL": "https://ops.example.com/alerts"}
     s = load_settings(write_config(tmp_path), env=env)
     assert s.vultr.requests_per_second == 7.5
     assert s.ssh.port == 2200
@@ -149,6 +150,42 @@ def test_it_loads_the_example_once_its_secrets_are_provided(tmp_path: Path) -> N
     env = {"PROVISIONER_STOREFRONT_EDD_URL": "mysql+pymysql://wp@127.0.0.1/wp",
            "PROVISIONER_SECRETS_FERNET_KEYS": "[\"" + "A" * 43 + "=\"]",
            "PROVISIONER_VULTR_API_KEY": "k", "PROVISIONER_CLOUDFLARE_API_TOKEN": "t"}
-    s = load_settings(cfg, env=env)
+    # Until an operator channel is set, the example refuses to start: alerts would land nowhere
+    with pytest.raises(ConfigError) as err:
+        load_settings(cfg, env=env)
+    assert str(err.value).startswith("notify.operator_email (with notify.smtp_host) or notify.webhook_url: ")
+    assert "\n" not in str(err.value)
+    s = load_settings(cfg, env={**env, "PROVISIONER_NOTIFY_OPERATOR_EMAIL": "ops@example.com",
+                                "PROVISIONER_NOTIFY_SMTP_HOST": "smtp.example.com"})
     assert s.storefront.kind == "edd"
     assert s.products["123"].cap_policy == "notify"
+    assert s.notify.operator_channel
+
+
+def test_an_operator_address_without_an_smtp_server_is_no_channel(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, sandbox={"enabled": False}, notify={"operator_email": "ops@example.com"})
+    with pytest.raises(ConfigError, match=r"^notify\.operator_email \(with notify\.smtp_host\)"):
+        load_settings(cfg, env={})
+    assert load_settings(cfg, env={"PROVISIONER_NOTIFY_SMTP_HOST": "smtp.example.com"}).notify.operator_channel
+
+
+def test_the_sandbox_needs_no_operator_channel(tmp_path: Path) -> None:
+    assert not load_settings(write_config(tmp_path), env={}).notify.operator_channel
+
+
+@pytest.mark.parametrize(("name", "hint"), [("PROVISIONER_VULTR_APIKEY", "PROVISIONER_VULTR_API_KEY"),
+                                            ("PROVISIONER_PRODUCTS_99_PLAN", ""),
+                                            ("PROVISIONER_DEBUG", "")])
+def test_an_unknown_provisioner_variable_is_a_config_error_naming_it(tmp_path: Path, name: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(write_config(tmp_path), env={name: "1"})
+    message = str(err.value)
+    assert message.startswith(f"{name}: unknown environment variable") and "\n" not in message
+    assert hint in message
+
+
+def test_known_variables_that_are_not_settings_pass(tmp_path: Path) -> None:
+    env = {"PROVISIONER_CONFIG": "x", "PROVISIONER_TEST_MYSQL_URL": "y", "PROVISIONER_CRASH_AT": "create.boot",
+           "PROVISIONER_VULTR_API_KEY_FILE": str(tmp_path / "k"), "PROVISIONER_PRODUCTS_1_PLAN": "vc2-2c-4gb"}
+    (tmp_path / "k").write_text("key")
+    assert load_settings(write_config(tmp_path), env=env).products["1"].plan == "vc2-2c-4gb"

@@ -215,6 +215,8 @@ def test_it_reports_the_wordpress_email_for_users_and_the_customer_email_for_gue
             entitled_until=NOW + DAY,
             profile_id="sub_guest",
             user_id=0,
+            paid_through=NOW + DAY,
+            account_id=None,          # a guest: no account to sign in with
         ),
         Subscription(
             id="2",
@@ -225,6 +227,8 @@ def test_it_reports_the_wordpress_email_for_users_and_the_customer_email_for_gue
             entitled_until=NOW + DAY,
             profile_id="sub_member",
             user_id=42,
+            paid_through=NOW + DAY,
+            account_id="42",
         ),
         Subscription(
             id="3",
@@ -235,6 +239,8 @@ def test_it_reports_the_wordpress_email_for_users_and_the_customer_email_for_gue
             entitled_until=NOW + DAY,
             profile_id="",
             user_id=999,
+            paid_through=NOW + DAY,
+            account_id="999",
         ),
     ]
 
@@ -295,6 +301,7 @@ def test_it_selects_by_name_whatever_the_column_order_and_extra_columns(
             entitled_until=NOW + 2 * DAY,
             profile_id="sub_X",
             user_id=0,
+            paid_through=NOW + 2 * DAY,
         )
     ]
 
@@ -519,7 +526,7 @@ def test_it_is_unavailable_when_permission_is_denied(edd_engine: Engine, edd_pre
             conn.execute(text(f"DROP USER IF EXISTS '{user}'@'%'"))
 
 
-def test_it_is_unavailable_rather_than_partial_when_a_date_is_unparseable(
+def test_it_marks_a_row_whose_date_is_unparseable_as_no_evidence_and_reads_the_rest(
     edd_engine: Engine, edd_prefix: PrefixFactory
 ) -> None:
     # Given good rows and one whose expiration is not a date (on MySQL: a day that does not exist)
@@ -536,10 +543,12 @@ def test_it_is_unavailable_rather_than_partial_when_a_date_is_unparseable(
         conn.commit()
         conn.invalidate()  # do not hand the relaxed session back to the pool
 
-    # When read, Then the whole read fails, naming the row and the column
-    with pytest.raises(StorefrontUnavailable, match=r"malformed row .*\(id 2\): expiration") as caught:
-        EddStorefront(edd_engine, p).read(NOW)
-    assert "\n" not in str(caught.value)
+    # When read, Then the good row entitles, and the bad one neither entitles nor ended, saying why
+    subs = by_id(EddStorefront(edd_engine, p).read(NOW))
+    assert subs[1].entitled(NOW)
+    assert not subs[2].entitled(NOW) and not subs[2].ended(NOW)
+    assert subs[2].problem is not None and subs[2].problem.startswith("expiration ")
+    assert "\n" not in subs[2].problem
 
 
 @pytest.mark.parametrize("edd_engine", ["sqlite"], indirect=True)

@@ -58,14 +58,25 @@ def test_it_builds_for_an_active_or_trialing_subscription(app: App, status: str)
     assert result.destroy == []
 
 
-@pytest.mark.parametrize("status", ["canceled", "unpaid", "incomplete_expired", "paused"])
-def test_it_destroys_for_an_ended_subscription(app: App, status: str) -> None:
+@pytest.mark.parametrize("status", ["canceled", "unpaid", "incomplete_expired", "paused", "Canceled"])
+def test_it_destroys_for_an_ended_subscription_once_its_paid_period_is_over(app: App, status: str) -> None:
     sf = given(app, sub_event("sub_1", status, NOW + 10 * DAY))
     [sub] = sf.read(NOW)
     assert sub.entitled_until is None and sub.ended(NOW)
+    # ended, but paid for ten more days: the server waits for the paid-through date
     result = plan(sf.read(NOW), [running("sub_1")], NOW, Policy())
-    assert [s.subscription_id for s in result.destroy] == ["sub_1"]
-    assert result.build == []
+    assert result.destroy == [] and result.build == []
+    later = NOW + 10 * DAY
+    assert [s.subscription_id for s in plan(sf.read(later), [running("sub_1")], later, Policy()).destroy] \
+        == ["sub_1"]
+
+
+def test_it_holds_a_subscription_with_an_unknown_status(app: App) -> None:
+    sf = given(app, sub_event("sub_1", "on_hold", NOW - DAY))
+    [sub] = sf.read(NOW)
+    assert not sub.entitled(NOW) and not sub.ended(NOW)
+    result = plan(sf.read(NOW), [running("sub_1")], NOW, Policy())
+    assert result.destroy == [] and [h.code for h in result.holds] == ["no_evidence"]
 
 
 def test_it_does_not_build_for_an_incomplete_subscription(app: App) -> None:

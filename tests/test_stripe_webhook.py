@@ -237,3 +237,22 @@ def test_it_records_but_ignores_events_it_does_not_use(app: App, client: TestCli
     r = post(client, event("customer.subscription.updated", {"object": "subscription", "status": "active"}, NOW))
     assert r.status_code == 200 and r.json()["outcome"].startswith("ignored")   # no sub_ id: unreadable
     assert counts(app) == (2, 0)
+
+
+@pytest.mark.parametrize("body", ["[]", '"a string"', "42", "null", '{"id": "evt_1", "object": "charge"}'])
+def test_it_answers_400_not_500_for_a_signed_body_that_is_not_an_event_object(app: App, client: TestClient,
+                                                                               body: str) -> None:
+    import stripe
+
+    header = stripe.WebhookSignature.generate_signature_header(body, SECRET)
+    r = client.post("/webhooks/stripe", content=body, headers={"Stripe-Signature": header})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_payload"
+    assert counts(app) == (0, 0)
+
+
+def test_it_refuses_a_signature_dated_beyond_the_tolerance_in_the_future(app: App, client: TestClient) -> None:
+    ev = event("customer.subscription.created", active(), NOW)
+    r = post(client, ev, timestamp=int(time.time()) + 301 + 60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "future_signature"
+    assert counts(app) == (0, 0)
+    assert post(client, ev, timestamp=int(time.time()) + 60).status_code == 200   # clock skew within it passes

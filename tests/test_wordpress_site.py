@@ -98,12 +98,14 @@ def shop(wordpress_site: WordPressSite, browser: Any, tmp_path_factory: pytest.T
                     cors_origin=site.url)
     env.clock.now = now   # the plugin signs with the real time
     entitled = {s.email for s in subscriptions if s.entitled(now)}
+    # (each row carries its WordPress user id, the account the plugin's token names)
+    alice, bob = str(users["alice"].id), str(users["bob"].id)
     if "alice@example.com" in entitled:
-        env.add_server("alice@example.com", "g0001", current_location="lhr")
+        env.add_server("alice@example.com", "g0001", current_location="lhr", account_id=alice)
         env.add_server("alice@example.com", "g0002", status=Status.INSTALLING.value, ovpn=None, server_ip=None,
-                       action="create", step="install", last_rebuilt_at=None)
+                       action="create", step="install", last_rebuilt_at=None, account_id=alice)
     if "bob@example.com" in entitled:
-        env.add_server("bob@example.com", "g0003", current_location="ams")
+        env.add_server("bob@example.com", "g0003", current_location="ams", account_id=bob)
     with live_server(env.api) as api_url:
         configure_plugin(browser, site, api_url)
         yield Shop(site, page_url, users, subscriptions, env, api_url)

@@ -26,7 +26,7 @@ def row(stack: Stack) -> Server:
 
 
 def test_the_daemon_sends_key_only_login_and_restarts_within_seconds(stack: Stack) -> None:
-    stack.add_subscription(1, "ann@example.com")
+    stack.add_subscription(1, "ann@example.com", user_id=1)   # her WordPress account: what the token names
     log = stack.tmp / "worker.log"
     worker = start_worker(stack.config_path, log)
     try:

@@ -62,11 +62,13 @@
   }
 
   function statusLabel(s) {
+    if (s.support_hold) { return t("status.support_" + s.support_hold); }
     if (s.rebuild_requested && !s.step) { return t("status.rebuild_requested"); }
     return tOr("status." + s.status, s.status);
   }
 
   function progressLabel(s) {
+    if (s.support_hold) { return tOr("progress.support_" + s.support_hold, s.progress || ""); }
     if (s.rebuild_requested && !s.step) {
       return t("progress.rebuild_requested", { location: cityName(s.rebuild_location) });
     }
@@ -80,7 +82,8 @@
     cells[0].textContent = s.name || t("value.pending_name");
     var badge = cells[1].querySelector(".badge");
     badge.textContent = statusLabel(s);
-    badge.className = "badge badge-" + (s.rebuild_requested ? "requested" : String(s.status).toLowerCase());
+    badge.className = "badge badge-" + (s.support_hold ? "suspended"
+      : s.rebuild_requested ? "requested" : String(s.status).toLowerCase());
     cells[1].querySelector(".progress").textContent = progressLabel(s);
     cells[1].querySelector(".error-text").textContent =
       s.last_error_code ? tOr("error.server." + s.last_error_code, s.last_error || "") : "";

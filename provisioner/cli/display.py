@@ -42,6 +42,10 @@ def plan_text(p: Plan) -> str:
     out.append(f"resume   {len(p.resume):>4}  " + ", ".join(s.label for s in p.resume))
     for h in p.held:
         out.append(f"held: {h['reason']}")
+    for label, until in sorted(p.waiting.items(), key=lambda kv: kv[1]):
+        out.append(f"waiting: server {label}: its subscription ended; destroyed after {when(until)} UTC (the grace)")
+    if p.unconfigured:
+        out.append(f"unconfigured products (ignored): subscription {', '.join(p.unconfigured)}")
     if p.empty and not p.held:
         out.append("nothing to do")
     return "\n".join(line.rstrip() for line in out)
@@ -54,7 +58,24 @@ def server_json(r: Server) -> dict[str, Any]:
         "location": r.current_location, "ip": r.server_ip, "schedule": r.rebuild_schedule,
         "schedule_location": r.rebuild_schedule_location, "bandwidth_used": r.bandwidth_this_month,
         "bandwidth_limit": r.bandwidth_limit_this_month, "last_error": r.last_error,
+        "needs_human": bool(r.needs_human), "paused": bool(r.paused),
+        "operator_hold": {"since": r.operator_hold_at.isoformat(), "reason": r.operator_hold_reason}
+        if r.operator_hold_at else None,
+        "note": attention(r),
     }
+
+
+def attention(r: Server) -> str:
+    """What an operator must know about a row at a glance (empty: nothing)."""
+    notes = []
+    if r.operator_hold_at:
+        notes.append(f"held by an operator since {when(r.operator_hold_at)}: {r.operator_hold_reason}")
+    if r.paused:
+        notes.append("paused by an operator")
+    if r.needs_human and r.status != "Destroyed":
+        first = (r.last_error or "").splitlines()[0][:100] if r.last_error else "see `provisioner events`"
+        notes.append(f"NEEDS A HUMAN: {first}")
+    return "; ".join(notes)
 
 
 def servers_table(rows: Sequence[Server]) -> str:
@@ -63,9 +84,12 @@ def servers_table(rows: Sequence[Server]) -> str:
     body = [[r.server_name or f"#{r.id}", r.user_email, r.status + (f" ({r.step})" if r.step else ""),
              r.current_location or "-", r.server_ip or "-",
              r.rebuild_schedule + ("" if r.rebuild_schedule == "none" else f" → {r.rebuild_schedule_location}"),
-             f"{human_bytes(r.bandwidth_this_month)} / {human_bytes(r.bandwidth_limit_this_month)}"]
+             f"{human_bytes(r.bandwidth_this_month)} / {human_bytes(r.bandwidth_limit_this_month)}", attention(r)]
             for r in rows]
-    return table(["NAME", "CUSTOMER", "STATUS", "LOCATION", "IP", "SCHEDULE", "BANDWIDTH"], body)
+    headers = ["NAME", "CUSTOMER", "STATUS", "LOCATION", "IP", "SCHEDULE", "BANDWIDTH", "NOTE"]
+    if not any(row[-1] for row in body):  # the column only when a row needs you
+        headers, body = headers[:-1], [row[:-1] for row in body]
+    return table(headers, body)
 
 
 def event_json(e: ServerEvent) -> dict[str, Any]:
@@ -93,8 +117,8 @@ def outbox_table(messages: Sequence[OutboxMessage]) -> str:
 
 def health_text(report: dict[str, Any]) -> str:
     lines = [f"{'HEALTHY' if report['healthy'] else 'UNHEALTHY'}"]
-    for problem in report["problems"]:
-        lines.append(f"  problem: {problem}")
+    for check in report["checks"]:
+        lines.append(f"  {'ok  ' if check['ok'] else 'FAIL'} {check['name']}: {check['detail']}")
     for key, value in report["facts"].items():
         lines.append(f"  {key}: {value}")
     return "\n".join(lines)

@@ -14,13 +14,40 @@ import sys
 from collections.abc import Sequence
 
 from provisioner import __version__
-from provisioner.cli import display
-from provisioner.cli.common import Command, UsageError, cli_owner, config_path, make_app, named_server
+from provisioner.cli import display, operator
+from provisioner.cli.common import (
+    Command,
+    UsageError,
+    account_of,
+    cli_owner,
+    config_path,
+    make_app,
+    named_server,
+    operator_actor,
+)
 from provisioner.settings import ConfigError
 
 log = logging.getLogger("provisioner")
 
 # --- commands ---------------------------------------------------------------------------------
+
+def cmd_db_downgrade(args: argparse.Namespace) -> int:
+    from alembic.script import ScriptDirectory
+    from alembic.util import CommandError
+
+    from provisioner import db
+
+    known = {s.revision for s in ScriptDirectory(str(db.MIGRATIONS)).walk_revisions()}
+    if args.revision not in known:
+        raise UsageError(f"no schema revision {args.revision!r}; known: {', '.join(sorted(known))}")
+    app = make_app(args)
+    try:
+        db.downgrade(app.engine, args.revision)
+    except CommandError as exc:
+        raise UsageError(str(exc).splitlines()[0]) from None
+    print(f"database schema is at revision {db.current_revision(app.engine)} ({db.safe_url(str(app.engine.url))})")
+    return 0
+
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from provisioner import db
@@ -46,6 +73,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         lc = wiring.lifecycle(app, owner=cli_owner())
         applied = operations.start_plan(lc, result, app.destroy_cross_check())
+        if not storefront_error:
+            from provisioner import holds
+
+            with app.sessions() as s:
+                holds.record_pass(s, result, app.clock(), app.settings, extra_holds=applied.held)
+                s.commit()
         ids = [st.id for st in result.resume]
         ids += operations.due_rows(app.sessions, app.clock())
         if args.wait:
@@ -68,7 +101,7 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
     app = make_app(args)
     db.require_schema(app.engine)
     lc = wiring.lifecycle(app, owner=cli_owner())
-    user = os.environ.get("SUDO_USER") or os.environ.get("USER") or "operator"
+    actor = operator_actor()
     with app.sessions() as s:
         if what == "create":
             sub = app.find_subscription(args.subscription)
@@ -77,18 +110,20 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
             if not sub.entitled(app.clock()):
                 raise UsageError(f"subscription {sub.id} does not entitle a server (status {sub.status})")
             try:
-                row = lc.begin_create(s, sub, actor=f"operator:{user}")
+                row = lc.begin_create(s, sub, actor=actor)
             except ServerBusy as exc:
                 raise UsageError(str(exc)) from None
         else:
             row = named_server(app, s, args.server)
             try:
+                if row.paused and what != "destroy":
+                    raise ServerBusy(f"server {args.server} is paused; `provisioner resume {args.server}` first")
                 if what == "rebuild":
-                    lc.begin_rebuild(s, row, args.location, actor=f"operator:{user}")
+                    lc.begin_rebuild(s, row, args.location, actor=actor)
                 elif what == "retry":
-                    lc.retry(s, row, actor=f"operator:{user}")
+                    lc.retry(s, row, actor=actor)
                 else:
-                    lc.begin_destroy(s, row, actor=f"operator:{user}", reason="requested by an operator")
+                    operator.start_destroy(app, s, row, args)
             except (ServerBusy, ValueError) as exc:
                 raise UsageError(str(exc)) from None
         s.commit()
@@ -117,11 +152,14 @@ def cmd_rebuild(args: argparse.Namespace) -> int:
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
+    args.reason = (args.reason or "").strip()
+    if args.force and not args.reason:
+        raise UsageError("--force needs --reason '…' (the audit trail keeps why a paid server was taken down)")
     return _operator_action(args, "destroy")
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    return _operator_action(args, "retry")
+    return operator.cmd_retry(args, lambda a: _operator_action(a, "retry"))
 
 
 def cmd_ovpn(args: argparse.Namespace) -> int:
@@ -131,6 +169,8 @@ def cmd_ovpn(args: argparse.Namespace) -> int:
     db.require_schema(app.engine)
     with app.sessions() as s:
         row = named_server(app, s, args.server)
+        if row.status == "Destroyed":
+            raise UsageError(f"server {row.server_name or row.id} is Destroyed; it has no .ovpn")
         if not row.ovpn_file_enc:
             raise UsageError(f"server {row.server_name or row.id} has no .ovpn yet (status {row.status})")
         data = app.secret_box.open(row.ovpn_file_enc)
@@ -165,19 +205,41 @@ def cmd_root_password(args: argparse.Namespace) -> int:
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
-    from sqlalchemy import select
+    from sqlalchemy import func, or_, select
 
     from provisioner import db
-    from provisioner.models import Server
+    from provisioner.models import Server, Status
 
     app = make_app(args)
+    q = select(Server).order_by(Server.id)
+    if args.status:
+        known = {st.value.lower(): st.value for st in Status}
+        if args.status.lower() not in known:
+            raise UsageError(f"--status: {args.status!r} is not a status; one of {', '.join(known.values())}")
+        q = q.where(Server.status == known[args.status.lower()])
+    if args.location:
+        regions = {r for p in app.settings.products.values() for r in p.regions}
+        if args.location.lower() not in regions:
+            raise UsageError(f"--location: {args.location!r} is not a region of any product "
+                             f"(offered: {', '.join(sorted(regions))})")
+        q = q.where(Server.current_location == args.location.lower())
+    if args.needs_human:
+        q = q.where(Server.needs_human.is_(True), Server.status != Status.DESTROYED.value)
     db.require_schema(app.engine)
     with app.sessions() as s:
-        rows = list(s.scalars(select(Server).order_by(Server.id)))
+        if args.customer:
+            who = args.customer.strip()
+            mine = or_(func.lower(Server.user_email) == who.lower(), Server.customer_id == who)
+            if s.scalar(select(func.count()).select_from(Server).where(mine)) == 0:
+                raise UsageError(f"--customer: no server belongs to {who!r} (an e-mail address or a storefront "
+                                 "customer id)")
+            q = q.where(mine)
+        rows = list(s.scalars(q))
+    filtered = any((args.customer, args.status, args.location, args.needs_human))
     if args.json:
         print(json.dumps([display.server_json(r) for r in rows], indent=2))
     else:
-        print(display.servers_table(rows))
+        print(display.servers_table(rows) if rows or not filtered else "no servers match")
     return 0
 
 
@@ -196,42 +258,56 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    import threading
+# Optional parts of libraries that the worker never uses, each resident for the daemon's life
+# once imported (together ~20 MB): httpx's command line (click, rich, pygments), imported by
+# httpx whenever those happen to be installed; and invoke (with its vendored yaml and
+# unittest), imported by paramiko's ssh_config support for ``Match exec``. Both importers fall
+# back cleanly when the import fails, which a None in sys.modules makes it do.
+UNUSED_IN_WORKER = ("httpx._main", "invoke")
 
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    for name in UNUSED_IN_WORKER:
+        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
     from jobs.worker import Worker
 
-    code = Worker(make_app(args)).run_forever()
-    stuck = [t.name for t in threading.enumerate()
-             if t is not threading.main_thread() and not t.daemon and t.is_alive()]
-    if stuck:
+    faulthandler.enable()     # a fatal signal (SIGBUS from a vanished database file) still says where
+    worker = Worker(make_app(args))
+    code = worker.run_forever()
+    if worker.driver.busy:
         # A step still blocked after the grace (an install mid-command): its row's lease runs out
-        # and the restarted worker resumes it. Do not let the interpreter wait for it at exit.
-        log.warning("exiting with %d step(s) still running (%s); they resume on restart", len(stuck),
-                    ", ".join(sorted(stuck)[:5]))
-        logging.shutdown()
-        os._exit(code)
-    return code
+        # and the restarted worker resumes it.
+        log.warning("exiting with %d step(s) still running; they resume on restart", worker.driver.busy)
+    # Never wait for a thread at exit (concurrent.futures joins its pool threads, daemon or not,
+    # so a step blocked on a host or a job blocked on a provider would hold the exit up).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def cmd_job(args: argparse.Namespace) -> int:
-    from jobs import registry
+    from jobs import records, registry
     from provisioner import db, wiring
 
     app = make_app(args)
     db.require_schema(app.engine)
-    result = registry.job(app, args.name, wiring.lifecycle(app, owner=cli_owner()))()
+    owner = cli_owner()
+    try:
+        result = registry.run_and_record(app, args.name, registry.job(app, args.name, wiring.lifecycle(app, owner)))
+    finally:
+        records.heartbeat(app, owner, leader=False)   # how its provider calls went, for `status`
     print(registry.summary(args.name, result))
-    return 0
+    return 0 if registry.succeeded(result) else 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from provisioner import db
     from provisioner.cli.health import health
 
     app = make_app(args)
-    db.require_schema(app.engine)
-    report = health(app)
+    report = health(app)       # a database that cannot be reached is one of its checks, not an error
     print(json.dumps(report, indent=2, default=str) if args.json else display.health_text(report))
     return 0 if report["healthy"] else 1
 
@@ -248,7 +324,8 @@ def cmd_token(args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= 3600:
         raise UsageError("--ttl must be between 1 and 3600 seconds (dashboard tokens live at most an hour)")
     app = make_app(args)
-    token = mint_token(app.settings, args.email, user_id=args.user_id, ttl_seconds=args.ttl)
+    account = args.user_id if args.user_id is not None else account_of(app, args.email)
+    token = mint_token(app.settings, args.email, user_id=account, ttl_seconds=args.ttl)
     print(f"{app.settings.api.public_url.rstrip('/')}/#token={token}")
     return 0
 
@@ -258,6 +335,33 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     argv = ["--config", config_path(args) or ""] if args.sandbox_command == "serve" else []
     return sandbox_main(argv)
+
+
+def cmd_sandbox_mail(args: argparse.Namespace) -> int:
+    """What the sandbox's mail catcher caught: the demo's customer mail and operator alerts."""
+    import datetime as dt
+
+    import httpx
+
+    settings = make_app(args).settings
+    if not settings.sandbox.enabled:
+        raise UsageError(f"sandbox.enabled is false in {settings.source}: there is no mail catcher")
+    url = f"http://127.0.0.1:{settings.sandbox.admin_port}/_sandbox/mail"
+    try:
+        mail = httpx.get(url, timeout=5).raise_for_status().json()["mail"]
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        print(f"provisioner: error: the sandbox does not answer at {url} ({type(exc).__name__}); is it running?",
+              file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(mail, indent=2))
+    elif not mail:
+        print("no mail caught yet")
+    else:
+        print(display.table(["WHEN (UTC)", "TO", "KIND", "SUBJECT"],
+                            [[display.when(dt.datetime.fromtimestamp(m["at"], dt.UTC)), ", ".join(m["to"]),
+                              m["kind"], m["subject"]] for m in mail]))
+    return 0
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -293,6 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = dbp.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     up = dbsub.add_parser("upgrade", help="create or migrate the schema to the latest revision")
     up.set_defaults(func=cmd_db_upgrade)
+    down = dbsub.add_parser("downgrade", help="roll the schema back to REVISION (stop the worker and API first)")
+    down.add_argument("revision", help="a revision id such as 0004 (see provisioner/migrations/versions)")
+    down.set_defaults(func=cmd_db_downgrade)
 
     c = add("check", cmd_check, "one planning pass: read the storefront, compare with the servers, print the plan")
     c.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -305,11 +412,22 @@ def build_parser() -> argparse.ArgumentParser:
     rb = add("rebuild", cmd_rebuild, "rebuild a server (create-before-destroy; the .ovpn keeps working)")
     rb.add_argument("server", help="server name (g0001 or g0001.<domain>) or #id")
     rb.add_argument("--location", default="random", help="region id, or 'random' (default)")
-    de = add("destroy", cmd_destroy, "destroy a server: instance, DNS record, snapshot and secrets")
+    de = add("destroy", cmd_destroy, "destroy a server: instance, DNS record, snapshot and secrets (refused while "
+             "its subscription entitles it, unless --force)")
     de.add_argument("server", help="server name or #id")
-    re_ = add("retry", cmd_retry, "resume a server's stuck action once its cause is fixed (clears 'needs a human')")
-    re_.add_argument("server", help="server name or #id")
-    for sp in (cr, rb, de, re_):
+    de.add_argument("--force", action="store_true", help="take down a server its subscription still entitles (abuse, "
+                    "a chargeback): it stays down, its PKI kept, until `provisioner release`")
+    de.add_argument("--reason", default="", help="why (required with --force; kept in the audit trail)")
+    re_ = add("retry", cmd_retry, "resume a stuck action once its cause is fixed (clears 'needs a human'): one "
+              "server, or every server needing a human")
+    re_.add_argument("server", nargs="?", help="server name or #id")
+    re_.add_argument("--all-needing-human", action="store_true", help="every server that needs a human (lists them "
+                     "and asks you to confirm their number)")
+    re_.add_argument("--since", metavar="TIME", help="with --all-needing-human: only those given up on since TIME "
+                     "(2026-03-03T14:00Z, or a span ago like 2h)")
+    re_.add_argument("--yes", action="store_true", help="with --all-needing-human: do not ask to confirm")
+    held = operator.register(add)
+    for sp in (cr, rb, de, re_, *held):
         sp.add_argument("--wait", type=float, metavar="SECONDS", default=0,
                         help="keep driving until done, at most SECONDS (default: one pass)")
     ov = add("ovpn", cmd_ovpn, "write the customer's .ovpn to standard output")
@@ -319,7 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
              "print a server's root password for support (recorded in the server's history, which its customer sees)")
     rp.add_argument("server", help="server name or #id")
 
-    s = add("servers", cmd_servers, "list servers: name, customer, status, location, IP, schedule, bandwidth")
+    s = add("servers", cmd_servers, "list servers: name, customer, status, location, IP, schedule, bandwidth, and "
+            "what needs you (needs a human, paused, held)")
+    s.add_argument("--customer", metavar="EMAIL|ID", help="only this customer's (e-mail, or storefront customer id)")
+    s.add_argument("--status", help="only servers in this status (Running, Error, …)")
+    s.add_argument("--needs-human", action="store_true", help="only servers waiting for a human")
+    s.add_argument("--location", metavar="REGION", help="only servers running in this region")
     s.add_argument("--json", action="store_true")
 
     e = add("events", cmd_events, "the audit trail of one server")
@@ -335,11 +458,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("api", cmd_api, "the customer dashboard: JSON API and page (uvicorn; systemd)")
     tk = add("token", cmd_token, "print a dashboard login URL for a customer (support and testing)")
     tk.add_argument("email")
-    tk.add_argument("--user-id", type=int, default=0, help="WordPress user id (default 0)")
+    tk.add_argument("--user-id", metavar="ACCOUNT", help="the storefront account the token names (WordPress user "
+                    "id, or Stripe customer id); default: the account of EMAIL's servers")
     tk.add_argument("--ttl", type=int, default=900, help="seconds the link stays valid (at most 3600)")
+    from provisioner.cli import destroys as cli_destroys
+    from provisioner.cli import iphistory, keys
     from provisioner.cli import outbox as cli_outbox
 
     cli_outbox.register(add)
+    cli_destroys.register(add)
+    iphistory.register(add)
+    keys.register(sub)
     st = add("status", cmd_status, "health of the automation; exits 1 when unhealthy (for monitoring)")
     st.add_argument("--json", action="store_true")
     sb = sub.add_parser("sandbox", help="the local simulators (test and demo only)",
@@ -347,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     sbsub = sb.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
     sbsub.add_parser("serve", help="run the sandbox until Ctrl-C, as the config describes").set_defaults(
         func=cmd_sandbox)
+    sm = sbsub.add_parser("mail", help="the mail the sandbox's catcher received (demo mail and operator alerts)")
+    sm.add_argument("--json", action="store_true")
+    sm.set_defaults(func=cmd_sandbox_mail)
     add("keygen", cmd_keygen, "print a new Fernet key for secrets.fernet_keys")
     dm = add("demo", cmd_demo, "the embedded default: sandbox clouds, SQLite, a demo storefront, worker and API")
     dm.add_argument("--plan-only", action="store_true", help="prepare the demo database and print the plan, then exit")
@@ -374,7 +506,14 @@ def run_guarded(func: Command, args: argparse.Namespace, parser: argparse.Argume
     # Runtime errors are reported as one line (exit 1), not as an internal error.
     runtime_errors = (DatabaseUnavailable, StorefrontUnavailable, SecretKeyError, UndecryptableSecret)
     try:
-        return func(args)
+        code = func(args)
+        sys.stdout.flush()       # a reader that went away is met here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # `provisioner status | head`: the reader closed the pipe; end quietly, as a SIGPIPE would
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ConfigError, UsageError) as exc:
         if args.debug:
             raise

@@ -38,7 +38,7 @@ from cloudflare.types.dns.record_list_params import Name as NameFilter
 
 from provisioner.cloud import retry
 from provisioner.cloud.errors import PermanentError, ProviderError, TransientError
-from provisioner.cloud.ratelimit import RateLimiter
+from provisioner.cloud.ratelimit import Limiter, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 20.0
 PER_PAGE = 100
+# The DNS list documents per_page up to 5,000,000; 50,000 keeps one page's parse (pydantic models)
+# to seconds and tens of MB while a 100,000-record zone is still two calls.
+LARGE_PAGE = 50_000
 MAX_PAGES = 10_000
 UPSERT_ROUNDS = 3
 RECORD_EXISTS_CODES = frozenset({81057, 81058, 81053})
@@ -125,7 +128,7 @@ class CloudflareDNS:
     """A records in one zone.  Thread-safe; create one per process."""
 
     def __init__(self, api_token: str, zone_id: str, base_url: str = "https://api.cloudflare.com/client/v4",
-                 ttl: int = 120, rate_limiter: RateLimiter | None = None,
+                 ttl: int = 120, rate_limiter: Limiter | None = None,
                  retry_policy: retry.RetryPolicy = retry.DEFAULT_POLICY, timeout: float = DEFAULT_TIMEOUT,
                  *, sleep: Callable[[float], None] = time.sleep, per_page: int = PER_PAGE) -> None:
         if not api_token:
@@ -143,6 +146,11 @@ class CloudflareDNS:
 
     def __repr__(self) -> str:
         return f"CloudflareDNS(zone_id={self.zone_id!r}, base_url={self.base_url!r})"
+
+    @property
+    def rate_limiter(self) -> Limiter:
+        """The bucket every call of this adapter takes a token from."""
+        return self._limiter
 
     def zone_name(self) -> str:
         """The zone's domain; a cheap start-up check that the token may read the zone."""
@@ -182,6 +190,27 @@ class CloudflareDNS:
             except CloudflareNotFound:
                 log.info("A %s: record %s vanished while updating; reading back", name, keep and keep.id)
         raise CloudflareConflict(f"cloudflare: A record for {name} did not settle in {UPSERT_ROUNDS} rounds")
+
+    def point_a(self, name: str, ip: str, record_id: str | None = None) -> str:
+        """:meth:`upsert_a` in one write on the happy path; returns the record id.
+
+        With the id of the record we made before (a rebuild moving the name): PUT it. Without
+        (a new server's name, which only we create): POST. A reply that says the record is
+        not as we thought -- it already exists (our own earlier attempt whose reply was lost,
+        or another worker), or the known one vanished -- falls back to :meth:`upsert_a`,
+        which reads the name back and settles it (and removes duplicates)."""
+        name = _normalise(name)
+        try:
+            if record_id:
+                self._write("PUT", name, ip, record_id)
+                log.info("updated A %s -> %s (record %s)", name, ip, record_id)
+                return record_id
+            record = self._write("POST", name, ip)
+            log.info("created A %s -> %s (record %s)", name, ip, record.id)
+            return record.id
+        except (CloudflareRecordExists, CloudflareNotFound) as exc:
+            log.info("A %s: %s; reading back", name, exc)
+        return self.upsert_a(name, ip)
 
     def delete(self, record_id: str) -> bool:
         """True if this call deleted it; False if it was already gone (404 / 81044)."""

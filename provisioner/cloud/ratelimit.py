@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +150,21 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return f"RateLimiter(name={self.name!r}, rate={self.rate:g}/s, burst={self.burst:g})"
+
+
+class Limiter(Protocol):
+    """What the adapters need of a limiter."""
+
+    def acquire(self, timeout: float | None = None) -> float: ...
+
+
+class Shared:
+    """A job's own share of a provider's budget in front of the process's shared bucket:
+    every call takes a token from ``own`` (the job's ceiling) and then from ``shared`` (what
+    keeps the whole process under the provider's limit)."""
+
+    def __init__(self, own: Limiter, shared: Limiter) -> None:
+        self.own, self.shared = own, shared
+
+    def acquire(self, timeout: float | None = None) -> float:
+        return self.own.acquire(timeout) + self.shared.acquire(timeout)

@@ -299,7 +299,7 @@ class SSHSession:
                 log.debug("ssh %s: %r timed out", self.target, command)
                 raise SSHTimeout(
                     f"{self.target}: {scrub(command, self._redact)!r} did not finish within {timeout:g}s"
-                ) from None
+                ) from exc
             raise self._lost(exc, f"running {command!r}") from exc
         finally:
             chan.close()
@@ -353,10 +353,10 @@ class SSHSession:
         self._transport()
         try:
             yield
-        except FileNotFoundError:
-            raise SSHFileNotFound(remote_path, "no such file or directory") from None
-        except TimeoutError:
-            raise SSHTimeout(f"{self.target}: {doing} {remote_path} took over {self._transfer_timeout:g}s") from None
+        except FileNotFoundError as exc:
+            raise SSHFileNotFound(remote_path, "no such file or directory") from exc
+        except TimeoutError as exc:
+            raise SSHTimeout(f"{self.target}: {doing} {remote_path} took over {self._transfer_timeout:g}s") from exc
         except _NetErrors as exc:
             transport = self._client.get_transport() if self._client else None
             lost = transport is None or not transport.is_active() or transport.get_exception() is not None

@@ -43,7 +43,7 @@ from vultr import Vultr, VultrException
 
 from provisioner.cloud import retry
 from provisioner.cloud.errors import PermanentError, ProviderError, TransientError
-from provisioner.cloud.ratelimit import RateLimiter
+from provisioner.cloud.ratelimit import Limiter, RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 10.0
 CATALOG_TTL_SECONDS = 3600.0
 PER_PAGE = 100
+MAX_PER_PAGE = 500          # the API's largest page (REFERENCE §1.4)
 MAX_PAGES = 10_000
 
 
@@ -174,7 +175,7 @@ class VultrCloud:
     """Vultr v2 operations the provisioner needs.  Thread-safe; create one per process."""
 
     def __init__(self, api_key: str, base_url: str = "https://api.vultr.com/v2",
-                 rate_limiter: RateLimiter | None = None, retry_policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
+                 rate_limiter: Limiter | None = None, retry_policy: retry.RetryPolicy = retry.DEFAULT_POLICY,
                  timeout: float = DEFAULT_TIMEOUT, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic, catalog_ttl: float = CATALOG_TTL_SECONDS,
                  per_page: int = PER_PAGE) -> None:
@@ -191,6 +192,11 @@ class VultrCloud:
 
     def __repr__(self) -> str:
         return f"VultrCloud(base_url={self.base_url!r})"
+
+    @property
+    def rate_limiter(self) -> Limiter:
+        """The bucket every call of this adapter takes a token from."""
+        return self._limiter
 
     def create_instance(self, label: str, *, region: str, plan: str, user_data: str, tags: Iterable[str] = (),
                         os_id: int | None = None, snapshot_id: str | None = None,

@@ -31,16 +31,28 @@ settings, below)::
                                     context: month, cap_gb (or cap_bytes)
     server_destroyed      customer  destroy finished because the subscription ended
                                     key f"destroyed:{server.id}"
-                                    context: none (reason optional, kept in the payload)
+                                    context: none (reason optional, kept in the payload);
+                                             identity_until (optional: until when a renewal
+                                             gets the same .ovpn back)
     provisioning_delayed  customer  a create reaches lifecycle.error_after_attempts (status
-                                    Error, retries continue)
+                                    Error, retries continue), or stops for a human
                                     key f"delayed:{server.id}:{server.generation}"
-                                    context: none (step optional)
+                                    context: none (step optional); alerted (true only when
+                                             an operator alert was queued to a channel)
+    rebuild_delayed       customer  the same for a rebuild: the old server keeps serving
+                                    key f"rebuild_delayed:{server.id}:{server.generation}"
+                                    context: as provisioning_delayed
     needs_attention       operator  a row is marked needs_human (permanent error or
                                     max attempts)
-                                    key f"attention:{server.id}:{step}:{attempt bucket}"
+                                    key f"attention:{server.id}:…:v{version}" (each marking)
                                     context: error (required); step, action, attempt
                                              (optional; default: the server's)
+    destroy_held          operator  the planner holds a server's destroy for lack of
+                                    positive evidence (once per server and reason)
+                                    context: reason
+    destroys_held         operator  the circuit breaker, or an implausibly thin read, holds
+                                    destroys (once per episode; no server)
+                                    context: reason, servers (one line each)
 
 Filled in automatically (a context key of the same name wins): ``server_name`` (or "your
 VPN server" in the customer's language while no name is allocated), ``location``
@@ -105,9 +117,12 @@ KINDS: dict[str, Kind] = {
     "bandwidth_80": Kind(CUSTOMER, ("used_gb", "cap_gb", "month"), ("percent",)),
     "bandwidth_100": Kind(CUSTOMER, ("used_gb", "cap_gb", "month"), ("percent", "suspended"), variant="suspended"),
     "bandwidth_reset": Kind(CUSTOMER, ("month", "cap_gb")),
-    "server_destroyed": Kind(CUSTOMER, optional=("reason",)),
-    "provisioning_delayed": Kind(CUSTOMER, optional=("step",)),
+    "server_destroyed": Kind(CUSTOMER, optional=("reason", "identity_until"), variant="identity_until"),
+    "provisioning_delayed": Kind(CUSTOMER, optional=("step", "alerted"), variant="alerted"),
+    "rebuild_delayed": Kind(CUSTOMER, optional=("step", "alerted"), variant="alerted"),
     "needs_attention": Kind(OPERATOR, ("error",), ("step", "action", "attempt")),
+    "destroy_held": Kind(OPERATOR, ("reason",)),
+    "destroys_held": Kind(OPERATOR, ("reason", "servers")),
 }
 _BYTES_ALIASES = {"used_bytes": "used_gb", "cap_bytes": "cap_gb"}
 _AUTO = ("server_name", "location", "dashboard_url", "storefront_url", "product_name")

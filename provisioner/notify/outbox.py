@@ -119,9 +119,7 @@ def send_pending(sessions: sessionmaker[Session], notify: NotifySettings, now: d
             .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id).limit(limit)).all())
     if not due:
         return report
-    mailer = mailer or SmtpMailer(SmtpConfig(host=notify.smtp_host, port=notify.smtp_port,
-                                             security=notify.smtp_security, username=notify.smtp_username,
-                                             password=notify.smtp_password))
+    mailer = mailer or mailer_for(notify)
     own_http = http is None
     client = http or httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False)
     try:
@@ -148,6 +146,11 @@ def send_pending(sessions: sessionmaker[Session], notify: NotifySettings, now: d
         if own_http:
             client.close()
     return report
+
+
+def mailer_for(notify: NotifySettings) -> SmtpMailer:
+    return SmtpMailer(SmtpConfig(host=notify.smtp_host, port=notify.smtp_port, security=notify.smtp_security,
+                                 username=notify.smtp_username, password=notify.smtp_password))
 
 
 def recover_expired(sessions: sessionmaker[Session], now: dt.datetime, max_attempts: int) -> int:

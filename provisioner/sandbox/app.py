@@ -32,6 +32,7 @@ from provisioner.sandbox.config import SandboxConfig, config_from_settings
 from provisioner.sandbox.faults import FaultInjector
 from provisioner.sandbox.hostapi import HostRunner, NoopHostRunner
 from provisioner.sandbox.httpbase import SimServer
+from provisioner.sandbox.mailcatcher import MailCatcher
 from provisioner.sandbox.state import SimState
 from provisioner.sandbox.vultr_sim import VultrSimulator
 from provisioner.sandbox.vultr_views import snapshot_view
@@ -53,7 +54,10 @@ class Sandbox:
         self.hosts = host_runner or NoopHostRunner()
         self.vultr = VultrSimulator(self.config, self.state, self.faults, self.hosts, clock)
         self.cloudflare = CloudflareSimulator(self.config, self.state, self.faults, clock)
-        self.admin = AdminService(self.state, self.faults, self.describe, self.reset, self.hosts)
+        self.mail = MailCatcher(self.config.host, self.config.smtp_port) if self.config.smtp_port is not None \
+            else None
+        self.admin = AdminService(self.state, self.faults, self.describe, self.reset, self.hosts,
+                                  mail=self.mail.messages if self.mail is not None else list)
         self._servers: list[SimServer] = []
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -72,6 +76,8 @@ class Sandbox:
             raise OSError(f"sandbox cannot listen on {host}: {exc.strerror}; is another sandbox running?") from exc
         for server in self._servers:
             server.start()
+        if self.mail is not None:
+            self.mail.start()
         self.tick()
         self._ticker = threading.Thread(target=self._tick_loop, name="sandbox-ticker", daemon=True)
         self._ticker.start()
@@ -83,6 +89,8 @@ class Sandbox:
         if self._ticker is not None:
             self._ticker.join(timeout=5)
         self._close_servers()
+        if self.mail is not None:
+            self.mail.stop()
         self.vultr.forget_hosts()
         self.state.save()
 
@@ -171,7 +179,12 @@ def serve(config: SandboxConfig, host_runner: HostRunner | None = None,
         print(f"sandbox vultr      {sb.vultr_url}", flush=True)
         print(f"sandbox cloudflare {sb.cloudflare_url}", flush=True)
         print(f"sandbox admin      {sb.admin_url}", flush=True)
-        stop.wait()
+        if sb.mail is not None:
+            print(f"sandbox mail       smtp://{config.host}:{sb.mail.port} (`provisioner sandbox mail` lists it)",
+                  flush=True)
+        # Timed waits: the main thread must get back to the interpreter to run signal handlers.
+        while not stop.wait(0.5):
+            pass
     log.info("sandbox stopped")
 
 

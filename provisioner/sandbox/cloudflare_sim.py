@@ -130,7 +130,9 @@ class CloudflareSimulator(Service):
             records.sort(key=lambda r: (r[order], r["seq"]), reverse=req.arg("direction") == "desc")
         else:
             records.sort(key=lambda r: r["seq"])
-        return Response(200, _page([_view(r) for r in records], req), subject=_only_name(req))
+        body = _page(records, req)   # views for the page only
+        body["result"] = [_view(r) for r in body["result"]]
+        return Response(200, body, subject=_only_name(req))
 
     def create_record(self, req: Request) -> Response:
         self._check_zone(req)

@@ -36,6 +36,7 @@ class SandboxConfig:
     faults: dict[str, Any] | None = None  # a fault document, see faults.py
     call_log_limit: int = 10_000
     tick_seconds: float = 0.1
+    smtp_port: int | None = None  # the mail catcher's port (0 = any free one); None = no mail catcher
 
     def __post_init__(self) -> None:
         if not ipaddress.ip_address(self.host).is_loopback:
@@ -57,7 +58,7 @@ def config_from_settings(settings: Any, **overrides: Any) -> SandboxConfig:
         "vultr_port": sb.vultr_port, "cloudflare_port": sb.cloudflare_port, "admin_port": sb.admin_port,
         "state_file": sb.state_file or None, "boot_seconds": sb.boot_seconds, "ip_pool": sb.ip_pool,
         "vultr_api_keys": (vultr.api_key,), "cloudflare_tokens": (cf.api_token,),
-        "zone_id": cf.zone_id, "zone_name": cf.domain,
+        "zone_id": cf.zone_id, "zone_name": cf.domain, "smtp_port": sb.smtp_port or None,
     }
     values.update(overrides)
     return SandboxConfig(**values)

@@ -89,6 +89,30 @@ class FaultSpec:
         return dataclasses.asdict(self)
 
 
+# What each field of a fault spec does (the admin API's index page shows it).
+FIELD_HELP: dict[str, str] = {
+    "latency": "seconds added to every request (0..10)",
+    "error_status": "the status of an `error` fault (default 503)",
+    "error_first": "the next N requests answer error_status",
+    "error_rate": "probability per request of an error_status answer",
+    "rate_limit_first": "the next N requests answer 429",
+    "rate_limit_rate": "probability per request of a 429",
+    "retry_after": "the 429's Retry-After seconds (null: no header)",
+    "timeout_first": "the next N requests are held timeout_seconds, then closed unanswered",
+    "timeout_rate": "probability per request of a timeout",
+    "timeout_seconds": "how long a timeout holds the request (0..30)",
+    "lost_reply_first": "the next N requests are carried out, then the connection is dropped unanswered",
+    "lost_reply_rate": "probability per request of a lost reply",
+    "content_type": "overrides the Content-Type of real replies (e.g. \"application/json; charset=utf-8\")",
+}
+EXAMPLE_DOCUMENT: dict[str, Any] = {
+    "seed": 7, "replace": False,
+    "faults": {"POST /v2/instances": {"lost_reply_first": 1},
+               "*": {"latency": 0.01, "error_rate": 0.1, "error_status": 503, "rate_limit_rate": 0.1,
+                     "retry_after": 0.5, "timeout_rate": 0.1, "timeout_seconds": 1.0}},
+}
+
+
 @dataclass(frozen=True)
 class Decision:
     kind: Kind = "none"

@@ -141,16 +141,25 @@ class VultrSimulator(Service):
     def list_instances(self, req: Request) -> Response:
         now = self.clock()
         with self.state.lock:
-            views = [(i["seq"], self.view(i, now)) for i in self.state.instances.values()]
-        for name in ("label", "main_ip", "region"):
+            found = list(self.state.instances.values())
+        # label, region and tags read the same on the stored instance as in its view: filter and
+        # page first, and build views only for the page (a 100,000-instance account stays cheap).
+        for name in ("label", "region"):
             wanted = req.arg(name)
             if wanted is not None:
-                views = [(s, v) for s, v in views if v[name] == wanted]
+                found = [i for i in found if i[name] == wanted]
         tag = req.arg("tag")
         if tag is not None:
-            views = [(s, v) for s, v in views if tag in v["tags"]]
-        return Response(200, paginate(sorted(views, key=lambda sv: sv[0]), req, "instances"),
-                        subject=_only(req.arg("label"), "label"))
+            found = [i for i in found if tag in i["tags"]]
+        found.sort(key=lambda i: i["seq"])
+        main_ip = req.arg("main_ip")
+        if main_ip is not None:   # only the view knows the address (0.0.0.0 until assigned)
+            views = [(i["seq"], self.view(i, now)) for i in found]
+            body = paginate([(s, v) for s, v in views if v["main_ip"] == main_ip], req, "instances")
+        else:
+            body = paginate([(i["seq"], i) for i in found], req, "instances")
+            body["instances"] = [self.view(i, now) for i in body["instances"]]
+        return Response(200, body, subject=_only(req.arg("label"), "label"))
 
     def get_instance(self, req: Request) -> Response:
         with self.state.lock:

@@ -29,6 +29,8 @@ from provisioner.settings import schema
 from provisioner.settings.schema import SECTIONS, ConfigError, Field, Product, Settings
 
 ENV_PREFIX = "PROVISIONER_"
+# Variables of ours that are not settings: the config file's path, and test-only switches.
+NOT_SETTINGS = frozenset({"PROVISIONER_CONFIG", "PROVISIONER_CRASH_AT", "PROVISIONER_TEST_MYSQL_URL"})
 
 
 def load_settings(path: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Settings:
@@ -51,6 +53,7 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Settings
     unknown = sorted(set(raw) - set(SECTIONS) - {"products"})
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown section in {source}; known: {', '.join(sorted(SECTIONS))}, products")
+    raw = _apply_port_base(raw, env)
     sections: dict[str, Any] = {}
     for name, fields in SECTIONS.items():
         table = raw.get(name, {})
@@ -58,9 +61,31 @@ def _build(raw: dict[str, Any], env: Mapping[str, str], source: str) -> Settings
             raise ConfigError(f"{name}: must be a table ([{name}]) in {source}")
         sections[name] = _section(name, fields, table, env)
     products = _products(raw.get("products", {}), env)
+    _unknown_variables(env, products)
     settings = Settings(source=source, products=products, **sections)
     _cross_checks(settings)
     return settings
+
+
+def _unknown_variables(env: Mapping[str, str], products: Mapping[str, Product]) -> None:
+    """A misspelled PROVISIONER_* variable is an error, like a misspelled key in the file."""
+    known = set(NOT_SETTINGS)
+    for name, fields in SECTIONS.items():
+        for key, field in fields.items():
+            known.add(f"{ENV_PREFIX}{name}_{key}".upper())
+            if field.secret:
+                known.add(f"{ENV_PREFIX}{name}_{key}_FILE".upper())
+    for pid in products:
+        known |= {_product_env(pid, key) for key in Product.FIELDS}
+    unknown = sorted(v for v in env if v.startswith(ENV_PREFIX) and v not in known)
+    if unknown:
+        hint = _did_you_mean(unknown[0], known)
+        raise ConfigError(f"{unknown[0]}: unknown environment variable{hint}; unset it "
+                          "(config/provisioner.example.toml lists every setting)")
+
+
+def _product_env(pid: str, key: str) -> str:
+    return f"{ENV_PREFIX}PRODUCTS_{re.sub(r'[^A-Za-z0-9]', '_', pid)}_{key}".upper()
 
 
 def _section(name: str, fields: dict[str, Field], table: dict[str, Any], env: Mapping[str, str]) -> Any:
@@ -88,6 +113,43 @@ def _section(name: str, fields: dict[str, Field], table: dict[str, Any], env: Ma
     return fields_to_section(name, values)
 
 
+def sandbox_ports(base: int) -> dict[tuple[str, str], Any]:
+    """What ``sandbox.port_base`` sets: every port of the demo, and every URL that names one."""
+    api = f"http://127.0.0.1:{base + 3}"
+    return {("sandbox", "vultr_port"): base, ("sandbox", "cloudflare_port"): base + 1,
+            ("sandbox", "admin_port"): base + 2, ("api", "listen_port"): base + 3, ("ssh", "port"): base + 4,
+            ("sandbox", "smtp_port"): base + 5, ("notify", "smtp_port"): base + 5,
+            ("vultr", "base_url"): f"http://127.0.0.1:{base}/v2",
+            ("cloudflare", "base_url"): f"http://127.0.0.1:{base + 1}/client/v4",
+            ("api", "public_url"): api, ("api", "cors_origin"): api, ("storefront", "url"): f"{api}/#pricing"}
+
+
+def _apply_port_base(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """With ``sandbox.port_base`` set, the ports and URLs it derives become the values of the keys
+    the file and the environment leave unset (one setting moves the whole demo)."""
+    sandbox = raw.get("sandbox", {})
+    if not isinstance(sandbox, dict):
+        return raw  # reported by _section
+    name = f"{ENV_PREFIX}SANDBOX_PORT_BASE"
+    field = SECTIONS["sandbox"]["port_base"]
+    text = env.get(name)
+    base = field.check("sandbox.port_base", _from_env("sandbox.port_base", name, text, field) if text is not None
+                       else sandbox.get("port_base", 0), name)
+    if not base:
+        return raw
+    enabled_env = f"{ENV_PREFIX}SANDBOX_ENABLED"
+    enabled = sandbox.get("enabled") if enabled_env not in env else \
+        _from_env("sandbox.enabled", enabled_env, env[enabled_env], Field(bool))
+    if not enabled:
+        return raw  # not a sandbox config: like the rest of [sandbox], the setting does nothing
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for (section, key), value in sandbox_ports(base).items():
+        table = out.setdefault(section, {})
+        if isinstance(table, dict) and key not in table and f"{ENV_PREFIX}{section}_{key}".upper() not in env:
+            table[key] = value
+    return out
+
+
 def fields_to_section(name: str, values: dict[str, Any]) -> Any:
     cls = getattr(schema, name.capitalize() + "Settings")
     return cls(**values)
@@ -104,7 +166,7 @@ def _products(table: Any, env: Mapping[str, str]) -> dict[str, Product]:
             raise ConfigError(f"products.{pid}: must be a table")
         spec = dict(spec)
         for key in Product.FIELDS:
-            env_name = f"{ENV_PREFIX}PRODUCTS_{re.sub(r'[^A-Za-z0-9]', '_', pid)}_{key}".upper()
+            env_name = _product_env(pid, key)
             if env_name in env:
                 spec[key] = _from_env(f"products.{pid}.{key}", env_name, env[env_name], Product.FIELDS[key])
         products[pid] = Product.from_table(pid, spec, ConfigError)
@@ -169,6 +231,10 @@ def _cross_checks(s: Settings) -> None:
     for pid, product in s.products.items():
         if product.default_region not in product.regions:
             raise ConfigError(f"products.{pid}.default_region: {product.default_region!r} is not in its regions")
+    if not s.sandbox.enabled and not s.notify.operator_channel:
+        raise ConfigError("notify.operator_email (with notify.smtp_host) or notify.webhook_url: a production config "
+                          "needs an operator channel, or alerts (needs attention, held destroys) land nowhere; "
+                          "set one of them")
 
 
 def _did_you_mean(key: str, allowed: set[str]) -> str:

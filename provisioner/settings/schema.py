@@ -101,9 +101,11 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "command_timeout": Field(float, 900.0, minimum=1, maximum=7200),
     },
     "planner": {
-        "max_destroy_count": Field(int, 5, minimum=0),
+        "max_destroy_count": Field(int, 5, minimum=1),
         "max_destroy_fraction": Field(float, 0.1, minimum=0, maximum=1),
-        "destroy_grace_hours": Field(float, 0.0, minimum=0, maximum=24 * 60),
+        "breaker_window_hours": Field(float, 24.0, minimum=1, maximum=24 * 31),
+        "destroy_grace_hours": Field(float, 48.0, minimum=0, maximum=24 * 60),
+        "min_read_fraction": Field(float, 0.9, minimum=0, maximum=1),
         "server_name_prefix": Field(str, "g0", pattern=r"[a-z][a-z0-9\-]{0,15}"),
     },
     "lifecycle": {
@@ -119,6 +121,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "snapshot_deadline_minutes": Field(float, 60.0, minimum=0.01, maximum=480),
         "api_deadline_minutes": Field(float, 15.0, minimum=0.01, maximum=240),
         "retire_delay_seconds": Field(float, 120.0, minimum=0, maximum=86400),
+        "keep_identity_days": Field(float, 30.0, minimum=0, maximum=366),
     },
     "worker": {
         "tick_seconds": Field(float, 60.0, minimum=1, maximum=3600),
@@ -128,8 +131,9 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "sweep_minutes": Field(float, 30.0, minimum=1, maximum=1440),
         "sweep_delete_after_sightings": Field(int, 0, minimum=0, maximum=1000),
         "rebuild_spread_minutes": Field(float, 60.0, minimum=0, maximum=720),
-        "shutdown_grace_seconds": Field(float, 30.0, minimum=0, maximum=3600),
+        "shutdown_grace_seconds": Field(float, 3.0, minimum=0, maximum=3600),
         "lock_file": Field(str, "var/provisioner.lock", allow_empty=False),
+        "database_outage_seconds": Field(float, 300.0, minimum=5, maximum=86400),
     },
     "api": {
         "listen_host": Field(str, "127.0.0.1", allow_empty=False),
@@ -164,9 +168,14 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "webhook_url": Field(str, "", pattern=r"https?://\S+"),
         "webhook_secret": Field(str, "", secret=True),
         "max_attempts": Field(int, 20, minimum=1, maximum=1000),
+        "max_delay_minutes": Field(float, 30.0, minimum=1, maximum=10080),
+    },
+    "privacy": {
+        "ip_history_days": Field(int, 180, minimum=1, maximum=3650),
     },
     "sandbox": {
         "enabled": Field(bool, False),
+        "port_base": Field(int, 0, minimum=0, maximum=65500),
         "state_file": Field(str, "var/sandbox-state.json"),
         "host_root": Field(str, "var/sandbox-hosts"),
         "vultr_port": Field(int, 18080, minimum=0, maximum=65535),
@@ -175,6 +184,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "boot_seconds": Field(float, 5.0, minimum=0, maximum=3600),
         "install_seconds": Field(float, 2.0, minimum=0, maximum=3600),
         "ip_pool": Field(str, "127.77.0.0/16", pattern=r"127\.\d+\.\d+\.\d+/\d+"),
+        "smtp_port": Field(int, 18025, minimum=0, maximum=65535),
     },
 }
 
@@ -235,7 +245,9 @@ class SshSettings:
 class PlannerSettings:
     max_destroy_count: int
     max_destroy_fraction: float
+    breaker_window_hours: float
     destroy_grace_hours: float
+    min_read_fraction: float
     server_name_prefix: str
 
 
@@ -253,6 +265,7 @@ class LifecycleSettings:
     snapshot_deadline_minutes: float
     api_deadline_minutes: float
     retire_delay_seconds: float
+    keep_identity_days: float
 
 
 @dataclass(frozen=True)
@@ -266,6 +279,7 @@ class WorkerSettings:
     rebuild_spread_minutes: float
     shutdown_grace_seconds: float
     lock_file: str
+    database_outage_seconds: float
 
 
 @dataclass(frozen=True)
@@ -306,11 +320,23 @@ class NotifySettings:
     webhook_url: str
     webhook_secret: str = field(repr=False)
     max_attempts: int
+    max_delay_minutes: float
+
+    @property
+    def operator_channel(self) -> bool:
+        """Whether an operator alert can land: e-mail with an SMTP server, or the webhook."""
+        return bool(self.operator_email and self.smtp_host) or bool(self.webhook_url)
+
+
+@dataclass(frozen=True)
+class PrivacySettings:
+    ip_history_days: int
 
 
 @dataclass(frozen=True)
 class SandboxSettings:
     enabled: bool
+    port_base: int
     state_file: str
     host_root: str
     vultr_port: int
@@ -319,6 +345,7 @@ class SandboxSettings:
     boot_seconds: float
     install_seconds: float
     ip_pool: str
+    smtp_port: int
 
 
 @dataclass(frozen=True)
@@ -380,6 +407,7 @@ class Settings:
     api: ApiSettings
     stripe: StripeSettings
     notify: NotifySettings
+    privacy: PrivacySettings
     sandbox: SandboxSettings
     products: dict[str, Product]
 

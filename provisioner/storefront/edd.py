@@ -15,22 +15,29 @@ Entitlement follows EDD's own ``EDD_Subscription::is_active()``, except that we 
 after its expiration; see REFERENCE §3.2):
 
 =========================================  ===============================================
-status                                     entitled until
+status                                     entitled until; ended (evidence for a destroy)
 =========================================  ===============================================
-``active``, ``trialling``, ``cancelled``   ``expiration``
+``active``, ``trialling``, ``cancelled``   ``expiration``; ended from then on
 ``failing``                                ``expiration + failing_grace`` (our choice: EDD
                                            itself cuts access at once; we give the gateway
-                                           time to retry the card)
-``pending``, ``expired``, ``completed``    never (``entitled_until=None``)
-anything else                              never, and one WARNING per status word
+                                           time to retry the card); ended from then on
+``expired``, ``completed``                 never; ended (the word says so)
+``pending``                                never; not ended either (an unfinished checkout)
+anything else                              never; no evidence either way (held, one
+                                           WARNING per status word)
 =========================================  ===============================================
+
+Status words are compared case-insensitively (a plugin update that writes ``Active`` still
+means ``active``). A NULL, zero (``0000-00-00 …``) or unreadable ``expiration`` entitles
+nothing and is no evidence either: the row is returned with ``problem`` set, so its server
+is held while every other row is planned as usual.
 
 ``product_id`` is ``"<download id>"``, or ``"<download id>:<price id>"`` when the row has a
 non-zero ``price_id`` (a variable-price option of the same download, which may be a
 different plan), so settings can map ``"123"`` and ``"123:2"`` to different products.
 
 Errors: anything that stops us reading the whole truth (connection refused, missing table,
-permission denied, a malformed row, an unknown time zone) raises
+permission denied, a row whose ids are not numbers, an unknown time zone) raises
 :class:`StorefrontUnavailable` with a one-line message that never contains the password.
 A partial list is never returned.
 """
@@ -56,7 +63,8 @@ DEFAULT_FAILING_GRACE = dt.timedelta(days=3)
 
 ENTITLED_UNTIL_EXPIRATION = frozenset({"active", "trialling", "cancelled"})
 FAILING = "failing"
-NEVER_ENTITLED = frozenset({"pending", "expired", "completed"})
+ENDING = frozenset({"expired", "completed"})
+NEVER_ENTITLED = ENDING | {"pending"}
 KNOWN_STATUSES = ENTITLED_UNTIL_EXPIRATION | NEVER_ENTITLED | {FAILING}
 RENEWING = frozenset({"active", "trialling"})   # EDD bills these again at expiration
 
@@ -135,10 +143,11 @@ def parse_site_datetime(value: Any) -> dt.datetime | None:
     """A DATETIME cell as a naive site-local datetime; None for "no date". ValueError if junk.
 
     NULL, '' and MySQL's zero date '0000-00-00 00:00:00' (what non-strict MySQL stores for an
-    invalid or empty date) all mean "no date". The caller treats that as "does not entitle":
-    PHP's strtotime() puts the zero date in year -1, so EDD itself calls such a row expired,
-    and Recurring's column is NOT NULL, so NULL or '' were not written by EDD. We never grant
-    an open-ended server on a date we cannot read.
+    invalid or empty date) all mean "no date". The caller treats that as "does not entitle"
+    and as no evidence that it ended either: PHP's strtotime() puts the zero date in year -1,
+    so EDD itself would call such a row expired, but a zero date is what a broken import or a
+    non-strict MySQL leaves behind, not what EDD writes (Recurring's column is NOT NULL). We
+    never grant an open-ended server on a date we cannot read, and never destroy on one.
     """
     if value is None:
         return None
@@ -156,6 +165,11 @@ def parse_site_datetime(value: Any) -> dt.datetime | None:
     return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
 
 
+def normal_status(word: str) -> str:
+    """A status word as EDD's own code compares it: ``Active`` and ``active `` mean ``active``."""
+    return word.strip().lower()
+
+
 def entitled_until(status: str, expiration: dt.datetime | None,
                    failing_grace: dt.timedelta) -> dt.datetime | None:
     """EDD's entitlement rule for one row (``expiration`` aware UTC, or None = no date).
@@ -170,6 +184,50 @@ def entitled_until(status: str, expiration: dt.datetime | None,
     if status == FAILING:
         return expiration + failing_grace
     return None
+
+
+def subscription_from_row(row: Mapping[str, Any] | RowMapping, zone: dt.tzinfo,
+                          failing_grace: dt.timedelta) -> Subscription:
+    """One row of the reader's SELECT (``sub_id``, ``product_id``, ``price_id``, ``status``,
+    ``expiration``, ``profile_id``, ``customer_id``, ``user_id``, ``customer_email``,
+    ``user_email``) as a :class:`Subscription`, by the rules in the module docstring.
+    ValueError for ids that are not numbers (a row we cannot even name)."""
+    sub_id = _integer(row["sub_id"], "id")
+    product_id = _integer(row["product_id"], "product_id")
+    price_id = 0 if row["price_id"] is None else _integer(row["price_id"], "price_id")
+    user_id = 0 if row["user_id"] is None else _integer(row["user_id"], "customer user_id")
+    raw_status = _text(row["status"]) if row["status"] is not None else ""
+    status = normal_status(raw_status)
+    problem: str | None = None
+    expiration: dt.datetime | None = None
+    try:
+        local = parse_site_datetime(row["expiration"])
+        if local is None:
+            problem = f"expiration is missing or zero ({_short(row['expiration'])})"
+        else:
+            expiration = site_local_to_utc(local, zone)
+    except (ValueError, OverflowError) as exc:
+        problem = f"expiration {exc}"
+    if status not in KNOWN_STATUSES:
+        problem = f"unknown status {raw_status!r}"
+    # A customer whose WordPress user was deleted keeps its user_id (reported as stored) but
+    # has no user_email from the LEFT JOIN, so it falls back to the customer's own email.
+    email = _text(row["user_email"]) if user_id != 0 and row["user_email"] else _text(row["customer_email"])
+    return Subscription(
+        id=str(sub_id),
+        customer_id=str(_integer(row["customer_id"], "customer id")),
+        product_id=f"{product_id}:{price_id}" if price_id != 0 else str(product_id),
+        email=email,
+        status=raw_status,
+        entitled_until=None if problem else entitled_until(status, expiration, failing_grace),
+        profile_id=_text(row["profile_id"]),
+        user_id=user_id,
+        paid_through=expiration,
+        ends_by_status=status in ENDING,
+        problem=problem,
+        account_id=str(user_id) if user_id > 0 else None,
+        renews=status in RENEWING,
+    )
 
 
 class EddStorefront:
@@ -253,35 +311,13 @@ class EddStorefront:
         return subscriptions
 
     def _subscription(self, row: RowMapping, zone: dt.tzinfo) -> Subscription:
-        sub_id = _integer(row["sub_id"], "id")
-        product_id = _integer(row["product_id"], "product_id")
-        price_id = 0 if row["price_id"] is None else _integer(row["price_id"], "price_id")
-        user_id = 0 if row["user_id"] is None else _integer(row["user_id"], "customer user_id")
-        status = _text(row["status"]) if row["status"] is not None else ""
-        try:
-            local = parse_site_datetime(row["expiration"])
-        except ValueError as exc:
-            raise ValueError(f"expiration {exc}") from None
-        expiration = None if local is None else site_local_to_utc(local, zone)
-        if status not in KNOWN_STATUSES and status not in self._warned_statuses:
-            self._warned_statuses.add(status)
+        sub = subscription_from_row(row, zone, self._failing_grace)
+        raw_status = sub.status
+        if normal_status(raw_status) not in KNOWN_STATUSES and raw_status not in self._warned_statuses:
+            self._warned_statuses.add(raw_status)
             log.warning("EDD subscription %s has unknown status %r; treating it (and any other row with "
-                        "that status) as not entitled", sub_id, status)
-        # A customer whose WordPress user was deleted keeps its user_id (reported as stored) but
-        # has no user_email from the LEFT JOIN, so it falls back to the customer's own email.
-        email = _text(row["user_email"]) if user_id != 0 and row["user_email"] else _text(row["customer_email"])
-        return Subscription(
-            id=str(sub_id),
-            customer_id=str(_integer(row["customer_id"], "customer id")),
-            product_id=f"{product_id}:{price_id}" if price_id != 0 else str(product_id),
-            email=email,
-            status=status,
-            entitled_until=entitled_until(status, expiration, self._failing_grace),
-            profile_id=_text(row["profile_id"]),
-            user_id=user_id,
-            paid_through=expiration,
-            renews=status in RENEWING,
-        )
+                        "that status) as neither entitled nor ended: its server is held", sub.id, raw_status)
+        return sub
 
     def _where(self) -> str:
         return self._engine.url.render_as_string(hide_password=True)

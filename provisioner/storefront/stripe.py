@@ -14,9 +14,14 @@ status                                                  entitled until
                                                         + ``CLOCK_SKEW``
 ``past_due``                                            ``current_period_end`` +
                                                         ``stripe.past_due_grace_days``
-``canceled``, ``unpaid``, ``incomplete``,               never (``None``)
-``incomplete_expired``, ``paused``, anything else
+``canceled``, ``unpaid``, ``incomplete_expired``,       never (``None``); these *end* the
+``paused``                                              subscription (evidence for a destroy)
+``incomplete``                                          never; not ended either
+anything else                                           never; no evidence either way (held)
 =====================================================  =====================================
+
+Status words are compared case-insensitively. The paid-through date a destroy waits for is
+``current_period_end``; a row without one is held, never destroyed.
 
 ``cancel_at_period_end`` needs no rule of its own: Stripe keeps such a subscription
 ``active`` until the period ends, then sends ``customer.subscription.deleted`` (status
@@ -84,6 +89,12 @@ PAST_DUE = "past_due"
 TERMINAL = frozenset({"canceled", "incomplete_expired"})
 ENDED_AT_STRIPE = frozenset({"canceled", "incomplete_expired", "unpaid", "paused"})
 LIVE_AT_STRIPE = frozenset({"active", "trialing", "past_due", "incomplete"})
+NEVER_ENTITLED = ENDED_AT_STRIPE | {"incomplete"}
+KNOWN = ENDED_AT_STRIPE | LIVE_AT_STRIPE
+
+
+def normal_status(word: str) -> str:
+    return word.strip().lower()
 
 
 class StripeApiError(Exception):
@@ -141,19 +152,20 @@ class StripeStorefront:
                 f"stripe storefront: cannot read provisioner_stripe_subscriptions ({type(exc).__name__})") from None
 
     def entitled_until(self, row: StripeSubscription) -> dt.datetime | None:
+        status = normal_status(row.status)
         if row.current_period_end is None:
             return None
-        if row.status in UNTIL_PERIOD_END:
+        if status in UNTIL_PERIOD_END:
             end = row.current_period_end
-            if row.status == "trialing" and row.trial_end is not None:
+            if status == "trialing" and row.trial_end is not None:
                 end = max(end, row.trial_end)
             return end + CLOCK_SKEW
-        if row.status == PAST_DUE:
+        if status == PAST_DUE:
             return row.current_period_end + self._grace
         return None
 
     def _is_stale(self, row: StripeSubscription, now: dt.datetime) -> bool:
-        if row.status not in UNTIL_PERIOD_END and row.status != PAST_DUE:
+        if normal_status(row.status) not in UNTIL_PERIOD_END | {PAST_DUE}:
             return False
         until = self.entitled_until(row)   # None (no period end): held back by _subscription instead
         return until is not None and until <= now and row.updated_at < until
@@ -189,11 +201,17 @@ class StripeStorefront:
     def _subscription(self, row: StripeSubscription, now: dt.datetime) -> Subscription | None:
         if not row.status:
             return None           # only an invoice was seen so far
-        if (row.status in UNTIL_PERIOD_END or row.status == PAST_DUE) and row.current_period_end is None:
+        status = normal_status(row.status)
+        problem = None
+        if status not in KNOWN:
+            problem = f"unknown status {row.status!r}"
+            self._warn_once(row.id, "status", "stripe subscription %s has unknown status %r; neither entitled nor "
+                            "ended: its server is held", row.id, row.status)
+        elif row.current_period_end is None and status not in NEVER_ENTITLED:
+            problem = "no current_period_end"
             self._warn_once(row.id, "period", "stripe subscription %s is %s but has no period end; held back",
                             row.id, row.status)
-            return None
-        until = self.entitled_until(row)
+        until = None if problem else self.entitled_until(row)
         if until is not None and now < until and not row.email:
             self._warn_once(row.id, "email", "stripe subscription %s entitles but has no email yet; held back "
                             "until an invoice or customer email arrives", row.id)
@@ -203,6 +221,8 @@ class StripeStorefront:
             paid = max(paid, row.trial_end)
         return Subscription(id=row.id, customer_id=row.customer_id, product_id=row.price_id, email=row.email,
                             status=row.status, entitled_until=until, profile_id=row.id, paid_through=paid,
+                            ends_by_status=status in ENDED_AT_STRIPE, problem=problem,
+                            account_id=row.customer_id or None,
                             renews=row.status in UNTIL_PERIOD_END and not row.cancel_at_period_end)
 
     def _warn_once(self, sub_id: str, what: str, msg: str, *args: Any) -> None:

@@ -100,6 +100,8 @@ def test_every_adapter_method_sends_and_gets_what_the_document_describes(
         dns.upsert_a(f"g000{n}.{ZONE}", f"127.77.0.{n + 10}")
     assert [r.content for r in dns.list_by_name(f"g0001.{ZONE}")] == ["127.77.0.3"]
     assert len(dns.list_records(ZONE)) == 3 and len(dns.list_records()) == 3
+    moved = dns.point_a(f"g0004.{ZONE}", "127.77.0.20")             # a new name: one POST
+    assert dns.point_a(f"g0004.{ZONE}", "127.77.0.21", moved) == moved  # the known record: one PUT
     assert dns.delete(record_id) is True
 
     # Then every method was covered, and every exchange keeps the published contract

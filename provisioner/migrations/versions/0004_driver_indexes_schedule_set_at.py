@@ -19,8 +19,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('provisioner_servers') as batch:
-        batch.add_column(sa.Column('schedule_set_at', sa.DateTime(), nullable=True))
+    op.add_column('provisioner_servers', sa.Column('schedule_set_at', sa.DateTime(), nullable=True))
     op.create_index('ix_provisioner_servers_due', 'provisioner_servers',
                     ['action', 'next_attempt_at', 'lease_until', 'needs_human', 'paused'])
     op.create_index('ix_provisioner_servers_rebuild_now', 'provisioner_servers',
@@ -40,5 +39,9 @@ def downgrade() -> None:
     op.drop_index('ix_provisioner_servers_schedule', table_name='provisioner_servers')
     op.drop_index('ix_provisioner_servers_rebuild_now', table_name='provisioner_servers')
     op.drop_index('ix_provisioner_servers_due', table_name='provisioner_servers')
-    with op.batch_alter_table('provisioner_servers') as batch:
-        batch.drop_column('schedule_set_at')
+    if op.get_bind().dialect.name == 'sqlite':
+        # Not batch mode: it copies the table and drops the original, which the audit trail's
+        # foreign key forbids. SQLite drops a plain column in place since 3.35.
+        op.execute('ALTER TABLE provisioner_servers DROP COLUMN schedule_set_at')
+    else:
+        op.drop_column('provisioner_servers', 'schedule_set_at')

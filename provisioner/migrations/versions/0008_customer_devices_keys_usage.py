@@ -2,7 +2,7 @@
 daily usage, the plan's standing, and the paged history's index
 
 Revision ID: 0008
-Revises: 0004
+Revises: 0007
 Create Date: 2026-12-02 10:00:00
 
 Every server that has a PKI today gets its single client certificate as device "1"
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0004'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,93 @@
+"""What a new server costs at the providers, counted in the sandbox's call log: on the happy
+path one create and one boot poll at Vultr and one record write at Cloudflare; a look-up by
+label only when the create step is re-entered after a POST that may have happened."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from provisioner.models import Server
+from provisioner.steps import BootTimes
+from tests.fixtures.stack import Stack
+
+SANDBOX_BOOT = 0.3
+
+
+def _calls(stack: Stack, since: int) -> Counter[str]:
+    return Counter(c["endpoint"] for c in stack.sandbox.calls()[since:])
+
+
+NO_SNAPSHOTS = {"lifecycle": {"snapshots": False}}   # the default; the sandbox configuration turns them on
+
+
+@pytest.mark.parametrize("stack", [NO_SNAPSHOTS], indirect=True)
+def test_it_builds_a_new_server_with_two_vultr_calls_and_one_cloudflare_call(stack: Stack) -> None:
+    # Given a worker that has seen boots finish within a second, and its OS catalogue loaded
+    lc = stack.lifecycle()
+    lc.ctx.boots.observe(SANDBOX_BOOT + 0.5)
+    stack.create_server(1, "ann@example.com", lc=lc)
+    before = len(stack.sandbox.calls())
+
+    # When two more servers are built
+    for sub in (2, 3):
+        stack.create_server(sub, f"user{sub}@example.com", lc=lc)
+
+    # Then each cost a create and a single boot poll at Vultr and one POST at Cloudflare
+    assert _calls(stack, before) == {"POST /v2/instances": 2, "GET /v2/instances/{id}": 2,
+                                     "POST /client/v4/zones/{zone_id}/dns_records": 2}
+    with stack.app.sessions() as s:
+        assert {r.status for r in s.query(Server)} == {"Running"}
+
+
+@pytest.mark.parametrize("stack", [NO_SNAPSHOTS], indirect=True)
+def test_it_looks_up_the_label_only_after_a_create_whose_reply_was_lost(stack: Stack) -> None:
+    # Given Vultr creates the instance but the reply never arrives
+    stack.sandbox.set_faults({"faults": {"POST /v2/instances": {"lost_reply_first": 1}}})
+
+    # When the server is built (the step fails, is retried, and looks before posting again)
+    rid = stack.create_server()
+
+    # Then the instance that was made is adopted: one POST, one look-up by label, one instance
+    calls = _calls(stack, 0)
+    assert calls["POST /v2/instances"] == 1 and calls["GET /v2/instances"] == 1
+    assert len([i for i in stack.state()["instances"] if "provisioner" in i["tags"]]) == 1
+    with stack.app.sessions() as s:
+        row = s.get(Server, rid)
+        assert row is not None and row.status == "Running" and row.create_sent_generation == row.generation
+
+
+def test_it_destroys_by_the_stored_ids_without_listing_the_fleet(stack: Stack) -> None:
+    # Given a running server among others
+    rid = stack.create_server(1)
+    stack.create_server(2, "bob@example.com")
+    before = len(stack.sandbox.calls())
+
+    # When it is destroyed
+    stack.act(rid, "destroy")
+
+    # Then its instance was checked and deleted by id; nothing listed every instance
+    calls = _calls(stack, before)
+    assert calls["GET /v2/instances"] == 0
+    assert calls["GET /v2/instances/{id}"] == 1 and calls["DELETE /v2/instances/{id}"] == 1
+    assert len([i for i in stack.state()["instances"] if "provisioner" in i["tags"]]) == 1
+
+
+@pytest.mark.parametrize("boots", [[5.0, 3.0, 4.0]])
+def test_boot_times_wait_for_the_fastest_recent_boot(boots: list[float]) -> None:
+    now = [0.0]
+    times = BootTimes(window=3, monotonic=lambda: now[0])
+    assert times.started("a", fallback=1.0) == 1.0          # nothing learnt: the fallback
+    now[0] = 1.0
+    times.not_yet("a")                                       # the first poll was too early
+    now[0] = 3.5
+    times.ready("a")                                         # seen ready 3.5 s after the reply
+    assert times.expected(fallback=1.0) == 3.5
+    assert times.started("b", fallback=1.0) == 3.5
+    now[0] = 3.5 + 3.5
+    times.ready("b")                                         # ready at its first poll: 3.5 recorded
+    assert times.expected(fallback=1.0) == 3.5               # no creep upwards
+    for seconds in boots:
+        times.observe(seconds)
+    assert times.expected(fallback=1.0) == min(boots)        # only the last `window` count
