@@ -48,10 +48,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from jobs import records, registry
 from jobs.driver import Driver
 from jobs.leader import LeaderLock, leader_lock
+from jobs.metrics import WorkerMetrics
 from jobs.server_check import server_check
 from provisioner import db, operations, planning, sdnotify, wiring
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import WorkerStatus
+from provisioner.settings import ConfigError
 from provisioner.wiring import App
 
 log = logging.getLogger("provisioner.worker")
@@ -70,6 +72,10 @@ class Worker:
         w = app.settings.worker
         self.driver = Driver(self.lc, threads=w.threads, on_loop=self._on_driver_loop,
                              can_work=self.database_up, on_database_error=self._database_failed)
+        self.metrics = WorkerMetrics(app.sessions, busy=lambda: self.driver.busy)
+        self.lc.on_step = self.metrics.step
+        app.calls.listeners.append(self.metrics.call)
+        self._metrics_server: Any = None
         self.scheduler = BackgroundScheduler(
             timezone=w.timezone,
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600})
@@ -90,12 +96,17 @@ class Worker:
             return
         if not self._planning.acquire(blocking=False):
             return
+        started = time.monotonic()
         try:
             self._last_plan_started = self.app.clock()
             report = server_check(self.app, self.lc, still_leader=self.lock.held)
+            outcome = "lost_leadership" if report.lost_leadership else \
+                "storefront_error" if report.storefront_error else "ok"
+            self.metrics.tick(outcome, time.monotonic() - started)
             if report.lost_leadership:
                 self._lost_leadership()
         except SQLAlchemyError as exc:
+            self.metrics.tick("error", time.monotonic() - started)
             self._database_failed(exc)
             return
         finally:
@@ -122,10 +133,13 @@ class Worker:
             if not self.leader or self.stop.is_set() or not self.database_up():
                 return
             try:
-                registry.run_and_record(self.app, name, func)
+                result = registry.run_and_record(self.app, name, func)
+                self.metrics.job(name, "ok" if registry.succeeded(result) else "incomplete")
             except SQLAlchemyError as exc:
+                self.metrics.job(name, "error")
                 self._database_failed(exc)
             except Exception:  # noqa: BLE001 - recorded as failed (status shows it); the clock goes on
+                self.metrics.job(name, "error")
                 log.exception("job %s failed", name)
         run.__name__ = run.__qualname__ = name
         return run
@@ -139,6 +153,7 @@ class Worker:
                 self._lost_leadership()
         elif self.database_up() and self.lock.acquire():
             self.leader = True
+            self.metrics.leader.set(1)
             log.info("this worker is now the leader (clock and planner)")
             if self.scheduler.running:
                 self._schedule_interval_jobs()
@@ -189,6 +204,7 @@ class Worker:
     def _lost_leadership(self) -> None:
         log.error("leader lock lost: stopping all side effects and exiting")
         self.leader = False
+        self.metrics.leader.set(0)
         self.exit_code = 1
         self.lc.stopping.set()
         self.stop.set()
@@ -219,6 +235,13 @@ class Worker:
 
     def start(self) -> None:
         db.upgrade_if_needed(self.app.engine)
+        w = self.app.settings.worker
+        if w.metrics_port:
+            try:
+                self._metrics_server = self.metrics.serve(w.metrics_listen, w.metrics_port)
+            except OSError as exc:
+                raise ConfigError(f"worker.metrics_port: cannot listen on {w.metrics_listen}:{w.metrics_port}: "
+                                  f"{exc.strerror or exc}") from None
         self.check_leadership()
         w = self.app.settings.worker
         s = self.scheduler
@@ -255,6 +278,8 @@ class Worker:
         if not self.driver.stop(grace):
             log.warning("shutdown: steps still running after %ss; they resume on restart", grace)
         self.lock.release()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
         log.info("worker stopped")
 
 

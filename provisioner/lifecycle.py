@@ -28,6 +28,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -69,6 +70,9 @@ class Lifecycle:
     clock: Callable[[], dt.datetime] = utcnow
     # Set on shutdown (or lost leadership): running rows stop at their next step boundary.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # (action, step, outcome, seconds) after every step run: "ok", "wait", "retry", "needs_human",
+    # "error" (a bug); the worker's metrics listen here.
+    on_step: Callable[[str, str, str, float], None] | None = None
 
     # --- starting actions (see provisioner.actions) ----------------------------------------------
 
@@ -141,6 +145,7 @@ class Lifecycle:
                 self.event(session, row, f"{action}.{step}", "started")
             row.lease_until = now + dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
             session.commit()
+            started = time.perf_counter()
             try:
                 with lease.heartbeat(self.ctx.sessions, row.id, self.owner,
                                      self.ctx.settings.lifecycle.lease_seconds, self.clock):
@@ -148,19 +153,20 @@ class Lifecycle:
             except Wait as w:
                 if row.step_deadline and now >= row.step_deadline:
                     self._fail(session, row, f"{w.reason} did not finish in time", permanent=False)
-                    return Outcome.FAILED
+                    return self._stepped(row, action, step, started, Outcome.FAILED)
                 row.next_attempt_at = now + dt.timedelta(seconds=w.seconds)
                 session.commit()
+                self._observe(action, step, "wait", started)
                 return Outcome.WAITING
             except StaleDataError:
                 raise
             except PermanentStepError as exc:
                 self._fail(session, row, str(exc), permanent=True)
-                return Outcome.FAILED
+                return self._stepped(row, action, step, started, Outcome.FAILED)
             except ProviderError as exc:  # transient ones retried with backoff; 4xx, a host-key mismatch…: a human
                 where = f"SSH to {row.new_ip or row.server_ip}: " if isinstance(exc, SSHError) else ""
                 self._fail(session, row, where + _human(exc), permanent=not exc.transient, retry_after=exc.retry_after)
-                return Outcome.FAILED
+                return self._stepped(row, action, step, started, Outcome.FAILED)
             except Exception as exc:  # noqa: BLE001 - a bug or an unmapped library error
                 # Recorded and backed off like a transient error: unrecorded, the row would be due
                 # again at once and retried hot forever, never reaching "needs a human".
@@ -169,10 +175,20 @@ class Lifecycle:
                 session.rollback()  # the step's ids are already committed; drop half-made changes
                 self._fail(session, row, f"unexpected {type(exc).__name__} in step {step} (see the worker's log)",
                            permanent=False)
+                self._observe(action, step, "error", started)
                 return Outcome.FAILED
             maybe_crash(f"{action}.{step}")
             self._advance_to(session, row, action, step, result)
+            self._observe(action, step, "ok", started)
         return Outcome.WAITING
+
+    def _stepped(self, row: Server, action: str, step: str, started: float, outcome: Outcome) -> Outcome:
+        self._observe(action, step, "needs_human" if row.needs_human else "retry", started)
+        return outcome
+
+    def _observe(self, action: str, step: str, outcome: str, started: float) -> None:
+        if self.on_step is not None:
+            self.on_step(action, step, outcome, time.perf_counter() - started)
 
     def _advance_to(self, session: Session, row: Server, action: str, step: str, result: Next) -> None:
         now = self.clock()

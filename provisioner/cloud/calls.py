@@ -22,8 +22,13 @@ from provisioner.cloud.errors import ProviderError
 T = TypeVar("T")
 
 
+# (provider, outcome, seconds): "ok"; "failed" (worth retrying); "refused" (a permanent error)
+CallListener = Callable[[str, str, float], None]
+
+
 class CallStats:
     def __init__(self, clock: Callable[[], float] = time.time, keep_minutes: int = 15) -> None:
+        self.listeners: list[CallListener] = []     # e.g. the worker's Prometheus counters
         self._clock = clock
         self._keep = keep_minutes
         self._lock = threading.Lock()
@@ -54,17 +59,25 @@ class CallStats:
         return _Observed(adapter, provider, self)  # type: ignore[return-value]
 
     def observe_call(self, provider: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        """``fn`` with every call counted."""
+        """``fn`` with every call counted (and timed, for the listeners)."""
         def call(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
             try:
                 result = fn(*args, **kwargs)
             except ProviderError as exc:
                 self.record(provider, not exc.transient)
+                self._tell(provider, "failed" if exc.transient else "refused", started)
                 raise
             self.record(provider, True)
+            self._tell(provider, "ok", started)
             return result
 
         return call
+
+    def _tell(self, provider: str, outcome: str, started: float) -> None:
+        seconds = time.perf_counter() - started
+        for listener in self.listeners:
+            listener(provider, outcome, seconds)
 
 
 class _Observed:

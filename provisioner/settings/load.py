@@ -119,6 +119,7 @@ def sandbox_ports(base: int) -> dict[tuple[str, str], Any]:
     return {("sandbox", "vultr_port"): base, ("sandbox", "cloudflare_port"): base + 1,
             ("sandbox", "admin_port"): base + 2, ("api", "listen_port"): base + 3, ("ssh", "port"): base + 4,
             ("sandbox", "smtp_port"): base + 5, ("notify", "smtp_port"): base + 5,
+            ("worker", "metrics_port"): base + 6,
             ("vultr", "base_url"): f"http://127.0.0.1:{base}/v2",
             ("cloudflare", "base_url"): f"http://127.0.0.1:{base + 1}/client/v4",
             ("api", "public_url"): api, ("api", "cors_origin"): api, ("storefront", "url"): f"{api}/#pricing"}

@@ -134,6 +134,8 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "shutdown_grace_seconds": Field(float, 3.0, minimum=0, maximum=3600),
         "lock_file": Field(str, "var/provisioner.lock", allow_empty=False),
         "database_outage_seconds": Field(float, 300.0, minimum=5, maximum=86400),
+        "metrics_listen": Field(str, "127.0.0.1", allow_empty=False),
+        "metrics_port": Field(int, 0, minimum=0, maximum=65535),
     },
     "api": {
         "listen_host": Field(str, "127.0.0.1", allow_empty=False),
@@ -280,6 +282,8 @@ class WorkerSettings:
     shutdown_grace_seconds: float
     lock_file: str
     database_outage_seconds: float
+    metrics_listen: str
+    metrics_port: int
 
 
 @dataclass(frozen=True)
