@@ -280,6 +280,8 @@ class Worker:
         self.lock.release()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
+            self._metrics_server.server_close()  # shutdown() alone leaves the port bound
+            self._metrics_server = None
         log.info("worker stopped")
 
 

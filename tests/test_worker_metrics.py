@@ -84,3 +84,21 @@ def test_a_metrics_port_in_use_stops_the_worker_with_one_line(stack: Stack) -> N
         assert worker.wait(30) == 2
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert lines[-1].startswith("provisioner: error: worker.metrics_port: cannot listen on 127.0.0.1:"), lines
+
+
+def test_a_worker_stopped_and_started_again_in_one_process_gets_its_metrics_port_back(stack: Stack) -> None:
+    # The systemd restart case in one process: a stopped worker must let go of the port it served on
+    from jobs.worker import Worker
+    from provisioner import wiring
+    from provisioner.settings import load_settings
+
+    port = free_port()
+    _config(stack, port)
+    app = wiring.App(load_settings(stack.config_path, env={}))
+    for _ in range(2):
+        worker = Worker(app, wiring.lifecycle(app, owner="test"))
+        worker.start()
+        try:
+            assert "provisioner_worker_leader" in scrape(port)
+        finally:
+            worker.shutdown()
