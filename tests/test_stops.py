@@ -92,9 +92,12 @@ def _lines_until(proc: subprocess.Popen[bytes], needle: bytes, timeout: float) -
     return False
 
 
-def test_the_demo_stops_on_ctrl_c_within_5s_twenty_times(demo_config: Path) -> None:
+def test_the_demo_stops_on_ctrl_c_within_5s_eight_times(demo_config: Path) -> None:
+    # Eight tries (two while starting, six at different moments once running): the hang this
+    # guards against struck 3 tries in 11, so eight miss it with a chance of about 8 %; twenty
+    # cost ~170 s of a suite that must stay under 15 minutes.
     worst = 0.0
-    for attempt in range(20):
+    for attempt in range(8):
         proc = subprocess.Popen([sys.executable, "-m", "provisioner", "--config", str(demo_config), "demo"],
                                 cwd=demo_config.parent, env=_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
