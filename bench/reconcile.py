@@ -44,7 +44,7 @@ import tracemalloc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,6 +93,7 @@ class Row:
     ours_counts: str = ""
     per_row_counts: str = ""
     error: str = ""
+    trees: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -234,10 +235,64 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]
 
 # --- ours: App.plan_once() ---------------------------------------------------------------------
 
-def make_app(tmp: Path, url: str) -> App:
+def make_app(tmp: Path, url: str) -> tuple[App, Path]:
     tmp.mkdir(parents=True, exist_ok=True)
-    _, settings = write_settings(tmp, database={"url": url}, storefront={"edd_url": url, "site_timezone": ""})
-    return App(settings)
+    path, settings = write_settings(tmp, database={"url": url}, storefront={"edd_url": url, "site_timezone": ""})
+    return App(settings), path
+
+
+# --- before and after, in processes of their own -------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+MODES = {"pass": "App.plan_once()", "worker": "plan_once(on_read=keep_standing)"}
+
+
+def tree_pass(tree: Path, settings: Path, mode: str) -> dict[str, Any]:
+    """One process of bench/_plan_pass.py on ``tree``: a warm-up pass and one timed pass."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(HERE / "_plan_pass.py"), "--tree", str(tree), "--settings", str(settings)]
+    if mode == "worker":
+        cmd.append("--worker")
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603 - our script
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree} {mode}: {done.stderr.strip().splitlines()[-1:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load"] = load_before
+    return result
+
+
+def compare_trees(row: Row, settings: Path, args: argparse.Namespace) -> None:
+    """``--rounds`` rounds; in each, every mode on the baseline tree and on this one, interleaved."""
+    trees = [("ours", HERE.parent)] + ([("baseline", Path(args.baseline))] if args.baseline else [])
+    for index in range(args.rounds):
+        for mode in args.mode_list:
+            for label, tree in (trees if index % 2 else trees[::-1]):
+                result = tree_pass(tree, settings, mode)
+                row.trees.setdefault((label, mode), []).append(result)
+                log(f"{row.backend} n={row.n} round {index + 1} {mode} {label}: {result['wall'][0]:.3f}s wall, "
+                    f"{result['cpu'][0]:.3f}s CPU, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"load {result['load']:.1f}; {result['decided']}")
+
+
+def print_trees(results: list[Row], args: argparse.Namespace) -> None:
+    table = []
+    for r in results:
+        for (label, mode), runs in r.trees.items():
+            table.append([r.backend, r.n, MODES[mode], label, fmt_s(median([x["wall"][0] for x in runs])),
+                          fmt_s(median([x["cpu"][0] for x in runs])),
+                          f"{median([x['peak_rss_mb'] for x in runs]):.0f}",
+                          f"{median([x['rss_before_mb'] for x in runs]):.0f}",
+                          "/".join(f"{x['load']:.1f}" for x in runs), runs[-1]["decided"]])
+    if not table:
+        return
+    print()
+    print(f"One planning pass in a process of its own per tree (bench/_plan_pass.py: warm-up pass, then the timed "
+          f"one); medians of {args.rounds} interleaved rounds; baseline = {args.baseline or '(none)'}")
+    print_table(["backend", "N", "what", "tree", "wall (s)", "CPU (s)", "peak RSS MB", "RSS before MB",
+                 "load per round", "decided"], table)
 
 
 def ours_pass(app: App) -> str:
@@ -346,7 +401,9 @@ def run_one(backend: str, url: str, n: int, tmp: Path, args: argparse.Namespace)
         log(f"{backend} n={n}: loading {n} subscriptions ({'lean' if args.lean_rows else 'full'} server rows)")
         row.load_s, counts = timed(lambda: load(engine, n, now, args.lean_rows))
         log(f"{backend} n={n}: loaded in {row.load_s:.1f}s: {counts}")
-        app = make_app(tmp / f"{backend}-{n}", url)
+        app, settings_path = make_app(tmp / f"{backend}-{n}", url)
+        if args.rounds:
+            compare_trees(row, settings_path, args)
         # warm-up pass under tracemalloc: connection set-up, statement caches; its peak is the memory figure
         gc.collect()
         tracemalloc.start()
@@ -367,6 +424,8 @@ def run_one(backend: str, url: str, n: int, tmp: Path, args: argparse.Namespace)
             profile_pass(app, backend, n)
         from zoneinfo import ZoneInfo
 
+        if args.no_per_row:
+            return row
         now_local = utc_to_site_local(now, ZoneInfo(SITE_ZONE))
         row.per_row_s, row.per_row_note, row.per_row_counts = measure_per_row(
             engine, n, now_local, args.per_row_budget, args.repeat)
@@ -415,10 +474,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the per-row version may take per cell before it is sampled (default 120)")
     parser.add_argument("--lean-rows", action="store_true", help="server rows without secrets/.ovpn blobs")
     parser.add_argument("--profile", action="store_true", help="cProfile one pass at the largest size")
+    parser.add_argument("--baseline", default="",
+                        help="another source tree (e.g. `git archive main | tar -x -C DIR`) to time next to this one")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of one-pass processes per tree and mode (0: none; default 3)")
+    parser.add_argument("--modes", default="pass,worker",
+                        help="pass (App.plan_once()) and/or worker (with the worker's keep_standing); default both")
+    parser.add_argument("--no-per-row", action="store_true", help="skip the seed's per-row loop")
     args = parser.parse_args(argv)
     args.size_list = parse_sizes(QUICK_SIZES if args.quick else args.sizes)
     args.repeat = max(1, min(MAX_REPEAT, args.repeat))
     args.per_row_budget = max(1.0, min(3600.0, args.per_row_budget))
+    args.rounds = max(0, min(MAX_REPEAT, args.rounds))
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(args.mode_list) - set(MODES):
+        raise SystemExit(f"--modes takes {', '.join(MODES)}")
     results: list[Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prov-bench-reconcile-") as tmp_name:
@@ -458,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
                       "/".join(f"{x:.1f}" for x in r.loadavg), r.per_row_note])
     print_table(["backend", "N", "ours (s)", "ours CPU (s)", "ours peak MB", "per-row (s)", "ratio", "load avg",
                  "per-row measured"], table)
+    print_trees(results, args)
     print()
     print_table(["backend", "N", "load (s)", "ours decided", "per-row decided"],
                 [[r.backend, r.n, fmt_s(r.load_s), r.ours_counts, r.per_row_counts] for r in results if not r.error])

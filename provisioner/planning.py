@@ -9,19 +9,22 @@ about a new subscription.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import gc
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import cast
 
-from sqlalchemy import select
+from sqlalchemy import DateTime, null, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.models import DestroyHold, Server, WorkerStatus
-from provisioner.reconcile import BREAKER, Plan, Policy, ServerState, plan
+from provisioner.reconcile import BREAKER, Plan, Policy, ServerRow, ServerState, plan_rows, server_state
 from provisioner.settings.schema import Settings
 from provisioner.storefront import Storefront
-from provisioner.subscriptions import StorefrontUnavailable, Subscription
+from provisioner.subscriptions import StorefrontUnavailable, Subscription, SubscriptionRows
 
 log = logging.getLogger(__name__)
 
@@ -36,36 +39,75 @@ def policy(settings: Settings) -> Policy:
                   breaker_window=dt.timedelta(hours=p.breaker_window_hours), min_read_fraction=p.min_read_fraction)
 
 
-def server_states(sessions: sessionmaker[Session]) -> list[ServerState]:
-    # Only the planner's columns: full rows would drag every server's sealed PKI and .ovpn along.
-    cols = (Server.id, Server.server_name, Server.subscription_id, Server.status, Server.action,
-            Server.step_deadline, Server.rebuild_now_status, Server.paused, Server.needs_human,
-            Server.rebuild_due_at, Server.ended_seen_at, Server.planned_destroy_at, Server.user_email,
-            Server.account_id, DestroyHold.approved_at, Server.operator_hold_at)
-    approved = (DestroyHold.server_id == Server.id) & (DestroyHold.reason_code == BREAKER)
-    q = select(*cols).outerjoin(DestroyHold, approved)
+# The planner's columns of our servers table, in the order of a ServerRow, and nothing else:
+# full rows would drag every server's sealed PKI and .ovpn along. Times are read as the naive
+# UTC the database holds (no per-row conversion); the planner compares them with "now" once.
+_servers = Server.__table__.c
+_holds = DestroyHold.__table__.c
+PLANNER_COLUMNS = (
+    _servers.id, _servers.server_name, _servers.subscription_id, _servers.status, _servers.action,
+    type_coerce(_servers.step_deadline, DateTime()), _servers.rebuild_now_status, _servers.paused,
+    _servers.needs_human, type_coerce(_servers.rebuild_due_at, DateTime()),
+    type_coerce(_servers.ended_seen_at, DateTime()), type_coerce(_servers.planned_destroy_at, DateTime()),
+    _holds.approved_at.is_not(None), _servers.user_email, _servers.account_id,
+    _servers.operator_hold_at.is_not(None), null(),
+)
+
+
+def server_rows(sessions: sessionmaker[Session]) -> list[ServerRow]:
+    """Every server row as the planner's tuple (:data:`provisioner.reconcile.ServerRow`), one
+    Core SELECT of :data:`PLANNER_COLUMNS`: no ORM entity, no sealed column."""
+    approved = (_holds.server_id == _servers.id) & (_holds.reason_code == BREAKER)
+    q = select(*PLANNER_COLUMNS).select_from(Server.__table__.outerjoin(DestroyHold.__table__, approved))
     with sessions() as s:
-        return [ServerState(id=r[0], name=r[1], subscription_id=r[2], status=r[3], action=r[4],
-                            step_deadline=r[5], rebuild_now=bool(r[6]), paused=bool(r[7]),
-                            needs_human=bool(r[8]), rebuild_due_at=r[9], ended_seen_at=r[10],
-                            planned_destroy_at=r[11], email=r[12], account_id=r[13],
-                            destroy_approved=r[14] is not None, operator_hold=r[15] is not None)
-                for r in s.execute(q)]
+        return cast(list[ServerRow], s.connection().execute(q).fetchall())
+
+
+def server_states(sessions: sessionmaker[Session]) -> list[ServerState]:
+    """Every server as the planner sees it, as objects (for callers outside the pass)."""
+    return [server_state(r) for r in server_rows(sessions)]
+
+
+def read_rows(storefront: Storefront, now: dt.datetime) -> SubscriptionRows:
+    """The storefront's subscriptions as rows: its own row reader when it has one (EDD), else
+    its objects, each as a row. Raises StorefrontUnavailable."""
+    reader = getattr(storefront, "read_rows", None)
+    if reader is not None:
+        rows = reader(now)
+        assert isinstance(rows, SubscriptionRows)
+        return rows
+    return SubscriptionRows.of(storefront.read(now))
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """No cyclic garbage collection while the pass reads its rows. Its hundreds of thousands of
+    new tuples would start one full collection after another (measured: 1.2 s of a 1.5 s read
+    at 100k subscriptions); they make no cycles, and plain reference counting frees them. The
+    collector runs again as before afterwards."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def plan_pass(sessions: sessionmaker[Session], storefront: Storefront, settings: Settings,
-              now: dt.datetime, on_read: Callable[[list[Subscription]], None] | None = None
+              now: dt.datetime, on_read: Callable[[SubscriptionRows], None] | None = None
               ) -> tuple[Plan, str | None]:
     """One planning pass. Returns the plan and, if the storefront failed, why. ``on_read`` gets
     the subscriptions of a successful read (the worker keeps their standing for the dashboard)."""
-    servers = server_states(sessions)
-    try:
-        subs = storefront.read(now)
-    except StorefrontUnavailable as exc:
-        return plan(None, servers, now, policy(settings)), str(exc)
-    if on_read is not None:
-        on_read(subs)
-    result = plan(subs, servers, now, policy(settings))
+    with collector_paused():
+        servers = server_rows(sessions)
+        try:
+            subs = read_rows(storefront, now)
+        except StorefrontUnavailable as exc:
+            return plan_rows(None, servers, now, policy(settings)), str(exc)
+        if on_read is not None:
+            on_read(subs)
+        result = plan_rows(subs, servers, now, policy(settings))
     if result.unconfigured:
         log.debug("ignoring %d subscription(s) of products not in [products]: %s", len(result.unconfigured),
                   ", ".join(result.unconfigured[:20]))

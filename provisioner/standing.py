@@ -13,12 +13,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import DateTime, Table, bindparam, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 
 from provisioner.models import SubscriptionStanding
-from provisioner.subscriptions import Subscription
+from provisioner.subscriptions import ID, PAID, RENEWS, STATUS, UNTIL, Subscription, SubscriptionRows
 
 # Storefront status words that mean "a payment failed; the gateway is retrying" (EDD, Stripe).
 PAYMENT_FAILED = frozenset({"failing", "past_due", "unpaid"})
@@ -44,24 +45,43 @@ def of(row: SubscriptionStanding | None, now: dt.datetime) -> Standing:
     return Standing("ends", until, row.status)
 
 
-def _values(sub: Subscription) -> tuple[str, bool, dt.datetime | None, dt.datetime | None]:
-    return (sub.status[:32], bool(sub.renews), sub.paid_through, sub.entitled_until)
+_standing = SubscriptionStanding.__table__.c
+_NAIVE = DateTime()
 
 
-def record(session: Session, subscriptions: Iterable[Subscription], now: dt.datetime) -> int:
-    """Keep the standing of every subscription read; returns how many rows changed (caller commits)."""
-    known = {r.subscription_id: r for r in session.scalars(select(SubscriptionStanding))}
-    changed = 0
-    for sub in subscriptions:
-        values = _values(sub)
-        row = known.get(sub.id)
-        if row is not None and (row.status, row.renews, row.paid_through, row.entitled_until) == values:
+def record(session: Session, subscriptions: Iterable[Subscription] | SubscriptionRows, now: dt.datetime) -> int:
+    """Keep the standing of every subscription read; returns how many rows changed (caller commits).
+
+    One Core SELECT of the stored values as plain tuples (times as the naive UTC the database
+    holds), compared with each subscription's row; only what changed is written."""
+    rows = subscriptions if isinstance(subscriptions, SubscriptionRows) else SubscriptionRows.of(subscriptions)
+    q = select(_standing.subscription_id, _standing.status, _standing.renews,
+               type_coerce(_standing.paid_through, _NAIVE), type_coerce(_standing.entitled_until, _NAIVE))
+    known = {r[0]: (r[1], bool(r[2]), r[3], r[4]) for r in session.connection().execute(q)}
+    inserts: list[dict[str, Any]] = []
+    updates: list[dict[str, Any]] = []
+    for row in rows.rows:
+        values = (row[STATUS][:32], bool(row[RENEWS]), row[PAID], row[UNTIL])
+        stored = known.get(row[ID], _MISSING)
+        if stored == values:
             continue
-        if row is None:
-            row = SubscriptionStanding(subscription_id=sub.id)
-            session.add(row)
-            known[sub.id] = row
-        row.status, row.renews, row.paid_through, row.entitled_until = values
-        row.seen_at = now
-        changed += 1
-    return changed
+        known[row[ID]] = values
+        change = {"status": values[0], "renews": values[1], "paid_through": _aware(values[2]),
+                  "entitled_until": _aware(values[3]), "seen_at": now}
+        if stored is _MISSING:
+            inserts.append({"subscription_id": row[ID], **change})
+        else:
+            updates.append({"key": row[ID], **change})
+    table = cast(Table, SubscriptionStanding.__table__)
+    if inserts:
+        session.execute(insert(table), inserts)
+    if updates:
+        session.execute(update(table).where(table.c.subscription_id == bindparam("key")), updates)
+    return len(inserts) + len(updates)
+
+
+_MISSING: Any = object()
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else value.replace(tzinfo=dt.UTC)
