@@ -108,14 +108,14 @@ def row_of(sub: Subscription) -> SubscriptionRow:
 class SubscriptionRows:
     """Every subscription of one read, as tuples; :meth:`subscription` makes the object of one.
 
-    ``make`` turns a row's SOURCE into its :class:`Subscription` (by default SOURCE is one).
+    ``make`` turns a row into its :class:`Subscription` when its SOURCE is not one already.
     The predicates below are :meth:`Subscription.entitled` and :meth:`Subscription.ended` on
     the tuple, with ``now`` as naive UTC."""
 
     __slots__ = ("rows", "_make")
 
     def __init__(self, rows: list[SubscriptionRow],
-                 make: Callable[[object], Subscription] | None = None) -> None:
+                 make: Callable[[SubscriptionRow], Subscription] | None = None) -> None:
         self.rows = rows
         self._make = make
 
@@ -128,10 +128,10 @@ class SubscriptionRows:
 
     def subscription(self, row: SubscriptionRow) -> Subscription:
         source = row[SOURCE]
-        if self._make is None or isinstance(source, Subscription):
-            assert isinstance(source, Subscription)
+        if isinstance(source, Subscription):
             return source
-        return self._make(source)
+        assert self._make is not None, "a row without its Subscription needs a maker"
+        return self._make(row)
 
     def subscriptions(self) -> list[Subscription]:
         """Every subscription as an object (slow at scale: for callers that need them all)."""

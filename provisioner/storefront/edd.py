@@ -48,13 +48,29 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine, RowMapping, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisioner.subscriptions import StorefrontUnavailable, Subscription, SubscriptionRow, SubscriptionRows, row_of
+from provisioner.subscriptions import (
+    ACCOUNT,
+    EMAIL,
+    ENDS,
+    ID,
+    PAID,
+    PRODUCT,
+    RENEWS,
+    SOURCE,
+    STATUS,
+    UNTIL,
+    StorefrontUnavailable,
+    Subscription,
+    SubscriptionRow,
+    SubscriptionRows,
+    row_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -262,22 +278,22 @@ class EddStorefront:
         (the same object :meth:`read` would have made). Same errors, same warnings."""
         if now.tzinfo is None:
             raise ValueError("now must be an aware datetime (UTC)")
+        rows: list[SubscriptionRow] = []
         try:
             with self._engine.connect() as conn:
-                zone = self._zone or read_site_timezone(conn, self._prefix)
-                raw = conn.exec_driver_sql(self._select(conn, "")).fetchall()
+                try:
+                    zone = self._zone or read_site_timezone(conn, self._prefix)
+                except ValueError as exc:
+                    raise self._unavailable(f"cannot read EDD storefront {self._where()}: site time zone: {exc}"
+                                            ) from None
+                reader = _RowReader(zone, self._failing_grace, self._slow_row)
+                # in parts: the driver's rows of one part at a time next to the tuples made of them
+                for part in conn.exec_driver_sql(self._select(conn, "")).partitions(_PART):
+                    rows.extend(reader.rows(part))
         except SQLAlchemyError as exc:
             raise self._unavailable(f"cannot read EDD storefront {self._where()}: {_reason(exc)}") from None
-        except ValueError as exc:  # the site's time zone options
-            raise self._unavailable(f"cannot read EDD storefront {self._where()}: site time zone: {exc}") from None
-        rows = _RowReader(zone, self._failing_grace).rows(raw, self._slow_row)
         log.debug("read %d EDD subscriptions from %s", len(rows), self._where())
-        return SubscriptionRows(rows, self._from_source)
-
-    def _from_source(self, source: object) -> Subscription:
-        zone, raw = cast(tuple[dt.tzinfo, Sequence[Any]], source)
-        mapping: Any = dict(zip(_COLUMNS, raw, strict=True))
-        return self._subscription(mapping, zone)
+        return SubscriptionRows(rows, _subscription_of_row)
 
     def _slow_row(self, raw: Sequence[Any], zone: dt.tzinfo) -> SubscriptionRow:
         """A row the fast reader does not take (odd types, unknown status, zero or unreadable
@@ -366,6 +382,7 @@ class EddStorefront:
 _COLUMNS = ("sub_id", "product_id", "price_id", "status", "expiration", "profile_id", "customer_id", "user_id",
             "customer_email", "user_email")    # the order of EddStorefront._select
 _ZERO_DATE = "0000-00-00"
+_PART = 5000
 _HOUR = dt.timedelta(hours=1)
 
 
@@ -381,12 +398,16 @@ class _RowReader:
     known status word, a readable non-zero date), go through :func:`subscription_from_row`
     itself (``slow``)."""
 
-    def __init__(self, zone: dt.tzinfo, failing_grace: dt.timedelta) -> None:
+    def __init__(self, zone: dt.tzinfo, failing_grace: dt.timedelta,
+                 slow: Callable[[Sequence[Any], dt.tzinfo], SubscriptionRow]) -> None:
         self.zone = zone
         self.failing_grace = failing_grace
+        self.slow = slow
         self._offsets: dict[object, dt.timedelta | None] = {}
-        # raw status word -> (entitlement: 0 until expiration, 1 failing, 2 never; ends; renews)
-        self._statuses: dict[str, tuple[int, bool, bool] | None] = {}
+        # raw status word -> (entitlement: 0 until expiration, 1 failing, 2 never; ends; renews; the word:
+        # one string object for every row that has it)
+        self._statuses: dict[str, tuple[int, bool, bool, str] | None] = {}
+        self._products: dict[tuple[int, int | None], str] = {}
 
     def _offset(self, key: object, hour: dt.datetime) -> dt.timedelta | None:
         offsets = {probe.replace(tzinfo=self.zone, fold=fold).utcoffset()
@@ -395,36 +416,41 @@ class _RowReader:
         self._offsets[key] = offset
         return offset
 
-    def _status(self, raw: str) -> tuple[int, bool, bool] | None:
+    def _status(self, raw: str) -> tuple[int, bool, bool, str] | None:
         word = normal_status(raw)
-        info: tuple[int, bool, bool] | None
+        info: tuple[int, bool, bool, str] | None
         if word in ENTITLED_UNTIL_EXPIRATION:
-            info = (0, False, word in RENEWING)
+            info = (0, False, word in RENEWING, raw)
         elif word == FAILING:
-            info = (1, False, False)
+            info = (1, False, False, raw)
         elif word in NEVER_ENTITLED:
-            info = (2, word in ENDING, False)
+            info = (2, word in ENDING, False, raw)
         else:
             info = None     # unknown: the slow path sets the problem and warns once
         self._statuses[raw] = info
         return info
 
-    def rows(self, raw_rows: Sequence[Sequence[Any]],
-             slow: Callable[[Sequence[Any], dt.tzinfo], SubscriptionRow]) -> list[SubscriptionRow]:
-        zone, grace = self.zone, self.failing_grace
-        offsets, statuses = self._offsets, self._statuses
+    def _product(self, key: tuple[int, int | None]) -> str:
+        product_id, price_id = key
+        text = self._products[key] = f"{product_id}:{price_id}" if price_id else str(product_id)
+        return text
+
+    def rows(self, raw_rows: Sequence[Sequence[Any]]) -> list[SubscriptionRow]:
+        zone, grace, slow = self.zone, self.failing_grace, self.slow
+        offsets, statuses, products = self._offsets, self._statuses, self._products
         fromisoformat, datetime = dt.datetime.fromisoformat, dt.datetime
         out: list[SubscriptionRow] = []
         append = out.append
         for raw in raw_rows:
-            sub_id, product_id, price_id, status, expiration, _, customer_id, user_id, customer_email, \
+            sub_id, product_id, price_id, status, expiration, profile_id, customer_id, user_id, customer_email, \
                 user_email = raw
             local: dt.datetime | None = None
             info = statuses[status] if status in statuses else (
                 self._status(status) if type(status) is str else None)
             if (info is not None and type(sub_id) is int and type(product_id) is int and type(customer_id) is int
                     and (price_id is None or type(price_id) is int) and (user_id is None or type(user_id) is int)
-                    and type(customer_email) is str and (user_email is None or type(user_email) is str)):
+                    and type(customer_email) is str and (user_email is None or type(user_email) is str)
+                    and type(profile_id) is str):
                 try:
                     if type(expiration) is str and not expiration.startswith(_ZERO_DATE):
                         local = fromisoformat(expiration)
@@ -447,14 +473,27 @@ class _RowReader:
             if paid is None:
                 append(slow(raw, zone))
                 continue
-            mode, ends, renews = info     # type: ignore[misc]
+            mode, ends, renews, word = info     # type: ignore[misc]
             user = 0 if user_id is None else user_id
+            key = (product_id, price_id)
             append((str(sub_id), True, paid if mode == 0 else paid + grace if mode == 1 else None, paid, ends,
                     user_email if user != 0 and user_email else customer_email,
                     str(user) if user > 0 else None,
-                    f"{product_id}:{price_id}" if price_id else str(product_id),
-                    status, renews, (zone, raw)))
+                    products[key] if key in products else self._product(key),
+                    word, renews, (customer_id, profile_id, user)))
         return out
+
+
+def _subscription_of_row(row: SubscriptionRow) -> Subscription:
+    """The :class:`Subscription` of a row :class:`_RowReader` made itself (a plain row: no problem),
+    field for field what :func:`subscription_from_row` makes of the same database row."""
+    customer_id, profile_id, user_id = row[SOURCE]
+    until, paid = row[UNTIL], row[PAID]
+    return Subscription(
+        id=row[ID], customer_id=str(customer_id), product_id=row[PRODUCT], email=row[EMAIL], status=row[STATUS],
+        entitled_until=None if until is None else until.replace(tzinfo=UTC), profile_id=profile_id,
+        user_id=user_id, paid_through=paid.replace(tzinfo=UTC), ends_by_status=row[ENDS], problem=None,
+        account_id=row[ACCOUNT], renews=row[RENEWS])
 
 def _reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)
