@@ -52,26 +52,20 @@ _NAIVE = DateTime()
 def record(session: Session, subscriptions: Iterable[Subscription] | SubscriptionRows, now: dt.datetime) -> int:
     """Keep the standing of every subscription read; returns how many rows changed (caller commits).
 
-    One Core SELECT of the stored values as plain tuples (times as the naive UTC the database
-    holds), compared with each subscription's row; only what changed is written."""
+    The stored values are read with one Core SELECT, in parts, as plain tuples (times as the
+    naive UTC the database holds) and compared with each subscription's row; only what changed
+    is written. A subscription id read twice (no storefront does that) keeps its last values."""
     rows = subscriptions if isinstance(subscriptions, SubscriptionRows) else SubscriptionRows.of(subscriptions)
+    wanted = {row[ID]: (row[STATUS][:32], bool(row[RENEWS]), row[PAID], row[UNTIL]) for row in rows.rows}
     q = select(_standing.subscription_id, _standing.status, _standing.renews,
                type_coerce(_standing.paid_through, _NAIVE), type_coerce(_standing.entitled_until, _NAIVE))
-    known = {r[0]: (r[1], bool(r[2]), r[3], r[4]) for r in session.connection().execute(q)}
-    inserts: list[dict[str, Any]] = []
     updates: list[dict[str, Any]] = []
-    for row in rows.rows:
-        values = (row[STATUS][:32], bool(row[RENEWS]), row[PAID], row[UNTIL])
-        stored = known.get(row[ID], _MISSING)
-        if stored == values:
-            continue
-        known[row[ID]] = values
-        change = {"status": values[0], "renews": values[1], "paid_through": _aware(values[2]),
-                  "entitled_until": _aware(values[3]), "seen_at": now}
-        if stored is _MISSING:
-            inserts.append({"subscription_id": row[ID], **change})
-        else:
-            updates.append({"key": row[ID], **change})
+    for part in session.connection().execute(q).partitions(_PART):
+        for key, status, renews, paid, until in part:
+            values = wanted.pop(key, None)
+            if values is not None and values != (status, bool(renews), paid, until):
+                updates.append({"key": key, **_change(values, now)})
+    inserts = [{"subscription_id": key, **_change(values, now)} for key, values in wanted.items()]
     table = cast(Table, SubscriptionStanding.__table__)
     if inserts:
         session.execute(insert(table), inserts)
@@ -80,7 +74,15 @@ def record(session: Session, subscriptions: Iterable[Subscription] | Subscriptio
     return len(inserts) + len(updates)
 
 
-_MISSING: Any = object()
+_PART = 5000
+
+
+def _change(values: tuple[str, bool, dt.datetime | None, dt.datetime | None], now: dt.datetime) -> dict[str, Any]:
+    status, renews, paid, until = values
+    return {"status": status, "renews": renews, "paid_through": _aware(paid), "entitled_until": _aware(until),
+            "seen_at": now}
+
+
 
 
 def _aware(value: dt.datetime | None) -> dt.datetime | None:
