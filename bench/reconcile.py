@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ours = median(r.ours)
         table.append([r.backend, r.n, fmt_s(ours), fmt_s(median(r.ours_cpu)), f"{r.peak_mb:.1f}", fmt_s(r.per_row_s),
-                      f"{r.per_row_s / ours:.1f}x" if ours > 0 else "-",
+                      f"{r.per_row_s / ours:.1f}x" if ours > 0 and r.per_row_s == r.per_row_s else "-",
                       "/".join(f"{x:.1f}" for x in r.loadavg), r.per_row_note])
     print_table(["backend", "N", "ours (s)", "ours CPU (s)", "ours peak MB", "per-row (s)", "ratio", "load avg",
                  "per-row measured"], table)

@@ -235,17 +235,17 @@ def plan_rows(subscriptions: SubscriptionRows | None, servers: Iterable[ServerRo
     now_utc = now.astimezone(dt.UTC).replace(tzinfo=None)
     window_start = now_utc - policy.breaker_window
     destroyed = Status.DESTROYED.value
-    by_sub: dict[str, ServerRow] = {}
-    used = 0
-    for s in servers:
-        planned = s[S_PLANNED_DESTROY]
-        if planned is not None and planned > window_start:
-            used += 1
+    servers = servers if isinstance(servers, Sequence) else list(servers)
+    used = sum(1 for s in servers if s[S_PLANNED_DESTROY] is not None and s[S_PLANNED_DESTROY] > window_start)
+    by_sub: dict[str, ServerRow] = {s[S_SUB]: s for s in servers}
+    if len(by_sub) != len(servers):
         # Several rows for one subscription cannot come from us (unique column), but a
         # hand-edited table could: keep the live one and never plan a build next to it.
-        first = by_sub.get(s[S_SUB])
-        if first is None or (s[S_STATUS] != destroyed and first[S_STATUS] == destroyed):
-            by_sub[s[S_SUB]] = s
+        by_sub = {}
+        for s in servers:
+            first = by_sub.get(s[S_SUB])
+            if first is None or (s[S_STATUS] != destroyed and first[S_STATUS] == destroyed):
+                by_sub[s[S_SUB]] = s
     live = [s for s in by_sub.values() if s[S_STATUS] != destroyed]
 
     rebuildable = (Status.RUNNING.value, Status.ERROR.value)
