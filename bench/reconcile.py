@@ -6,10 +6,14 @@
     .venv/bin/python bench/reconcile.py --lean-rows --profile   # rows without secrets; cProfile one pass
 
 "Ours" is exactly ``App.plan_once()``: read the EDD storefront (one SELECT joining
-subscriptions, customers and users, plus the site time zone), read every server row
-(``select(Server)`` through the ORM), then ``reconcile.plan()``. Wall time is the median of
+subscriptions, customers and users, plus the site time zone), read the planner's columns of
+every server row (one Core SELECT), then ``reconcile.plan_rows()``. Wall time is the median of
 ``--repeat`` passes after one warm-up pass; peak memory is the tracemalloc peak of the
 warm-up pass (tracemalloc slows Python down, so that pass is not timed).
+
+Before/after in the same run: ``--baseline DIR`` (another commit's tree) and ``--rounds``
+interleaved rounds of one process per tree and mode (``bench/_plan_pass.py``): ``App.plan_once()``
+and the pass as the worker runs it (``on_read=keep_standing``), with wall, CPU and peak RSS.
 
 "Per-row" is a literal reading of the seed's server_check.py: one SELECT of the
 subscriptions, then for each subscription one ``SELECT * FROM provisioner_servers WHERE
