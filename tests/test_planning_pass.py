@@ -89,3 +89,43 @@ def test_the_readers_rows_are_what_read_returns(edd_engine: Engine, edd_prefix: 
     assert [r[:-1] for r in rows.rows] == [row_of(s)[:-1] for s in subs]
     for moment in (NOW, NOW + dt.timedelta(hours=5), NOW - dt.timedelta(days=3)):
         assert plan(subs, [], moment) == plan_rows(rows, [], moment)
+
+
+def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> None:
+    """On MariaDB the quiet rows come from a narrower SELECT: the same tuples, in id order."""
+    from provisioner import db, planning
+    from provisioner.models import DestroyHold
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        t = NOW - dt.timedelta(hours=1)
+        odd: list[dict[str, Any]] = [
+            {}, {"action": "create", "step_deadline": t}, {"paused": True}, {"needs_human": True},
+            {"rebuild_now_status": True}, {"rebuild_now_status": True, "rebuild_due_at": t}, {"ended_seen_at": t},
+            {"planned_destroy_at": t}, {"operator_hold_at": t}, {"status": "Destroyed"}, {}, {"account_id": "7"},
+            {"server_name": None}, {},
+        ]
+        with sessions() as s:
+            for n, extra in enumerate(odd, start=1):
+                values: dict[str, Any] = {"customer_id": str(n), "product_id": "1", "subscription_id": str(n),
+                                          "user_email": f"c{n}@example.test", "server_name": f"g{n:04d}.example.test",
+                                          "status": "Running", **extra}
+                s.add(Server(**values))
+            s.flush()
+            s.add(DestroyHold(server_id=11, subscription_id="11", reason_code="breaker", approved_at=t))
+            s.add(DestroyHold(server_id=14, subscription_id="14", reason_code="vanished"))
+            s.commit()
+        approved = (DestroyHold.server_id == Server.id) & (DestroyHold.reason_code == "breaker")
+        one_select = select(*planning.PLANNER_COLUMNS).select_from(
+            Server.__table__.outerjoin(DestroyHold.__table__, approved)).order_by(Server.id)
+        with sessions() as s:
+            expected = [tuple(r) for r in s.connection().execute(one_select)]
+        rows = planning.server_rows(sessions)
+        assert [tuple(r) for r in rows] == expected
+        assert [r[0] for r in rows] == list(range(1, len(odd) + 1))
+        assert expected[10][12] and not expected[13][12]    # approved; held for another reason
+        assert planning.server_states(sessions)[1].step_deadline == t
+    finally:
+        engine.dispose()

@@ -288,7 +288,7 @@ class EddStorefront:
                                             ) from None
                 reader = _RowReader(zone, self._failing_grace, self._slow_row)
                 # in parts: the driver's rows of one part at a time next to the tuples made of them
-                for part in conn.exec_driver_sql(self._select(conn, "")).partitions(_PART):
+                for part in conn.exec_driver_sql(self._select(conn, "", expiration_as_text=True)).partitions(_PART):
                     rows.extend(reader.rows(part))
         except SQLAlchemyError as exc:
             raise self._unavailable(f"cannot read EDD storefront {self._where()}: {_reason(exc)}") from None
@@ -322,10 +322,14 @@ class EddStorefront:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _select(self, conn: Connection, where: str) -> str:
+    def _select(self, conn: Connection, where: str, expiration_as_text: bool = False) -> str:
         p = self._prefix
+        # MySQL's DATETIME as its text ('YYYY-MM-DD HH:MM:SS', the zero date too): PyMySQL's own
+        # datetime parsing is Python, fromisoformat is C; parse_site_datetime reads both alike
+        expiration = "CAST(s.expiration AS CHAR)" if expiration_as_text and conn.dialect.name in (
+            "mysql", "mariadb") else "s.expiration"
         return ("SELECT s.id AS sub_id, s.product_id AS product_id, s.price_id AS price_id, "
-                "s.status AS status, s.expiration AS expiration, s.profile_id AS profile_id, "
+                f"s.status AS status, {expiration} AS expiration, s.profile_id AS profile_id, "
                 "c.id AS customer_id, c.user_id AS user_id, c.email AS customer_email, "
                 "u.user_email AS user_email "
                 f"FROM {table_name(conn, p, 'edd_subscriptions')} s "
