@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import DateTime, Table, bindparam, insert, select, type_coerce, update
+from sqlalchemy import String, Table, bindparam, insert, select, update
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from provisioner.models import SubscriptionStanding
@@ -46,7 +47,6 @@ def of(row: SubscriptionStanding | None, now: dt.datetime) -> Standing:
 
 
 _standing = SubscriptionStanding.__table__.c
-_NAIVE = DateTime()
 
 
 def record(session: Session, subscriptions: Iterable[Subscription] | SubscriptionRows, now: dt.datetime) -> int:
@@ -57,13 +57,15 @@ def record(session: Session, subscriptions: Iterable[Subscription] | Subscriptio
     is written. A subscription id read twice (no storefront does that) keeps its last values."""
     rows = subscriptions if isinstance(subscriptions, SubscriptionRows) else SubscriptionRows.of(subscriptions)
     wanted = {row[ID]: (row[STATUS][:32], bool(row[RENEWS]), row[PAID], row[UNTIL]) for row in rows.rows}
+    # the times as the text the database holds (naive UTC): fromisoformat is C, PyMySQL's parser Python
     q = select(_standing.subscription_id, _standing.status, _standing.renews,
-               type_coerce(_standing.paid_through, _NAIVE), type_coerce(_standing.entitled_until, _NAIVE))
+               sql_cast(_standing.paid_through, String), sql_cast(_standing.entitled_until, String))
     updates: list[dict[str, Any]] = []
+    parse = dt.datetime.fromisoformat
     for part in session.connection().execute(q).partitions(_PART):
         for key, status, renews, paid, until in part:
             values = wanted.pop(key, None)
-            if values is not None and values != (status, bool(renews), paid, until):
+            if values is not None and values != (status, bool(renews), paid and parse(paid), until and parse(until)):
                 updates.append({"key": key, **_change(values, now)})
     inserts = [{"subscription_id": key, **_change(values, now)} for key, values in wanted.items()]
     table = cast(Table, SubscriptionStanding.__table__)

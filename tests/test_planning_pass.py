@@ -129,3 +129,30 @@ def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> No
         assert planning.server_states(sessions)[1].step_deadline == t
     finally:
         engine.dispose()
+
+
+def test_the_standing_writes_only_what_changed(db_url: str) -> None:
+    from provisioner import db, standing
+    from provisioner.subscriptions import Subscription
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        day = dt.timedelta(days=1)
+        subs = [Subscription(id=str(n), customer_id="c", product_id="1", email="a@example.test", status=status,
+                             entitled_until=until, paid_through=paid, renews=n % 2 == 0)
+                for n, (status, until, paid) in enumerate([("active", NOW + day, NOW + day),
+                                                           ("expired", None, NOW - day), ("pending", None, None)])]
+        for expected, read in ((3, subs), (0, subs), (1, [subs[0], subs[1], Subscription(
+                id="2", customer_id="c", product_id="1", email="a@example.test", status="active",
+                entitled_until=NOW + 2 * day, paid_through=NOW + 2 * day)])):
+            with sessions() as s:
+                assert standing.record(s, read, NOW) == expected
+                s.commit()
+        with sessions() as s:
+            row = s.get(SubscriptionStanding, "2")
+            assert row is not None and (row.status, row.paid_through) == ("active", NOW + 2 * day)
+            assert standing.of(s.get(SubscriptionStanding, "0"), NOW).kind == "renews"
+    finally:
+        engine.dispose()
