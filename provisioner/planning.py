@@ -14,6 +14,7 @@ import datetime as dt
 import gc
 import json
 import logging
+import operator
 from collections.abc import Callable, Iterator
 from typing import cast
 
@@ -65,6 +66,7 @@ _QUIET = and_(_servers.action.is_(None), _servers.step_deadline.is_(None), _serv
 _QUIET_COLUMNS = (_servers.id, _servers.server_name, _servers.subscription_id, _servers.status, _servers.user_email,
                   _servers.account_id, case((_QUIET, 1), else_=0))
 _BY_ID = 1000
+_first = operator.itemgetter(0)
 
 
 def server_rows(sessions: sessionmaker[Session]) -> list[ServerRow]:
@@ -75,12 +77,17 @@ def server_rows(sessions: sessionmaker[Session]) -> list[ServerRow]:
     requires), then the other rows' planner columns by id."""
     approved = (_holds.server_id == _servers.id) & (_holds.reason_code == BREAKER)
     joined = Server.__table__.outerjoin(DestroyHold.__table__, approved)
-    q = select(*PLANNER_COLUMNS).select_from(joined).order_by(_servers.id)
+    # No ORDER BY: it would keep the database from scanning a covering index instead of the
+    # table (measured on MariaDB at 100k: 1.0 s vs 5.6 s); the rows are sorted here.
+    q = select(*PLANNER_COLUMNS).select_from(joined)
     with sessions() as s:
         conn = s.connection()
         if conn.dialect.name not in ("mysql", "mariadb"):
-            return cast(list[ServerRow], conn.execute(q).fetchall())
-        scan = conn.execute(select(*_QUIET_COLUMNS).select_from(joined).order_by(_servers.id)).fetchall()
+            rows = cast(list[ServerRow], conn.execute(q).fetchall())
+            rows.sort(key=_first)
+            return rows
+        scan = list(conn.execute(select(*_QUIET_COLUMNS).select_from(joined)).fetchall())
+        scan.sort(key=_first)
         busy_ids = [r[0] for r in scan if not r[6]]
         busy: dict[int, ServerRow] = {}
         for start in range(0, len(busy_ids), _BY_ID):
