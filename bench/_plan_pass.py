@@ -7,7 +7,7 @@ commit's tree for a before/after in the same run), makes the ``App`` from the se
 runs one warm-up pass, then ``--passes`` timed ones, each exactly as the code of that tree runs
 it: ``App.plan_once()``, or with ``--worker`` ``App.plan_once(on_read=...)`` with the worker's own
 ``jobs.server_check.keep_standing``, as ``server_check`` calls it every tick. Prints one JSON
-object: wall and CPU seconds of each timed pass, the process's peak RSS (``ru_maxrss``, which
+object: wall and CPU seconds of each timed pass, the process's peak RSS (``VmHWM``, which
 includes the warm-up pass and the interpreter with its modules) and its RSS before the first
 pass, and what the last pass decided.
 """
@@ -26,6 +26,19 @@ from typing import Any
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak RSS. Not ``ru_maxrss``: Linux carries that across fork and exec,
+    so a child of the (large) benchmark process would report its parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         decided = one()
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({"wall": wall, "cpu": cpu, "peak_rss_mb": peak, "rss_before_mb": before, "decided": decided}))
     return 0
 
