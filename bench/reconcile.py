@@ -6,10 +6,14 @@
     .venv/bin/python bench/reconcile.py --lean-rows --profile   # rows without secrets; cProfile one pass
 
 "Ours" is exactly ``App.plan_once()``: read the EDD storefront (one SELECT joining
-subscriptions, customers and users, plus the site time zone), read every server row
-(``select(Server)`` through the ORM), then ``reconcile.plan()``. Wall time is the median of
+subscriptions, customers and users, plus the site time zone), read the planner's columns of
+every server row (one Core SELECT), then ``reconcile.plan_rows()``. Wall time is the median of
 ``--repeat`` passes after one warm-up pass; peak memory is the tracemalloc peak of the
 warm-up pass (tracemalloc slows Python down, so that pass is not timed).
+
+Before/after in the same run: ``--baseline DIR`` (another commit's tree) and ``--rounds``
+interleaved rounds of one process per tree and mode (``bench/_plan_pass.py``): ``App.plan_once()``
+and the pass as the worker runs it (``on_read=keep_standing``), with wall, CPU and peak RSS.
 
 "Per-row" is a literal reading of the seed's server_check.py: one SELECT of the
 subscriptions, then for each subscription one ``SELECT * FROM provisioner_servers WHERE
@@ -44,7 +48,7 @@ import tracemalloc
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -93,6 +97,7 @@ class Row:
     ours_counts: str = ""
     per_row_counts: str = ""
     error: str = ""
+    trees: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
 
 
 # --- the data ----------------------------------------------------------------------------------
@@ -232,12 +237,79 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]
     return counts
 
 
+# A covering index for the planner's read of our servers (not in the schema: what a migration could
+# add; --planner-index creates it in the benchmark's database only, to measure what it is worth).
+PLANNER_INDEX = "ix_bench_servers_planner"
+PLANNER_INDEX_COLUMNS = ("subscription_id, status, server_name, user_email, account_id, action, step_deadline, "
+                         "rebuild_now_status, paused, needs_human, rebuild_due_at, ended_seen_at, planned_destroy_at, "
+                         "operator_hold_at")
+
+
+def create_planner_index(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text(f"CREATE INDEX {PLANNER_INDEX} ON provisioner_servers ({PLANNER_INDEX_COLUMNS})"))
+
+
 # --- ours: App.plan_once() ---------------------------------------------------------------------
 
-def make_app(tmp: Path, url: str) -> App:
+def make_app(tmp: Path, url: str) -> tuple[App, Path]:
     tmp.mkdir(parents=True, exist_ok=True)
-    _, settings = write_settings(tmp, database={"url": url}, storefront={"edd_url": url, "site_timezone": ""})
-    return App(settings)
+    path, settings = write_settings(tmp, database={"url": url}, storefront={"edd_url": url, "site_timezone": ""})
+    return App(settings), path
+
+
+# --- before and after, in processes of their own -------------------------------------------------
+
+HERE = Path(__file__).resolve().parent
+MODES = {"pass": "App.plan_once()", "worker": "plan_once(on_read=keep_standing)"}
+
+
+def tree_pass(tree: Path, settings: Path, mode: str) -> dict[str, Any]:
+    """One process of bench/_plan_pass.py on ``tree``: a warm-up pass and one timed pass."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(HERE / "_plan_pass.py"), "--tree", str(tree), "--settings", str(settings)]
+    if mode == "worker":
+        cmd.append("--worker")
+    load_before = os.getloadavg()[0]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603 - our script
+    if done.returncode != 0:
+        raise RuntimeError(f"{tree} {mode}: {done.stderr.strip().splitlines()[-1:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["load"] = load_before
+    return result
+
+
+def compare_trees(row: Row, settings: Path, args: argparse.Namespace) -> None:
+    """``--rounds`` rounds; in each, every mode on the baseline tree and on this one, interleaved."""
+    trees = [("ours", HERE.parent)] + ([("baseline", Path(args.baseline))] if args.baseline else [])
+    for index in range(args.rounds):
+        for mode in args.mode_list:
+            for label, tree in (trees if index % 2 else trees[::-1]):
+                result = tree_pass(tree, settings, mode)
+                row.trees.setdefault((label, mode), []).append(result)
+                log(f"{row.backend} n={row.n} round {index + 1} {mode} {label}: {result['wall'][0]:.3f}s wall, "
+                    f"{result['cpu'][0]:.3f}s CPU, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                    f"load {result['load']:.1f}; {result['decided']}")
+
+
+def print_trees(results: list[Row], args: argparse.Namespace) -> None:
+    table = []
+    for r in results:
+        for (label, mode), runs in r.trees.items():
+            table.append([r.backend, r.n, MODES[mode], label, fmt_s(median([x["wall"][0] for x in runs])),
+                          fmt_s(median([x["cpu"][0] for x in runs])),
+                          f"{median([x['peak_rss_mb'] for x in runs]):.0f}",
+                          f"{median([x['rss_before_mb'] for x in runs]):.0f}",
+                          "/".join(f"{x['load']:.1f}" for x in runs), runs[-1]["decided"]])
+    if not table:
+        return
+    print()
+    print(f"One planning pass in a process of its own per tree (bench/_plan_pass.py: warm-up pass, then the timed "
+          f"one); medians of {args.rounds} interleaved rounds; baseline = {args.baseline or '(none)'}")
+    print_table(["backend", "N", "what", "tree", "wall (s)", "CPU (s)", "peak RSS MB", "RSS before MB",
+                 "load per round", "decided"], table)
 
 
 def ours_pass(app: App) -> str:
@@ -346,7 +418,12 @@ def run_one(backend: str, url: str, n: int, tmp: Path, args: argparse.Namespace)
         log(f"{backend} n={n}: loading {n} subscriptions ({'lean' if args.lean_rows else 'full'} server rows)")
         row.load_s, counts = timed(lambda: load(engine, n, now, args.lean_rows))
         log(f"{backend} n={n}: loaded in {row.load_s:.1f}s: {counts}")
-        app = make_app(tmp / f"{backend}-{n}", url)
+        if args.planner_index:
+            seconds, _ = timed(lambda: create_planner_index(engine))
+            log(f"{backend} n={n}: created the bench-only covering index {PLANNER_INDEX} in {seconds:.1f}s")
+        app, settings_path = make_app(tmp / f"{backend}-{n}", url)
+        if args.rounds:
+            compare_trees(row, settings_path, args)
         # warm-up pass under tracemalloc: connection set-up, statement caches; its peak is the memory figure
         gc.collect()
         tracemalloc.start()
@@ -367,6 +444,8 @@ def run_one(backend: str, url: str, n: int, tmp: Path, args: argparse.Namespace)
             profile_pass(app, backend, n)
         from zoneinfo import ZoneInfo
 
+        if args.no_per_row:
+            return row
         now_local = utc_to_site_local(now, ZoneInfo(SITE_ZONE))
         row.per_row_s, row.per_row_note, row.per_row_counts = measure_per_row(
             engine, n, now_local, args.per_row_budget, args.repeat)
@@ -415,10 +494,23 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the per-row version may take per cell before it is sampled (default 120)")
     parser.add_argument("--lean-rows", action="store_true", help="server rows without secrets/.ovpn blobs")
     parser.add_argument("--profile", action="store_true", help="cProfile one pass at the largest size")
+    parser.add_argument("--baseline", default="",
+                        help="another source tree (e.g. `git archive main | tar -x -C DIR`) to time next to this one")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of one-pass processes per tree and mode (0: none; default 3)")
+    parser.add_argument("--modes", default="pass,worker",
+                        help="pass (App.plan_once()) and/or worker (with the worker's keep_standing); default both")
+    parser.add_argument("--no-per-row", action="store_true", help="skip the seed's per-row loop")
+    parser.add_argument("--planner-index", action="store_true",
+                        help="create a covering index for the planner's server columns (benchmark database only)")
     args = parser.parse_args(argv)
     args.size_list = parse_sizes(QUICK_SIZES if args.quick else args.sizes)
     args.repeat = max(1, min(MAX_REPEAT, args.repeat))
     args.per_row_budget = max(1.0, min(3600.0, args.per_row_budget))
+    args.rounds = max(0, min(MAX_REPEAT, args.rounds))
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if set(args.mode_list) - set(MODES):
+        raise SystemExit(f"--modes takes {', '.join(MODES)}")
     results: list[Row] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory(prefix="prov-bench-reconcile-") as tmp_name:
@@ -446,7 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"One planning pass (App.plan_once: storefront read + server read + plan) vs the seed's per-row loop; "
           f"ours = median of {args.repeat} after a warm-up; peak = tracemalloc peak of the warm-up pass; "
-          f"server rows {'WITHOUT' if args.lean_rows else 'with'} secrets/.ovpn blobs")
+          f"server rows {'WITHOUT' if args.lean_rows else 'with'} secrets/.ovpn blobs"
+          f"{'; with the bench-only covering index ' + PLANNER_INDEX if args.planner_index else ''}")
     table = []
     for r in results:
         if r.error:
@@ -454,10 +547,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ours = median(r.ours)
         table.append([r.backend, r.n, fmt_s(ours), fmt_s(median(r.ours_cpu)), f"{r.peak_mb:.1f}", fmt_s(r.per_row_s),
-                      f"{r.per_row_s / ours:.1f}x" if ours > 0 else "-",
+                      f"{r.per_row_s / ours:.1f}x" if ours > 0 and r.per_row_s == r.per_row_s else "-",
                       "/".join(f"{x:.1f}" for x in r.loadavg), r.per_row_note])
     print_table(["backend", "N", "ours (s)", "ours CPU (s)", "ours peak MB", "per-row (s)", "ratio", "load avg",
                  "per-row measured"], table)
+    print_trees(results, args)
     print()
     print_table(["backend", "N", "load (s)", "ours decided", "per-row decided"],
                 [[r.backend, r.n, fmt_s(r.load_s), r.ours_counts, r.per_row_counts] for r in results if not r.error])

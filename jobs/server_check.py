@@ -22,7 +22,7 @@ from jobs.schedules import mark_due_rebuilds
 from provisioner import holds, operations, standing
 from provisioner.lifecycle import Lifecycle
 from provisioner.reconcile import Plan
-from provisioner.subscriptions import Subscription
+from provisioner.subscriptions import SubscriptionRows
 from provisioner.wiring import App
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def server_check(app: App, lc: Lifecycle, *, still_leader: Callable[[], bool] = 
     return report
 
 
-def keep_standing(app: App, subs: list[Subscription], now: dt.datetime) -> None:
+def keep_standing(app: App, subs: SubscriptionRows, now: dt.datetime) -> None:
     """What the dashboard shows of each subscription (renews, ends, in grace); never stops the tick."""
     try:
         with app.sessions() as s:

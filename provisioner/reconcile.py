@@ -38,7 +38,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from provisioner.models import Server, Status
-from provisioner.subscriptions import Subscription
+from provisioner.subscriptions import (
+    ACCOUNT,
+    EMAIL,
+    ID,
+    OK,
+    PRODUCT,
+    UNTIL,
+    Subscription,
+    SubscriptionRow,
+    SubscriptionRows,
+    ended_row,
+    entitled_row,
+    naive_utc,
+)
 
 # Hold codes (stable: `provisioner destroys`, `status` and alerts key on them).
 VANISHED = "vanished"            # the subscription is missing from a successful read
@@ -163,59 +176,122 @@ def allowance(policy: Policy, fleet: int) -> int:
     return max(1, min(policy.max_destroy_count, math.floor(policy.max_destroy_fraction * fleet)))
 
 
+# --- the planning pass's view of a server row: one plain tuple --------------------------------------
+#
+# The fields of :class:`ServerState` in its order, with every time as naive UTC, then SOURCE:
+# the ServerState itself, or None when the row came straight from the database.
+(S_ID, S_NAME, S_SUB, S_STATUS, S_ACTION, S_DEADLINE, S_REBUILD_NOW, S_PAUSED, S_NEEDS_HUMAN, S_REBUILD_DUE,
+ S_ENDED_SEEN, S_PLANNED_DESTROY, S_APPROVED, S_EMAIL, S_ACCOUNT, S_HOLD, S_SOURCE) = range(17)
+ServerRow = tuple[Any, ...]
+
+
+def server_row(s: ServerState) -> ServerRow:
+    """A :class:`ServerState` as the planning pass's tuple."""
+    return (s.id, s.name, s.subscription_id, s.status, s.action, naive_utc(s.step_deadline), s.rebuild_now,
+            s.paused, s.needs_human, naive_utc(s.rebuild_due_at), naive_utc(s.ended_seen_at),
+            naive_utc(s.planned_destroy_at), s.destroy_approved, s.email, s.account_id, s.operator_hold, s)
+
+
+def _aware(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else value.replace(tzinfo=dt.UTC)
+
+
+def server_state(row: ServerRow) -> ServerState:
+    """The :class:`ServerState` of a row (the one it was made from, if any)."""
+    source = row[S_SOURCE]
+    if source is not None:
+        assert isinstance(source, ServerState)
+        return source
+    return ServerState(id=row[S_ID], name=row[S_NAME], subscription_id=row[S_SUB], status=row[S_STATUS],
+                       action=row[S_ACTION], step_deadline=_aware(row[S_DEADLINE]),
+                       rebuild_now=bool(row[S_REBUILD_NOW]), paused=bool(row[S_PAUSED]),
+                       needs_human=bool(row[S_NEEDS_HUMAN]), rebuild_due_at=_aware(row[S_REBUILD_DUE]),
+                       ended_seen_at=_aware(row[S_ENDED_SEEN]), planned_destroy_at=_aware(row[S_PLANNED_DESTROY]),
+                       destroy_approved=bool(row[S_APPROVED]), email=row[S_EMAIL], account_id=row[S_ACCOUNT],
+                       operator_hold=bool(row[S_HOLD]))
+
+
+def _label(row: ServerRow) -> str:
+    return row[S_NAME] or f"#{row[S_ID]}"
+
+
 def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerState], now: dt.datetime,
          policy: Policy | None = None) -> Plan:
+    """The plan for these subscriptions and servers at ``now`` (see the module docstring)."""
+    rows = None if subscriptions is None else SubscriptionRows.of(subscriptions)
+    return plan_rows(rows, [server_row(s) for s in servers], now, policy)
+
+
+def plan_rows(subscriptions: SubscriptionRows | None, servers: Iterable[ServerRow], now: dt.datetime,
+              policy: Policy | None = None) -> Plan:
+    """:func:`plan` over plain tuples: what the planning pass calls with the rows it read.
+
+    Every comparison with ``now`` is made on naive UTC (``now`` converted once); objects are
+    made only for the rows that end up in the plan."""
     if now.tzinfo is None:
         raise ValueError("plan() needs an aware datetime")
     policy = policy or Policy()
     result = Plan()
-    by_sub: dict[str, ServerState] = {}
-    window_start = now - policy.breaker_window
-    used = 0
-    for s in servers:
-        if s.planned_destroy_at is not None and s.planned_destroy_at > window_start:
-            used += 1
+    now_utc = now.astimezone(dt.UTC).replace(tzinfo=None)
+    window_start = now_utc - policy.breaker_window
+    destroyed = Status.DESTROYED.value
+    servers = servers if isinstance(servers, Sequence) else list(servers)
+    used = sum(1 for s in servers if s[S_PLANNED_DESTROY] is not None and s[S_PLANNED_DESTROY] > window_start)
+    by_sub: dict[str, ServerRow] = {s[S_SUB]: s for s in servers}
+    if len(by_sub) != len(servers):
         # Several rows for one subscription cannot come from us (unique column), but a
         # hand-edited table could: keep the live one and never plan a build next to it.
-        if s.subscription_id not in by_sub or (s.live and not by_sub[s.subscription_id].live):
-            by_sub[s.subscription_id] = s
-    live = [s for s in by_sub.values() if s.live]
+        by_sub = {}
+        for s in servers:
+            first = by_sub.get(s[S_SUB])
+            if first is None or (s[S_STATUS] != destroyed and first[S_STATUS] == destroyed):
+                by_sub[s[S_SUB]] = s
+    live = [s for s in by_sub.values() if s[S_STATUS] != destroyed]
 
+    rebuildable = (Status.RUNNING.value, Status.ERROR.value)
     for s in live:
-        if s.paused:
+        if s[S_PAUSED]:
             continue
-        if s.action and s.step_deadline is not None and s.step_deadline <= now and not s.needs_human:
-            result.resume.append(s)
-        elif s.rebuild_now and not s.action and s.status in (Status.RUNNING.value, Status.ERROR.value) \
-                and (s.rebuild_due_at is None or s.rebuild_due_at <= now):
-            result.rebuild.append(s)
+        action, deadline = s[S_ACTION], s[S_DEADLINE]
+        if action and deadline is not None and deadline <= now_utc and not s[S_NEEDS_HUMAN]:
+            result.resume.append(server_state(s))
+        elif s[S_REBUILD_NOW] and not action and s[S_STATUS] in rebuildable \
+                and (s[S_REBUILD_DUE] is None or s[S_REBUILD_DUE] <= now_utc):
+            result.rebuild.append(server_state(s))
 
     if subscriptions is None:
         result.held.append({"code": "storefront_unreadable",
                             "reason": "storefront could not be read: nothing is built or destroyed this pass"})
         return result
 
-    subs: dict[str, Subscription] = {}
-    for sub in subscriptions:
-        subs.setdefault(sub.id, sub)
+    rows = subscriptions.rows
+    subs: dict[str, SubscriptionRow] = {r[ID]: r for r in rows}
+    if len(subs) != len(rows):    # the same id twice: the first one counts
+        subs = {}
+        for r in rows:
+            subs.setdefault(r[ID], r)
 
-    for sub in subs.values():
-        if not sub.entitled(now):
+    products = policy.products
+    for row in subs.values():
+        until = row[UNTIL]
+        if not (row[OK] and until is not None and now_utc < until):    # entitled
             continue
-        existing = by_sub.get(sub.id)
-        if existing is not None and existing.live:
+        existing = by_sub.get(row[ID])
+        if existing is not None:
+            if existing[S_STATUS] != destroyed:
+                continue
+            if existing[S_HOLD]:
+                label = _label(existing)
+                result.held.append({"code": "operator_hold",
+                                    "reason": f"server {label}: taken down by an operator; not building it "
+                                              f"again until `provisioner release {label}`"})
+                continue
+        if products is not None and row[PRODUCT] not in products:
+            result.unconfigured.append(row[ID])
             continue
-        if existing is not None and existing.operator_hold:
-            result.held.append({"code": "operator_hold",
-                                "reason": f"server {existing.label}: taken down by an operator; not building it "
-                                          f"again until `provisioner release {existing.label}`"})
-            continue
-        if policy.products is not None and sub.product_id not in policy.products:
-            result.unconfigured.append(sub.id)
-            continue
-        result.build.append(sub)
+        result.build.append(subscriptions.subscription(row))
 
-    present = sum(1 for s in live if s.subscription_id in subs)
+    present = sum(1 for s in live if s[S_SUB] in subs)
     if live and present < policy.min_read_fraction * len(live):
         result.thin_read = (f"the storefront read holds the subscriptions of only {present} of {len(live)} live "
                             f"servers (at least {policy.min_read_fraction:.0%} expected)")
@@ -223,60 +299,64 @@ def plan(subscriptions: Sequence[Subscription] | None, servers: Iterable[ServerS
 
     candidates: list[tuple[dt.datetime, dt.datetime, ServerState]] = []
     for s in live:
-        sub_or_none = subs.get(s.subscription_id)
-        if sub_or_none is not None and s.email is not None and (
-                sub_or_none.email != s.email or sub_or_none.account_id != s.account_id) and sub_or_none.email:
-            result.contacts.append(Contact(s.id, sub_or_none.email, sub_or_none.account_id))
-        if s.paused or s.action == "destroy":
+        sub_or_none = subs.get(s[S_SUB])
+        email = s[S_EMAIL]
+        if sub_or_none is not None and email is not None and (
+                sub_or_none[EMAIL] != email or sub_or_none[ACCOUNT] != s[S_ACCOUNT]) and sub_or_none[EMAIL]:
+            result.contacts.append(Contact(s[S_ID], sub_or_none[EMAIL], sub_or_none[ACCOUNT]))
+        if s[S_PAUSED] or s[S_ACTION] == "destroy":
             continue
         if sub_or_none is None:
-            result.hold(s, VANISHED, f"subscription {s.subscription_id} is not in the storefront; "
-                                     "not destroying without positive evidence")
+            result.hold(server_state(s), VANISHED, f"subscription {s[S_SUB]} is not in the storefront; "
+                                                   "not destroying without positive evidence")
             continue
-        sub = sub_or_none
-        if not sub.ended(now):
-            if s.ended_seen_at is not None:
-                result.unended.append(s.id)
-            why = sub.no_evidence(now)
-            if why is not None:
-                result.hold(s, NO_EVIDENCE, f"subscription {sub.id}: {why}; not destroying without positive "
-                                            "evidence")
+        if not ended_row(sub_or_none, now_utc):
+            if s[S_ENDED_SEEN] is not None:
+                result.unended.append(s[S_ID])
+            if not entitled_row(sub_or_none, now_utc):
+                unclear = subscriptions.subscription(sub_or_none)
+                why = unclear.no_evidence(now)
+                if why is not None:
+                    result.hold(server_state(s), NO_EVIDENCE, f"subscription {unclear.id}: {why}; not destroying "
+                                                              "without positive evidence")
             continue
-        seen = s.ended_seen_at
+        ended = subscriptions.subscription(sub_or_none)
+        state = server_state(s)
+        seen = state.ended_seen_at
         if seen is None:
-            result.seen_ended.append(s.id)
+            result.seen_ended.append(state.id)
             seen = now
-        assert sub.paid_through is not None  # ended() requires it
-        due = max(sub.paid_through, seen) + policy.destroy_grace
+        assert ended.paid_through is not None  # ended() requires it
+        due = max(ended.paid_through, seen) + policy.destroy_grace
         if now < due:
-            result.waiting[s.label] = due
+            result.waiting[state.label] = due
             continue
-        candidates.append((due, sub.paid_through, s))
+        candidates.append((due, ended.paid_through, state))
 
     if result.thin_read:
-        for _, _, s in candidates:
-            result.hold(s, THIN_READ, "the storefront read looks implausibly thin; not destroying this pass")
+        for _, _, state in candidates:
+            result.hold(state, THIN_READ, "the storefront read looks implausibly thin; not destroying this pass")
         candidates = []
 
-    fleet = len(live) + sum(1 for s in by_sub.values() if not s.live and s.planned_destroy_at is not None
-                            and s.planned_destroy_at > window_start)
+    fleet = len(live) + sum(1 for s in by_sub.values() if s[S_STATUS] == destroyed
+                            and s[S_PLANNED_DESTROY] is not None and s[S_PLANNED_DESTROY] > window_start)
     allowed = allowance(policy, fleet)
     result.breaker = {"allowance": allowed, "used": used, "fleet": fleet}
     candidates.sort(key=lambda c: (c[0], c[1], c[2].id))     # oldest evidence goes first
     room = max(0, allowed - used)
     hours = policy.breaker_window.total_seconds() / 3600
-    for _, _, s in candidates:
-        if s.destroy_approved:
-            result.destroy.append(s)
+    for _, _, state in candidates:
+        if state.destroy_approved:
+            result.destroy.append(state)
         elif room > 0:
-            result.destroy.append(s)
+            result.destroy.append(state)
             room -= 1
         else:
-            result.hold(s, BREAKER, f"circuit breaker: {used} server(s) destroyed in the last {hours:g} h and at "
-                                    f"most {allowed} allowed (fleet of {fleet}); approve with "
-                                    "`provisioner destroys approve`")
-    result.ended = {s.id: subs[s.subscription_id] for s in result.destroy}
+            result.hold(state, BREAKER, f"circuit breaker: {used} server(s) destroyed in the last {hours:g} h and "
+                                        f"at most {allowed} allowed (fleet of {fleet}); approve with "
+                                        "`provisioner destroys approve`")
+    result.ended = {state.id: subscriptions.subscription(subs[state.subscription_id]) for state in result.destroy}
     # A server on its way out is not rebuilt first.
-    doomed = {s.id for s in result.destroy}
-    result.rebuild = [s for s in result.rebuild if s.id not in doomed]
+    doomed = {state.id for state in result.destroy}
+    result.rebuild = [state for state in result.rebuild if state.id not in doomed]
     return result

@@ -18,7 +18,9 @@ All datetimes here are timezone-aware UTC.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class StorefrontUnavailable(RuntimeError):
@@ -75,3 +77,78 @@ class Subscription:
         if self.paid_through is None:
             return f"status {self.status!r} without a readable paid-through date"
         return f"status {self.status!r} neither entitles a server nor ends the subscription"
+
+
+# --- the planning pass's view: one plain tuple per subscription ------------------------------------
+#
+# A planning pass looks at every subscription but needs an object for very few (the ones to
+# build, the ended ones behind a destroy, the ones it holds). :class:`SubscriptionRows` keeps
+# one tuple of plain values per subscription, times as naive UTC (compared with "now" converted
+# once), and turns a row into its :class:`Subscription` only when asked. The tuple's fields:
+
+ID, OK, UNTIL, PAID, ENDS, EMAIL, ACCOUNT, PRODUCT, STATUS, RENEWS, SOURCE = range(11)
+# ID str; OK: ``problem is None``; UNTIL/PAID: ``entitled_until``/``paid_through`` as naive UTC;
+# ENDS: ``ends_by_status``; EMAIL, ACCOUNT (``account_id``), PRODUCT (``product_id``), STATUS (the
+# storefront's word), RENEWS; SOURCE: the Subscription itself, or what the reader makes it from.
+
+SubscriptionRow = tuple[Any, ...]   # the fields above, in that order
+
+
+def naive_utc(value: dt.datetime | None) -> dt.datetime | None:
+    """An aware datetime as naive UTC (the same instant); None stays None."""
+    return None if value is None else value.astimezone(dt.UTC).replace(tzinfo=None)
+
+
+def row_of(sub: Subscription) -> SubscriptionRow:
+    """A subscription as the planning pass's tuple (its SOURCE is the subscription itself)."""
+    return (sub.id, sub.problem is None, naive_utc(sub.entitled_until), naive_utc(sub.paid_through),
+            sub.ends_by_status, sub.email, sub.account_id, sub.product_id, sub.status, sub.renews, sub)
+
+
+class SubscriptionRows:
+    """Every subscription of one read, as tuples; :meth:`subscription` makes the object of one.
+
+    ``make`` turns a row into its :class:`Subscription` when its SOURCE is not one already.
+    The predicates below are :meth:`Subscription.entitled` and :meth:`Subscription.ended` on
+    the tuple, with ``now`` as naive UTC."""
+
+    __slots__ = ("rows", "_make")
+
+    def __init__(self, rows: list[SubscriptionRow],
+                 make: Callable[[SubscriptionRow], Subscription] | None = None) -> None:
+        self.rows = rows
+        self._make = make
+
+    @classmethod
+    def of(cls, subscriptions: Iterable[Subscription]) -> SubscriptionRows:
+        return cls([row_of(s) for s in subscriptions])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def subscription(self, row: SubscriptionRow) -> Subscription:
+        source = row[SOURCE]
+        if isinstance(source, Subscription):
+            return source
+        assert self._make is not None, "a row without its Subscription needs a maker"
+        return self._make(row)
+
+    def subscriptions(self) -> list[Subscription]:
+        """Every subscription as an object (slow at scale: for callers that need them all)."""
+        return [self.subscription(r) for r in self.rows]
+
+
+def entitled_row(row: SubscriptionRow, now_utc: dt.datetime) -> bool:
+    """:meth:`Subscription.entitled` of a row; ``now_utc`` naive UTC."""
+    until = row[UNTIL]
+    return bool(row[OK] and until is not None and now_utc < until)
+
+
+def ended_row(row: SubscriptionRow, now_utc: dt.datetime) -> bool:
+    """:meth:`Subscription.ended` of a row; ``now_utc`` naive UTC."""
+    if not row[OK] or row[PAID] is None:
+        return False
+    if row[ENDS]:
+        return True
+    until = row[UNTIL]
+    return bool(until is not None and now_utc >= until)

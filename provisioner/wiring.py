@@ -37,7 +37,7 @@ from provisioner.settings import ConfigError
 from provisioner.settings.schema import Settings
 from provisioner.steps import Context
 from provisioner.storefront import Storefront, open_storefront
-from provisioner.subscriptions import Subscription
+from provisioner.subscriptions import Subscription, SubscriptionRows
 
 
 @dataclass
@@ -75,7 +75,7 @@ class App:
     def destroy_cross_check(self) -> planning.CrossCheck | None:
         return planning.stripe_cross_check(self.settings, self.sessions)
 
-    def plan_once(self, on_read: Callable[[list[Subscription]], None] | None = None) -> tuple[Plan, str | None]:
+    def plan_once(self, on_read: Callable[[SubscriptionRows], None] | None = None) -> tuple[Plan, str | None]:
         """One planning pass. Returns the plan and, if the storefront failed, why."""
         return planning.plan_pass(self.sessions, self.storefront, self.settings, self.clock(), on_read)
 

@@ -47,14 +47,30 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import Connection, Engine, RowMapping, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from provisioner.subscriptions import StorefrontUnavailable, Subscription
+from provisioner.subscriptions import (
+    ACCOUNT,
+    EMAIL,
+    ENDS,
+    ID,
+    PAID,
+    PRODUCT,
+    RENEWS,
+    SOURCE,
+    STATUS,
+    UNTIL,
+    StorefrontUnavailable,
+    Subscription,
+    SubscriptionRow,
+    SubscriptionRows,
+    row_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +272,35 @@ class EddStorefront:
                   self._where(), sum(s.entitled(now) for s in subscriptions), now.isoformat())
         return subscriptions
 
+    def read_rows(self, now: dt.datetime) -> SubscriptionRows:
+        """What :meth:`read` returns, as the planning pass's rows: one tuple of plain values per
+        subscription, the :class:`Subscription` of a row made only when the planner asks for it
+        (the same object :meth:`read` would have made). Same errors, same warnings."""
+        if now.tzinfo is None:
+            raise ValueError("now must be an aware datetime (UTC)")
+        rows: list[SubscriptionRow] = []
+        try:
+            with self._engine.connect() as conn:
+                try:
+                    zone = self._zone or read_site_timezone(conn, self._prefix)
+                except ValueError as exc:
+                    raise self._unavailable(f"cannot read EDD storefront {self._where()}: site time zone: {exc}"
+                                            ) from None
+                reader = _RowReader(zone, self._failing_grace, self._slow_row)
+                # in parts: the driver's rows of one part at a time next to the tuples made of them
+                for part in conn.exec_driver_sql(self._select(conn, "", expiration_as_text=True)).partitions(_PART):
+                    rows.extend(reader.rows(part))
+        except SQLAlchemyError as exc:
+            raise self._unavailable(f"cannot read EDD storefront {self._where()}: {_reason(exc)}") from None
+        log.debug("read %d EDD subscriptions from %s", len(rows), self._where())
+        return SubscriptionRows(rows, _subscription_of_row)
+
+    def _slow_row(self, raw: Sequence[Any], zone: dt.tzinfo) -> SubscriptionRow:
+        """A row the fast reader does not take (odd types, unknown status, zero or unreadable
+        date): through :func:`subscription_from_row`, exactly as :meth:`read` does."""
+        mapping: Any = dict(zip(_COLUMNS, raw, strict=True))
+        return row_of(self._convert([mapping], zone)[0])
+
     def read_one(self, subscription_id: str | int) -> Subscription | None:
         """One subscription by EDD id; None if there is no such row (or the id is not an EDD id)."""
         key = str(subscription_id).strip()
@@ -277,10 +322,14 @@ class EddStorefront:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _select(self, conn: Connection, where: str) -> str:
+    def _select(self, conn: Connection, where: str, expiration_as_text: bool = False) -> str:
         p = self._prefix
+        # MySQL's DATETIME as its text ('YYYY-MM-DD HH:MM:SS', the zero date too): PyMySQL's own
+        # datetime parsing is Python, fromisoformat is C; parse_site_datetime reads both alike
+        expiration = "CAST(s.expiration AS CHAR)" if expiration_as_text and conn.dialect.name in (
+            "mysql", "mariadb") else "s.expiration"
         return ("SELECT s.id AS sub_id, s.product_id AS product_id, s.price_id AS price_id, "
-                "s.status AS status, s.expiration AS expiration, s.profile_id AS profile_id, "
+                f"s.status AS status, {expiration} AS expiration, s.profile_id AS profile_id, "
                 "c.id AS customer_id, c.user_id AS user_id, c.email AS customer_email, "
                 "u.user_email AS user_email "
                 f"FROM {table_name(conn, p, 'edd_subscriptions')} s "
@@ -330,6 +379,125 @@ class EddStorefront:
         password = self._engine.url.password
         return shown.replace(str(password), "***") if password else shown
 
+
+
+# --- the planning pass's rows ------------------------------------------------------------------
+
+_COLUMNS = ("sub_id", "product_id", "price_id", "status", "expiration", "profile_id", "customer_id", "user_id",
+            "customer_email", "user_email")    # the order of EddStorefront._select
+_ZERO_DATE = "0000-00-00"
+_PART = 5000
+_HOUR = dt.timedelta(hours=1)
+
+
+class _RowReader:
+    """One read's rows as :data:`~provisioner.subscriptions.SubscriptionRow` tuples, by the
+    rules of :func:`subscription_from_row`, without an object per row.
+
+    The site-local expiration becomes UTC through a per-hour cache of the zone's offset: an
+    hour whose offset is the same at its start and its end, for both folds, has no transition
+    in it (two transitions within one hour do not occur in the tz database), so every time in
+    it converts by that offset, exactly as :func:`site_local_to_utc` would. Hours around a
+    transition, and every row whose types or values are not the plain case (ids as integers, a
+    known status word, a readable non-zero date), go through :func:`subscription_from_row`
+    itself (``slow``)."""
+
+    def __init__(self, zone: dt.tzinfo, failing_grace: dt.timedelta,
+                 slow: Callable[[Sequence[Any], dt.tzinfo], SubscriptionRow]) -> None:
+        self.zone = zone
+        self.failing_grace = failing_grace
+        self.slow = slow
+        self._offsets: dict[object, dt.timedelta | None] = {}
+        # raw status word -> (entitlement: 0 until expiration, 1 failing, 2 never; ends; renews; the word:
+        # one string object for every row that has it)
+        self._statuses: dict[str, tuple[int, bool, bool, str] | None] = {}
+        self._products: dict[tuple[int, int | None], str] = {}
+
+    def _offset(self, key: object, hour: dt.datetime) -> dt.timedelta | None:
+        offsets = {probe.replace(tzinfo=self.zone, fold=fold).utcoffset()
+                   for probe in (hour, hour + _HOUR) for fold in (0, 1)}
+        offset = offsets.pop() if len(offsets) == 1 else None
+        self._offsets[key] = offset
+        return offset
+
+    def _status(self, raw: str) -> tuple[int, bool, bool, str] | None:
+        word = normal_status(raw)
+        info: tuple[int, bool, bool, str] | None
+        if word in ENTITLED_UNTIL_EXPIRATION:
+            info = (0, False, word in RENEWING, raw)
+        elif word == FAILING:
+            info = (1, False, False, raw)
+        elif word in NEVER_ENTITLED:
+            info = (2, word in ENDING, False, raw)
+        else:
+            info = None     # unknown: the slow path sets the problem and warns once
+        self._statuses[raw] = info
+        return info
+
+    def _product(self, key: tuple[int, int | None]) -> str:
+        product_id, price_id = key
+        text = self._products[key] = f"{product_id}:{price_id}" if price_id else str(product_id)
+        return text
+
+    def rows(self, raw_rows: Sequence[Sequence[Any]]) -> list[SubscriptionRow]:
+        zone, grace, slow = self.zone, self.failing_grace, self.slow
+        offsets, statuses, products = self._offsets, self._statuses, self._products
+        fromisoformat, datetime = dt.datetime.fromisoformat, dt.datetime
+        out: list[SubscriptionRow] = []
+        append = out.append
+        for raw in raw_rows:
+            sub_id, product_id, price_id, status, expiration, profile_id, customer_id, user_id, customer_email, \
+                user_email = raw
+            local: dt.datetime | None = None
+            info = statuses[status] if status in statuses else (
+                self._status(status) if type(status) is str else None)
+            if (info is not None and type(sub_id) is int and type(product_id) is int and type(customer_id) is int
+                    and (price_id is None or type(price_id) is int) and (user_id is None or type(user_id) is int)
+                    and type(customer_email) is str and (user_email is None or type(user_email) is str)
+                    and type(profile_id) is str):
+                try:
+                    if type(expiration) is str and not expiration.startswith(_ZERO_DATE):
+                        local = fromisoformat(expiration)
+                        # 'YYYY-MM-DD HH:MM:SS' (what MySQL and SQLite hand back): the hour is its head
+                        key: object = expiration[:13] if len(expiration) == 19 and expiration[10] == " " else \
+                            local.replace(minute=0, second=0, microsecond=0)
+                    elif type(expiration) is datetime:
+                        local = expiration
+                        key = local.replace(minute=0, second=0, microsecond=0)
+                    if local is not None and local.tzinfo is None:
+                        offset = offsets[key] if key in offsets else self._offset(
+                            key, local.replace(minute=0, second=0, microsecond=0))
+                        paid = None if offset is None else local - offset
+                    else:
+                        paid = None
+                except (ValueError, OverflowError):
+                    paid = None
+            else:
+                paid = None
+            if paid is None:
+                append(slow(raw, zone))
+                continue
+            mode, ends, renews, word = info     # type: ignore[misc]
+            user = 0 if user_id is None else user_id
+            key = (product_id, price_id)
+            append((str(sub_id), True, paid if mode == 0 else paid + grace if mode == 1 else None, paid, ends,
+                    user_email if user != 0 and user_email else customer_email,
+                    str(user) if user > 0 else None,
+                    products[key] if key in products else self._product(key),
+                    word, renews, (customer_id, profile_id, user)))
+        return out
+
+
+def _subscription_of_row(row: SubscriptionRow) -> Subscription:
+    """The :class:`Subscription` of a row :class:`_RowReader` made itself (a plain row: no problem),
+    field for field what :func:`subscription_from_row` makes of the same database row."""
+    customer_id, profile_id, user_id = row[SOURCE]
+    until, paid = row[UNTIL], row[PAID]
+    return Subscription(
+        id=row[ID], customer_id=str(customer_id), product_id=row[PRODUCT], email=row[EMAIL], status=row[STATUS],
+        entitled_until=None if until is None else until.replace(tzinfo=UTC), profile_id=profile_id,
+        user_id=user_id, paid_through=paid.replace(tzinfo=UTC), ends_by_status=row[ENDS], problem=None,
+        account_id=row[ACCOUNT], renews=row[RENEWS])
 
 def _reason(exc: SQLAlchemyError) -> str:
     orig = getattr(exc, "orig", None)

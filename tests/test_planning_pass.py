@@ -1,0 +1,158 @@
+"""The planning pass as the worker runs it: what it reads, and that its fast rows decide as the objects do."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, event, select
+
+from jobs.server_check import keep_standing, server_check
+from provisioner import operations
+from provisioner.models import SEALED_COLUMNS, Server, SubscriptionStanding
+from provisioner.reconcile import plan, plan_rows
+from provisioner.storefront import eddschema
+from provisioner.storefront.edd import EddStorefront
+from provisioner.subscriptions import row_of
+from tests.fixtures.edd import PrefixFactory
+from tests.fixtures.stack import Stack
+
+NOW = dt.datetime(2026, 11, 21, 12, 0, tzinfo=dt.UTC)
+
+
+def test_the_planning_pass_reads_no_sealed_column_and_loads_no_orm_entity(stack: Stack) -> None:
+    stack.add_subscription(1, "ann@example.com")
+    stack.add_subscription(2, "bob@example.com", user_id=7)
+    lc = stack.lifecycle()
+    server_check(stack.app, lc)
+    operations.drive_until_idle(lc, timeout=60)
+    with stack.app.sessions() as s:
+        rows = list(s.scalars(select(Server)))
+        assert len(rows) == 2 and all(r.secrets_enc and r.ovpn_file_enc for r in rows)   # the blobs are there
+    statements: list[str] = []
+    loaded: list[object] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine: Engine = stack.app.engine
+    event.listen(engine, "before_cursor_execute", seen)
+    event.listen(Server, "load", lambda target, context: loaded.append(target))
+    event.listen(SubscriptionStanding, "load", lambda target, context: loaded.append(target))
+    try:
+        now = stack.app.clock()
+        result, error = stack.app.plan_once(on_read=lambda subs: keep_standing(stack.app, subs, now))
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert error is None and result.empty
+    server_reads = [q for q in statements if "provisioner_servers" in q]
+    assert server_reads, statements    # the pass did read our servers table, through this engine
+    sealed = [c.key for c in SEALED_COLUMNS]
+    assert not [q for q in statements for name in sealed if name in q]
+    assert not [q for q in server_reads if "provisioner_servers.*" in q or "SELECT *" in q.upper()]
+    assert loaded == []
+
+
+def _edd(engine: Engine, prefix: str, zone: str) -> EddStorefront:
+    eddschema.create_edd_tables(engine, prefix)
+    local = lambda hours: (NOW + dt.timedelta(hours=hours)).replace(tzinfo=None)  # noqa: E731
+    rows: list[tuple[str, Any, int]] = [
+        ("active", local(240), 0), ("Active ", local(-3), 2), ("trialling", local(1), 0),
+        ("cancelled", local(-30), 0), ("failing", local(-30), 0), ("failing", local(-200), 0),
+        ("expired", local(-100), 0), ("completed", local(50), 0), ("pending", local(10), 0),
+        ("on-hold", local(240), 0), ("active", "0000-00-00 00:00:00", 0), ("expired", "2026-13-45 00:00:00", 0),
+        # the site's DST changes: 02:30 never happens on 8 March, 01:30 happens twice on 1 November
+        ("active", "2026-03-08 02:30:00", 0), ("active", "2026-11-01 01:30:00", 0),
+        ("active", "2026-11-01 00:59:59", 0), ("active", "2026-11-01 02:00:00", 0),
+        ("active", "2027-03-14 01:59:59", 0), ("cancelled", "2027-03-14 03:00:00", 0),
+        ("active", "2026-11-21 07:00:00", 0), ("active", "2026-11-21 06:59:59", 0),
+    ]
+    with engine.begin() as conn, eddschema.wordpress_sql_mode(conn):
+        eddschema.set_option(conn, prefix, "timezone_string", zone)
+        user = eddschema.insert_wp_user(conn, prefix, email="wp@example.test")
+        for n, (status, expiration, price) in enumerate(rows, start=1):
+            customer = eddschema.insert_customer(conn, prefix, email=f"c{n}@example.test",
+                                                 user_id=user if n % 3 == 0 else 0)
+            eddschema.insert_subscription(conn, prefix, customer_id=customer, product_id=10 + n % 2, status=status,
+                                          expiration=expiration, price_id=price, profile_id=f"sub_{n}")
+    return EddStorefront(engine, table_prefix=prefix)
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Australia/Lord_Howe", "UTC"])
+def test_the_readers_rows_are_what_read_returns(edd_engine: Engine, edd_prefix: PrefixFactory,
+                                                 zone: str) -> None:
+    storefront = _edd(edd_engine, edd_prefix("wp_"), zone)
+    subs = storefront.read(NOW)
+    rows = storefront.read_rows(NOW)
+    assert rows.subscriptions() == subs
+    assert [r[:-1] for r in rows.rows] == [row_of(s)[:-1] for s in subs]
+    for moment in (NOW, NOW + dt.timedelta(hours=5), NOW - dt.timedelta(days=3)):
+        assert plan(subs, [], moment) == plan_rows(rows, [], moment)
+
+
+def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> None:
+    """On MariaDB the quiet rows come from a narrower SELECT: the same tuples, in id order."""
+    from provisioner import db, planning
+    from provisioner.models import DestroyHold
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        t = NOW - dt.timedelta(hours=1)
+        odd: list[dict[str, Any]] = [
+            {}, {"action": "create", "step_deadline": t}, {"paused": True}, {"needs_human": True},
+            {"rebuild_now_status": True}, {"rebuild_now_status": True, "rebuild_due_at": t}, {"ended_seen_at": t},
+            {"planned_destroy_at": t}, {"operator_hold_at": t}, {"status": "Destroyed"}, {}, {"account_id": "7"},
+            {"server_name": None}, {},
+        ]
+        with sessions() as s:
+            for n, extra in enumerate(odd, start=1):
+                values: dict[str, Any] = {"customer_id": str(n), "product_id": "1", "subscription_id": str(n),
+                                          "user_email": f"c{n}@example.test", "server_name": f"g{n:04d}.example.test",
+                                          "status": "Running", **extra}
+                s.add(Server(**values))
+            s.flush()
+            s.add(DestroyHold(server_id=11, subscription_id="11", reason_code="breaker", approved_at=t))
+            s.add(DestroyHold(server_id=14, subscription_id="14", reason_code="vanished"))
+            s.commit()
+        approved = (DestroyHold.server_id == Server.id) & (DestroyHold.reason_code == "breaker")
+        one_select = select(*planning.PLANNER_COLUMNS).select_from(
+            Server.__table__.outerjoin(DestroyHold.__table__, approved)).order_by(Server.id)
+        with sessions() as s:
+            expected = [tuple(r) for r in s.connection().execute(one_select)]
+        rows = planning.server_rows(sessions)
+        assert [tuple(r) for r in rows] == expected
+        assert [r[0] for r in rows] == list(range(1, len(odd) + 1))
+        assert expected[10][12] and not expected[13][12]    # approved; held for another reason
+        assert planning.server_states(sessions)[1].step_deadline == t
+    finally:
+        engine.dispose()
+
+
+def test_the_standing_writes_only_what_changed(db_url: str) -> None:
+    from provisioner import db, standing
+    from provisioner.subscriptions import Subscription
+
+    engine = db.make_engine(db_url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        day = dt.timedelta(days=1)
+        subs = [Subscription(id=str(n), customer_id="c", product_id="1", email="a@example.test", status=status,
+                             entitled_until=until, paid_through=paid, renews=n % 2 == 0)
+                for n, (status, until, paid) in enumerate([("active", NOW + day, NOW + day),
+                                                           ("expired", None, NOW - day), ("pending", None, None)])]
+        for expected, read in ((3, subs), (0, subs), (1, [subs[0], subs[1], Subscription(
+                id="2", customer_id="c", product_id="1", email="a@example.test", status="active",
+                entitled_until=NOW + 2 * day, paid_through=NOW + 2 * day)])):
+            with sessions() as s:
+                assert standing.record(s, read, NOW) == expected
+                s.commit()
+        with sessions() as s:
+            row = s.get(SubscriptionStanding, "2")
+            assert row is not None and (row.status, row.paid_through) == ("active", NOW + 2 * day)
+            assert standing.of(s.get(SubscriptionStanding, "0"), NOW).kind == "renews"
+    finally:
+        engine.dispose()
