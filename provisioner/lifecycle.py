@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner import actions, lease, notify
+from provisioner import access, actions, lease, notify
 from provisioner.actions import FIRST_STEP, ServerBusy, budget, status_for
 from provisioner.cloud.errors import ProviderError
 from provisioner.cloud.retry import backoff
@@ -199,9 +199,12 @@ class Lifecycle:
         if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
+            offered = access.protocols(self.ctx.settings, row)
             kept = {"identity_until": f"{row.identity_kept_until:%Y-%m-%d %H:%M}"} if row.identity_kept_until else {}
             message = {"create": ("server_ready", {}),
-                       "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
+                       # A WireGuard client resolves the name once: the mail says to restart the tunnel.
+                       "rebuild": ("rebuild_done", {"location": row.current_location or "",
+                                                    "wireguard": access.WIREGUARD in offered}),
                        "destroy": ("server_destroyed", kept)}.get(action)   # sync and restart: the page says it
             # "Your subscription has ended" would be untrue when an operator took the server down.
             if message is not None and not (action == "destroy" and row.on_hold):

@@ -16,12 +16,13 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from dashboard_api.server import create_app
 from dashboard_api.tokens import mint_token
 from provisioner import operations
 from provisioner.lifecycle import Lifecycle
-from provisioner.models import Server
+from provisioner.models import OutboxMessage, Server
 from provisioner.server_secrets import ServerSecrets
 from provisioner.vpn import wireguard
 from tests.fixtures.stack import Stack, open_stack
@@ -127,6 +128,10 @@ def test_a_wireguard_device_keeps_its_conf_across_a_relocation_and_loses_it_when
         # Then the same .conf, byte for byte, and the new host has the same server key and peers
         assert api.get(f"{base}/2/conf", headers=owner).content == conf
         assert host_wg0(stack, rid) == wg0
+        # And the mail says to switch the WireGuard tunnel off and on once (it resolved the old address)
+        with stack.app.sessions() as s:
+            mail = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "rebuild_done")).one()
+        assert "switch the tunnel off and on once" in mail.body
 
         # When the customer revokes the phone
         assert api.delete(f"{base}/2", headers=owner).status_code == 200
@@ -176,4 +181,7 @@ def test_an_openvpn_product_gets_wireguard_at_the_next_rebuild_with_a_peer_for_e
             assert peer_keys(host_wg0(stack, rid)) == {wireguard.encode_key(p.public_key) for p in state.peers}
             for device in ("1", "2"):
                 assert api.get(f"/api/servers/{short}/devices/{device}/conf", headers=owner).status_code == 200
+            with stack.app.sessions() as s:
+                mail = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "rebuild_done")).one()
+            assert "switch the tunnel off and on once" in mail.body
             assert api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).content == ovpn
