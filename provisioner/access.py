@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, and_, delete, false, or_, select
 from sqlalchemy.orm import Session
 
 from provisioner.models import Device, DeviceProfile, Server, SSHKey
@@ -159,10 +159,41 @@ def install_runs(session: Session, row: Server, secrets: ServerSecrets, offered:
 
 
 def push_runs(session: Session, row: Server, secrets: ServerSecrets, offered: Sequence[str]) -> list[RemoteRun]:
-    """The running server: the CRL (it cuts off revoked devices), the WireGuard peer list (it
-    drops revoked ones, adds new ones) and the customer's SSH access."""
-    runs = [remote.crl_update_run(secrets.openvpn())] if OPENVPN in offered else []
-    wg = secrets.wg() if WIREGUARD in offered else None
-    if wg is not None:
+    """The running server: a protocol its product offers but it lacks (installed from the stored
+    state), the CRL (it cuts off revoked devices), the WireGuard peer list (it drops revoked peers
+    and adds new ones) and the customer's SSH access."""
+    have = installed(row)
+    new = [p for p in offered if p not in have]
+    runs = [remote.install_run(pki=secrets.openvpn() if OPENVPN in new else None,
+                               wireguard_state=secrets.wg() if WIREGUARD in new else None)] if new else []
+    if OPENVPN in have:
+        runs.append(remote.crl_update_run(secrets.openvpn()))
+    wg = secrets.wg()
+    if WIREGUARD in have and wg is not None:
         runs.append(remote.peers_update_run(wg))
     return [*runs, access_run(session, row)]
+
+
+# --- which protocols the running instance has ------------------------------------------------------
+
+def installed(row: Server) -> tuple[str, ...]:
+    """The protocols the server's instance was installed with (NULL: before they were recorded,
+    when every server ran OpenVPN alone)."""
+    return tuple(row.vpn_protocols.split()) if row.vpn_protocols is not None else (OPENVPN,)
+
+
+def record_installed(row: Server, protocols: Sequence[str]) -> None:
+    row.vpn_protocols = " ".join(protocols)
+
+
+def lacks(protocol: str) -> ColumnElement[bool]:
+    """SQL: the row's instance was not installed with ``protocol`` (the same rule as :func:`installed`)."""
+    recorded = Server.vpn_protocols
+    missing = or_(recorded.is_(None), recorded.not_like(f"%{protocol}%"))
+    return and_(recorded.is_not(None), recorded.not_like(f"%{protocol}%")) if protocol == OPENVPN else missing
+
+
+def gaining(settings: Settings) -> ColumnElement[bool]:
+    """SQL: the row's product offers a protocol its instance lacks (a sync installs it)."""
+    return or_(false(), *(and_(Server.product_id == pid, lacks(protocol))
+                          for pid, product in settings.products.items() for protocol in product.protocols))

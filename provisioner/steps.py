@@ -252,6 +252,7 @@ def install(ctx: Context, row: Server) -> Next:
     ctx.remote.run(_host(ctx, row, row.new_ip or row.server_ip, secrets),
                    access.install_runs(_session(row), row, secrets, offered), after_boot=True)
     access.shipped(row)
+    access.record_installed(row, offered)
     pki = secrets.openvpn()
     # the first device's .ovpn, unless the customer revoked it (or the product offers no OpenVPN)
     if access.OPENVPN in offered and pki.device(FIRST_DEVICE_ID).key_pem:
@@ -388,7 +389,7 @@ def wipe(ctx: Context, row: Server) -> Next:
     now = ctx.clock()
     keep = dt.timedelta(days=ctx.settings.lifecycle.keep_identity_days)
     row.ovpn_file_enc = row.root_password_enc = None
-    row.server_ip = row.new_ip = None
+    row.server_ip = row.new_ip = row.vpn_protocols = None
     row.access_pending_since, row.restart_pending = None, False
     row.status = Status.DESTROYED.value
     row.destroyed_at = now
@@ -421,16 +422,21 @@ def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
 
 def push(ctx: Context, row: Server) -> Next:
     """Send the running server the customer's latest CRL, WireGuard peers and SSH access (all idempotent)."""
-    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
     revision = row.access_revision
-    offered = access.protocols(ctx.settings, row)
+    # A protocol the product gained since the install gets its keys now and is installed first.
+    secrets, offered = _vpn_state(ctx, row)
+    before = access.installed(row)
     runs = access.push_runs(_session(row), row, secrets, offered)
     ctx.remote.run(_host(ctx, row, row.server_ip, secrets), runs)
     # Recorded in the same commit as the step: if the customer changed something meanwhile, the
     # row's version moved, this commit fails, and the step runs again with the newer state.
     access.shipped(row)
-    lists = ", ".join(_ACCESS_LISTS[p] for p in offered)
-    return Next(None, f"{lists} and SSH access applied (revision {revision})")
+    now_has = [*before, *(p for p in offered if p not in before)]
+    access.record_installed(row, now_has)
+    gained = [_DAEMON_NAMES[p] for p in now_has if p not in before]
+    lists = ", ".join(_ACCESS_LISTS[p] for p in now_has)
+    done = f"{' and '.join(gained)} installed; " if gained else ""
+    return Next(None, f"{done}{lists} and SSH access applied (revision {revision})")
 
 
 def reboot(ctx: Context, row: Server) -> Next:

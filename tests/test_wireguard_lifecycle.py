@@ -22,7 +22,7 @@ from dashboard_api.server import create_app
 from dashboard_api.tokens import mint_token
 from provisioner import operations
 from provisioner.lifecycle import Lifecycle
-from provisioner.models import OutboxMessage, Server
+from provisioner.models import OutboxMessage, Server, ServerEvent
 from provisioner.server_secrets import ServerSecrets
 from provisioner.vpn import wireguard
 from tests.fixtures.stack import Stack, open_stack
@@ -156,32 +156,53 @@ def test_a_wireguard_device_keeps_its_conf_across_a_relocation_and_loses_it_when
         assert needle not in caplog.text
 
 
-def test_an_openvpn_product_gets_wireguard_at_the_next_rebuild_with_a_peer_for_every_device(
+def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_by_a_sync(
         tmp_path: Path) -> None:
     with open_stack(tmp_path) as stack:
         lc = stack.lifecycle()
         rid = stack.create_server(lc=lc, email=OWNER, user_id=OWNER_ACCOUNT)
         owner = headers(stack, OWNER, OWNER_ACCOUNT)
-        short = (row_of(stack, rid).server_name or "").split(".")[0]
+        running = row_of(stack, rid)
+        short = (running.server_name or "").split(".")[0]
+        host = stack.hosts.root_dir / (running.instance_id or "")
+        assert running.vpn_protocols == "openvpn"
         with TestClient(create_app(stack.app)) as api:
             assert api.post(f"/api/servers/{short}/devices", headers=owner, json={"name": "Phone"}).status_code == 201
             # An OpenVPN-only product: no WireGuard keys, no wg0.conf, no .conf (404), the .ovpn as before
             assert ServerSecrets.open(stack.app.secret_box, row_of(stack, rid).secrets_enc or "").wireguard is None
-            assert not (stack.hosts.root_dir / (row_of(stack, rid).instance_id or "") / WG0).exists()
+            assert not (host / WG0).exists()
             assert api.get(f"/api/servers/{short}/devices/2/conf", headers=owner).status_code == 404
             assert api.get(f"/api/servers/{short}/devices/2/qr", headers=owner).status_code == 404
             ovpn = api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).content
-            # When the operator adds WireGuard to the product and the server is rebuilt
+            assert operations.start_customer_changes(lc, stack.app.clock()) == []   # nothing to send
+
+            # When the operator adds WireGuard to the product (settings reloaded)
             products = stack.app.settings.products
             products["1"] = dataclasses.replace(products["1"], protocols=("openvpn", "wireguard"))
-            stack.act(rid, "rebuild", "ams", lc=lc)
-            # Then both devices have a WireGuard peer on the new host and a .conf; the .ovpn is unchanged
-            state = ServerSecrets.open(stack.app.secret_box, row_of(stack, rid).secrets_enc or "").wg()
+            # Then the leader's next pass starts a sync that installs it on the running instance
+            settle(stack, lc, rid)
+            after = row_of(stack, rid)
+            assert (after.status, after.instance_id, after.generation) == ("Running", running.instance_id,
+                                                                           running.generation)
+            assert after.vpn_protocols == "openvpn wireguard"
+            state = ServerSecrets.open(stack.app.secret_box, after.secrets_enc or "").wg()
             assert state is not None and [p.device_id for p in state.peers] == ["1", "2"]
-            assert peer_keys(host_wg0(stack, rid)) == {wireguard.encode_key(p.public_key) for p in state.peers}
+            assert peer_keys((host / WG0).read_text()) == {wireguard.encode_key(p.public_key) for p in state.peers}
+            with stack.app.sessions() as s:
+                details = list(s.scalars(select(ServerEvent.detail).where(ServerEvent.what == "sync.push",
+                                                                          ServerEvent.outcome == "ok")))
+            assert details and details[-1].startswith("WireGuard installed; CRL, WireGuard peers and SSH access")
+            # Both devices have a .conf now; the .ovpn is unchanged; and nothing more is sent
             for device in ("1", "2"):
+                listed = api.get(f"/api/servers/{short}/devices", headers=owner).json()["devices"]
+                assert [[p["protocol"] for p in d["profiles"]] for d in listed] == [["openvpn", "wireguard"]] * 2
                 assert api.get(f"/api/servers/{short}/devices/{device}/conf", headers=owner).status_code == 200
+            assert api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).content == ovpn
+            assert operations.start_customer_changes(lc, stack.app.clock()) == []
+            # And a rebuild keeps both, and its mail now says to switch the tunnel off and on
+            conf = api.get(f"/api/servers/{short}/devices/2/conf", headers=owner).content
+            stack.act(rid, "rebuild", "ams", lc=lc)
+            assert api.get(f"/api/servers/{short}/devices/2/conf", headers=owner).content == conf
             with stack.app.sessions() as s:
                 mail = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "rebuild_done")).one()
             assert "switch the tunnel off and on once" in mail.body
-            assert api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).content == ovpn
