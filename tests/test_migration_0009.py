@@ -8,8 +8,6 @@ import dataclasses
 import datetime as dt
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, inspect, select, text
 
 from provisioner import access, db
@@ -17,15 +15,8 @@ from provisioner.models import Server
 from provisioner.settings import load_settings
 from provisioner.wiring import App
 from tests.fixtures.config import write_config
+from tests.fixtures.migrations import alembic
 from tests.fixtures.services import *  # noqa: F403
-
-
-def alembic(engine: Engine, verb: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(db.MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, verb)(cfg, revision)
 
 
 def columns(engine: Engine) -> set[str]:
