@@ -56,6 +56,8 @@ def test_only_the_owner_gets_a_devices_conf_and_qr_never_cached(
 def test_the_conf_names_the_server_and_the_qr_code_carries_it(api_env: ApiEnv, owner: dict[str, str]) -> None:
     listed = api_env.client.get("/api/servers/g0001/devices", headers=owner).json()
     assert [p["protocol"] for p in listed["devices"][0]["profiles"]] == ["openvpn", "wireguard"]
+    servers = api_env.client.get("/api/servers", headers=owner).json()
+    assert {s["short_name"]: s["protocols"] for s in servers}["g0001"] == ["openvpn", "wireguard"]
     conf = api_env.client.get("/api/servers/g0001/devices/1/conf", headers=owner)
     assert conf.status_code == 200 and conf.headers["content-type"] == WG_CONF_TYPE
     assert conf.headers["content-disposition"] == 'attachment; filename="g0001-1.conf"'
@@ -117,5 +119,8 @@ def test_a_wireguard_only_plan_has_no_ovpn(tmp_path: Path, api_db_template: Path
         assert [p["protocol"] for p in listed["devices"][0]["profiles"]] == ["wireguard"]
         r = env.client.get("/api/servers/g0001/devices/1/ovpn", headers=headers)
         assert r.status_code == 404 and r.json()["error"]["code"] == "profile_not_found"
+        whole = env.client.get("/api/servers/g0001/ovpn", headers=headers)
+        assert whole.status_code == 404 and whole.json()["error"]["code"] == "profile_not_found"
+        assert [s["protocols"] for s in env.client.get("/api/servers", headers=headers).json()] == [["wireguard"]]
         assert env.client.get("/api/servers/g0001/devices/1/conf", headers=headers).status_code == 200
     env.app.engine.dispose()
