@@ -180,6 +180,8 @@ def test_mail_links_go_to_the_stores_dashboard_page(tmp_path: Path) -> None:
     {"error": "see <ca>\nMIIB...</ca>"},
     {"error": "x", "root_password": "hunter2"},
     {"error": "x", "ovpn": "client\ndev tun"},
+    {"error": "wg setconf failed on:\n[Interface]\nPrivateKey = " + "A" * 43 + "="},
+    {"error": "[Peer]\n  presharedkey= " + "B" * 43 + "="},
 ])
 def test_it_refuses_context_that_could_leak_a_secret(tmp_path: Path, context: dict[str, Any]) -> None:
     app = notify_app(tmp_path)

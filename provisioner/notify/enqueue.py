@@ -102,7 +102,9 @@ log = logging.getLogger(__name__)
 
 CUSTOMER, OPERATOR = "customer", "operator"
 LAST_EVENTS = 10
-_KEY_MATERIAL = re.compile(r"-----BEGIN |<(ca|cert|key|tls-auth|tls-crypt|tls-crypt-v2|secret)>", re.I)
+# PEM blocks, an .ovpn's inline keys, a WireGuard .conf's or wg0.conf's key lines.
+_KEY_MATERIAL = re.compile(r"-----BEGIN |<(ca|cert|key|tls-auth|tls-crypt|tls-crypt-v2|secret)>"
+                           r"|(PrivateKey|PresharedKey)\s*=\s*[A-Za-z0-9+/]{42,43}=", re.I)
 
 
 @dataclass(frozen=True)
