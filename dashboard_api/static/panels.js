@@ -206,6 +206,7 @@
     if (shown) {
       shown.remove();
       btn.textContent = t("devices.show_qr");
+      btn.setAttribute("aria-label", t("devices.show_qr_named", { name: device.name }));
       btn.setAttribute("aria-expanded", "false");
       return;
     }
@@ -227,6 +228,7 @@
         box.appendChild(el("p", "muted", t("devices.qr_help")));
         li.appendChild(box);
         btn.textContent = t("devices.hide_qr");
+        btn.setAttribute("aria-label", t("devices.hide_qr_named", { name: device.name }));
         btn.setAttribute("aria-expanded", "true");
       }, function (err) {
         net.failed(err, "toast.download_failed", function () { toggleQr(panel, device, btn, li); });
