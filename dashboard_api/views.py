@@ -29,7 +29,7 @@ PROGRESS = {
     "prepare": "Preparing your server",
     "instance": "Creating the server",
     "boot": "Starting the server",
-    "install": "Installing OpenVPN",
+    "install": "Installing the VPN",
     "dns": "Setting up the DNS name",
     "snapshot": "Saving a snapshot",
     "carry": "Moving the bandwidth count",
