@@ -28,12 +28,12 @@ from sqlalchemy.orm import Session
 
 from provisioner.models import Device, DeviceProfile, Server, SSHKey
 from provisioner.server_secrets import ServerSecrets
-from provisioner.settings.schema import OPENVPN, WIREGUARD, Settings
+from provisioner.settings.schema import OPENVPN, PROTOCOL_NAMES, WIREGUARD, Settings
 from provisioner.vpn import pki as vpn_pki
 from provisioner.vpn import remote, wireguard
 from provisioner.vpn.remote import RemoteRun
 
-__all__ = ["OPENVPN", "WIREGUARD"]
+__all__ = ["OPENVPN", "PROTOCOL_NAMES", "WIREGUARD"]
 
 
 def protocols(settings: Settings, row: Server) -> tuple[str, ...]:

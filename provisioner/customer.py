@@ -263,8 +263,7 @@ def device_profile(session: Session, box: SecretBox, row: Server, device_id: str
     if device.revoked_at is not None:
         raise Refused(410, "device_revoked", f"The device '{device.name}' was revoked; its profile no longer works.")
     if protocol not in {p.protocol for p in access.profiles(session, [device])[device.id]}:
-        raise Refused(404, "profile_not_found", f"This device has no {protocol} profile; your plan does not "
-                      "offer it.")
+        raise Refused(404, "profile_not_found", f"This device has no {access.PROTOCOL_NAMES[protocol]} profile.")
     if not profiles_ready(row):
         raise Refused(409, "not_ready", "The profile is ready once the server has been installed.")
     secrets = ServerSecrets.open(box, row.secrets_enc or "")

@@ -259,7 +259,7 @@ def install(ctx: Context, row: Server) -> Next:
         ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
         vpn_config.validate_ovpn(ovpn)
         row.ovpn_file_enc = ctx.box.seal(ovpn)
-    daemons = " and ".join(_DAEMON_NAMES[p] for p in offered)
+    daemons = " and ".join(access.PROTOCOL_NAMES[p] for p in offered)
     return Next("dns", f"{daemons} installed and active; the customer's SSH access applied")
 
 
@@ -275,7 +275,6 @@ def _vpn_state(ctx: Context, row: Server) -> tuple[ServerSecrets, tuple[str, ...
     return ready, offered
 
 
-_DAEMON_NAMES = {access.OPENVPN: "OpenVPN", access.WIREGUARD: "WireGuard"}
 _ACCESS_LISTS = {access.OPENVPN: "CRL", access.WIREGUARD: "WireGuard peers"}
 
 
@@ -433,7 +432,7 @@ def push(ctx: Context, row: Server) -> Next:
     access.shipped(row)
     now_has = [*before, *(p for p in offered if p not in before)]
     access.record_installed(row, now_has)
-    gained = [_DAEMON_NAMES[p] for p in now_has if p not in before]
+    gained = [access.PROTOCOL_NAMES[p] for p in now_has if p not in before]
     lists = ", ".join(_ACCESS_LISTS[p] for p in now_has)
     done = f"{' and '.join(gained)} installed; " if gained else ""
     return Next(None, f"{done}{lists} and SSH access applied (revision {revision})")

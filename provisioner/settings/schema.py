@@ -16,6 +16,7 @@ REQUIRED = object()
 OPENVPN = "openvpn"
 WIREGUARD = "wireguard"
 PROTOCOLS = (OPENVPN, WIREGUARD)
+PROTOCOL_NAMES = {OPENVPN: "OpenVPN", WIREGUARD: "WireGuard"}   # as people write them
 
 
 class ConfigError(ValueError):
