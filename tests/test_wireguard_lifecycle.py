@@ -90,6 +90,7 @@ def test_a_wireguard_device_keeps_its_conf_across_a_relocation_and_loses_it_when
         first_conf = api.get(f"{base}/1/conf", headers=owner)
         assert first_conf.status_code == 200
         wg0 = host_wg0(stack, rid)
+        assert (stack.hosts.root_dir / (row.instance_id or "") / "etc/openvpn/server/server.conf").exists()
         first_public = wireguard.encode_key(
             wireguard.public_key_of(wireguard.decode_key(conf_value(first_conf.content, "PrivateKey"), "key")))
         assert peer_keys(wg0) == {first_public}
@@ -206,3 +207,25 @@ def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_
             with stack.app.sessions() as s:
                 mail = s.scalars(select(OutboxMessage).where(OutboxMessage.kind == "rebuild_done")).one()
             assert "switch the tunnel off and on once" in mail.body
+
+
+def test_a_wireguard_only_server_runs_no_openvpn_and_syncs_peers_without_a_crl(tmp_path: Path) -> None:
+    with open_stack(tmp_path, products={"1": {"protocols": ["wireguard"]}}) as stack:
+        lc = stack.lifecycle()
+        rid = stack.create_server(lc=lc, email=OWNER, user_id=OWNER_ACCOUNT)
+        row = row_of(stack, rid)
+        host = stack.hosts.root_dir / (row.instance_id or "")
+        assert row.vpn_protocols == "wireguard" and row.ovpn_file_enc is None
+        assert not (host / "etc/openvpn/server/server.conf").exists() and (host / WG0).exists()
+        owner, short = headers(stack, OWNER, OWNER_ACCOUNT), (row.server_name or "").split(".")[0]
+        with TestClient(create_app(stack.app)) as api:
+            added = api.post(f"/api/servers/{short}/devices", headers=owner, json={"name": "Phone"})
+            assert [p["protocol"] for p in added.json()["profiles"]] == ["wireguard"]
+            settle(stack, lc, rid)
+            assert api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).status_code == 404
+            assert api.get(f"/api/servers/{short}/devices/2/conf", headers=owner).status_code == 200
+        assert len(peer_keys((host / WG0).read_text())) == 2
+        with stack.app.sessions() as s:
+            details = list(s.scalars(select(ServerEvent.detail).where(ServerEvent.what == "sync.push",
+                                                                      ServerEvent.outcome == "ok")))
+        assert details and details[-1].startswith("WireGuard peers and SSH access applied")
