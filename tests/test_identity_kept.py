@@ -8,8 +8,6 @@ import datetime as dt
 from sqlalchemy import select
 
 from jobs import registry
-from jobs.server_check import server_check
-from provisioner import operations
 from provisioner.models import OutboxMessage, Server
 from tests.fixtures.stack import Stack
 
@@ -28,23 +26,13 @@ def _ovpn(stack: Stack, rid: int) -> bytes:
     return stack.app.secret_box.open(_row(stack, rid).ovpn_file_enc or "")
 
 
-def _destroyed_then_renewed_after(stack: Stack, rid: int, later: dt.timedelta) -> None:
-    stack.set_subscription(1, status="expired", days=-1)
-    stack.act(rid, "destroy")
-    stack.set_subscription(1, status="active", days=90)      # the customer renews
-    stack.app.clock = lambda: dt.datetime.now(dt.UTC) + later
-    lc = stack.lifecycle()
-    server_check(stack.app, lc)
-    operations.drive_until_idle(lc, [rid], timeout=60)
-
-
 def test_a_renewal_within_the_kept_days_revives_the_same_name_and_ovpn(db_stack: Stack) -> None:
     # Given a running server and its customer's .ovpn
     rid = db_stack.create_server(1, "ann@example.com")
     before, name = _ovpn(db_stack, rid), _row(db_stack, rid).server_name
 
     # When it is destroyed, and the customer renews 29 days later
-    _destroyed_then_renewed_after(db_stack, rid, 29 * DAY)
+    db_stack.destroyed_then_renewed_after(rid, 29 * DAY)
 
     # Then it is running again under the same name, with byte for byte the same .ovpn
     after = _row(db_stack, rid)
@@ -60,7 +48,7 @@ def test_a_renewal_after_the_kept_days_gets_a_fresh_pki(db_stack: Stack) -> None
     rid = db_stack.create_server(1, "ann@example.com")
     before = _ovpn(db_stack, rid)
 
-    _destroyed_then_renewed_after(db_stack, rid, 31 * DAY)
+    db_stack.destroyed_then_renewed_after(rid, 31 * DAY)
 
     after = _row(db_stack, rid)
     assert after.status == "Running"

@@ -8,6 +8,7 @@ is refused, to everyone; nobody else ever gets it, and the logs hold no WireGuar
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
 import re
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from sqlalchemy import select
 
 from dashboard_api.server import create_app
 from dashboard_api.tokens import mint_token
-from provisioner import operations
+from provisioner import customer, operations
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import OutboxMessage, Server, ServerEvent
 from provisioner.server_secrets import ServerSecrets
@@ -229,3 +230,21 @@ def test_a_wireguard_only_server_runs_no_openvpn_and_syncs_peers_without_a_crl(t
             details = list(s.scalars(select(ServerEvent.detail).where(ServerEvent.what == "sync.push",
                                                                       ServerEvent.outcome == "ok")))
         assert details and details[-1].startswith("WireGuard peers and SSH access applied")
+
+
+def test_a_renewal_within_the_kept_days_gets_the_same_wireguard_conf(wg_stack: Stack) -> None:
+    stack = wg_stack
+    rid = stack.create_server(email=OWNER, user_id=OWNER_ACCOUNT)
+    box = stack.app.secret_box
+
+    def conf() -> bytes:
+        with stack.app.sessions() as s:
+            row = s.get(Server, rid)
+            assert row is not None
+            return customer.device_profile(s, box, row, "1", "wireguard")[0]
+
+    before, wg0 = conf(), host_wg0(stack, rid)
+    stack.destroyed_then_renewed_after(rid, dt.timedelta(days=29))
+    after = row_of(stack, rid)
+    assert (after.status, after.generation) == ("Running", 1)
+    assert conf() == before and host_wg0(stack, rid) == wg0
