@@ -8,7 +8,10 @@ A product now chooses its protocols (``products.<id>.protocols``: OpenVPN, WireG
 ``vpn_protocols`` says what the running instance has, so a product that gains WireGuard gets
 it on its running servers through a sync, without waiting for a rebuild. Every server before
 this revision was installed with OpenVPN alone: NULL says exactly that (no backfill needed).
-The WireGuard keys themselves live in the sealed ``secrets_enc``, beside the OpenVPN PKI.
+The WireGuard keys themselves live in the sealed ``secrets_enc``, beside the OpenVPN PKI (no
+column of their own), so the downgrade leaves them there: code from before this revision reads
+past them, but drops them the first time it re-seals a server's secrets (a device added or
+revoked), and that server's WireGuard devices would need new profiles after an upgrade again.
 """
 from alembic import op  # noqa: I001
 import sqlalchemy as sa
