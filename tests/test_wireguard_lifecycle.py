@@ -39,16 +39,8 @@ def wg_stack(tmp_path: Path) -> Iterator[Stack]:
         yield stack
 
 
-def row_of(stack: Stack, rid: int) -> Server:
-    with stack.app.sessions() as s:
-        row = s.get(Server, rid)
-        assert row is not None
-        s.expunge(row)
-        return row
-
-
 def host_wg0(stack: Stack, rid: int) -> str:
-    return (stack.hosts.root_dir / (row_of(stack, rid).instance_id or "") / WG0).read_text()
+    return (stack.hosts.root_dir / (stack.row(rid).instance_id or "") / WG0).read_text()
 
 
 def peer_keys(wg0: str) -> set[str]:
@@ -78,7 +70,7 @@ def test_a_wireguard_device_keeps_its_conf_across_a_relocation_and_loses_it_when
     lc = stack.lifecycle()
     # Given a server of a product that offers both protocols, created by the lifecycle
     rid = stack.create_server(lc=lc, email=OWNER, user_id=OWNER_ACCOUNT)
-    row = row_of(stack, rid)
+    row = stack.row(rid)
     assert row.status == "Running" and row.current_location == "ewr"
     dns_name = row.server_name or ""
     short = dns_name.split(".")[0]
@@ -100,14 +92,14 @@ def test_a_wireguard_device_keeps_its_conf_across_a_relocation_and_loses_it_when
         added = api.post(base, headers=owner, json={"name": "Phone"})
         assert added.status_code == 201
         assert [p["protocol"] for p in added.json()["profiles"]] == ["openvpn", "wireguard"]
-        assert row_of(stack, rid).access_pending_since is not None
+        assert stack.row(rid).access_pending_since is not None
         settle(stack, lc, rid)
-        assert row_of(stack, rid).access_pending_since is None
+        assert stack.row(rid).access_pending_since is None
         got = api.get(f"{base}/2/conf", headers=owner)
         assert got.status_code == 200 and got.headers["cache-control"] == "no-store"
         assert got.headers["content-disposition"] == f'attachment; filename="{short}-2.conf"'
         conf = got.content
-        secrets = ServerSecrets.open(stack.app.secret_box, row_of(stack, rid).secrets_enc or "")
+        secrets = ServerSecrets.open(stack.app.secret_box, stack.row(rid).secrets_enc or "")
         state = secrets.wg()
         assert state is not None
         # The .conf names the server's public key and its DNS name (never an address)
@@ -122,9 +114,9 @@ def test_a_wireguard_device_keeps_its_conf_across_a_relocation_and_loses_it_when
         assert api.get(f"{base}/2/qr", headers=other).status_code == 404
 
         # When the server is relocated to another region (a new instance, a new address)
-        old_instance, old_ip = row.instance_id, row_of(stack, rid).server_ip
+        old_instance, old_ip = row.instance_id, stack.row(rid).server_ip
         stack.act(rid, "rebuild", "ams", lc=lc)
-        moved = row_of(stack, rid)
+        moved = stack.row(rid)
         assert (moved.status, moved.current_location) == ("Running", "ams")
         assert moved.instance_id != old_instance and moved.server_ip != old_ip
         # Then the same .conf, byte for byte, and the new host has the same server key and peers
@@ -164,14 +156,14 @@ def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_
         lc = stack.lifecycle()
         rid = stack.create_server(lc=lc, email=OWNER, user_id=OWNER_ACCOUNT)
         owner = headers(stack, OWNER, OWNER_ACCOUNT)
-        running = row_of(stack, rid)
+        running = stack.row(rid)
         short = (running.server_name or "").split(".")[0]
         host = stack.hosts.root_dir / (running.instance_id or "")
         assert running.vpn_protocols == "openvpn"
         with TestClient(create_app(stack.app)) as api:
             assert api.post(f"/api/servers/{short}/devices", headers=owner, json={"name": "Phone"}).status_code == 201
             # An OpenVPN-only product: no WireGuard keys, no wg0.conf, no .conf (404), the .ovpn as before
-            assert ServerSecrets.open(stack.app.secret_box, row_of(stack, rid).secrets_enc or "").wireguard is None
+            assert ServerSecrets.open(stack.app.secret_box, stack.row(rid).secrets_enc or "").wireguard is None
             assert not (host / WG0).exists()
             assert api.get(f"/api/servers/{short}/devices/2/conf", headers=owner).status_code == 404
             assert api.get(f"/api/servers/{short}/devices/2/qr", headers=owner).status_code == 404
@@ -183,7 +175,7 @@ def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_
             products["1"] = dataclasses.replace(products["1"], protocols=("openvpn", "wireguard"))
             # Then the leader's next pass starts a sync that installs it on the running instance
             settle(stack, lc, rid)
-            after = row_of(stack, rid)
+            after = stack.row(rid)
             assert (after.status, after.instance_id, after.generation) == ("Running", running.instance_id,
                                                                            running.generation)
             assert after.vpn_protocols == "openvpn wireguard"
@@ -214,7 +206,7 @@ def test_a_wireguard_only_server_runs_no_openvpn_and_syncs_peers_without_a_crl(t
     with open_stack(tmp_path, products={"1": {"protocols": ["wireguard"]}}) as stack:
         lc = stack.lifecycle()
         rid = stack.create_server(lc=lc, email=OWNER, user_id=OWNER_ACCOUNT)
-        row = row_of(stack, rid)
+        row = stack.row(rid)
         host = stack.hosts.root_dir / (row.instance_id or "")
         assert row.vpn_protocols == "wireguard" and row.ovpn_file_enc is None
         assert not (host / "etc/openvpn/server/server.conf").exists() and (host / WG0).exists()
@@ -245,6 +237,6 @@ def test_a_renewal_within_the_kept_days_gets_the_same_wireguard_conf(wg_stack: S
 
     before, wg0 = conf(), host_wg0(stack, rid)
     stack.destroyed_then_renewed_after(rid, dt.timedelta(days=29))
-    after = row_of(stack, rid)
+    after = stack.row(rid)
     assert (after.status, after.generation) == ("Running", 1)
     assert conf() == before and host_wg0(stack, rid) == wg0
