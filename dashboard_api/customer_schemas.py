@@ -16,7 +16,8 @@ class NewDevice(StrictBody):
 
 
 class ProfileOut(BaseModel):
-    protocol: str = Field(description="openvpn (wireguard where the plan offers it)")
+    protocol: str = Field(description="openvpn (download: …/devices/{id}/ovpn) or wireguard (…/devices/{id}/conf, "
+                                      "and …/qr for its QR code), one profile per protocol of the plan")
     revoked_at: dt.datetime | None
 
 

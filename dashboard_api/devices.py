@@ -1,7 +1,8 @@
 """The customer's devices: list, add, revoke, and each device's own profile.
 
-Every device has its own key, so a lost phone is cut off alone: revoking it erases its key at
-once and the server refuses it as soon as the new CRL reaches it (within a minute). The rules
+Every device has its own key, so a lost phone is cut off alone: revoking it erases its keys at
+once and the server refuses it as soon as the new CRL and WireGuard peer list reach it (within a
+minute). A plan with WireGuard gives each device a ``.conf`` too, also shown as a QR code. The rules
 live in :mod:`provisioner.customer`; these routes only translate.
 """
 
@@ -25,7 +26,13 @@ from provisioner.models import Device
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/servers/{name}/devices", tags=["devices"])
+WG_CONF_TYPE = "application/x-wireguard-profile"
 DeviceId = Path(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9_-]*$", description="the device's id")
+
+
+def _file_responses(media_type: str, description: str) -> dict[int | str, dict[str, object]]:
+    return {200: {"content": {media_type: {"schema": {"type": "string"}}}, "description": description},
+            **responses(*AUTHED, 404, 409, 410, 422, 503)}
 
 
 def _out(device: Device, profiles: dict[int, list[ProfileOut]]) -> DeviceOut:
@@ -79,15 +86,44 @@ def revoke_device(device_id: str = DeviceId, name: str = ServerName,  # noqa: B0
 
 
 @router.get("/{device_id}/ovpn", response_class=Response,
-            responses={200: {"content": {"application/x-openvpn-profile": {"schema": {"type": "string"}}},
-                             "description": "the device's OpenVPN client profile"},
-                       **responses(*AUTHED, 404, 409, 410, 422, 503)},
+            responses=_file_responses("application/x-openvpn-profile", "the device's OpenVPN client profile"),
             summary="Download one device's OpenVPN profile (.ovpn)")
 def download_profile(device_id: str = DeviceId, name: str = ServerName,  # noqa: B008
                      who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
+    data, filename = _profile(st, who, name, device_id, access.OPENVPN)
+    return _secret(data, "application/x-openvpn-profile", filename)
+
+
+@router.get("/{device_id}/conf", response_class=Response,
+            responses=_file_responses(WG_CONF_TYPE, "the device's WireGuard configuration"),
+            summary="Download one device's WireGuard configuration (.conf), for a plan that offers WireGuard")
+def download_wireguard(device_id: str = DeviceId, name: str = ServerName,  # noqa: B008
+                       who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
+    data, filename = _profile(st, who, name, device_id, access.WIREGUARD)
+    return _secret(data, WG_CONF_TYPE, filename)
+
+
+@router.get("/{device_id}/qr", response_class=Response,
+            responses=_file_responses("image/svg+xml", "the device's WireGuard configuration as a QR code"),
+            summary="One device's WireGuard configuration as a QR code (SVG), for the WireGuard apps' scanner")
+def wireguard_qr(device_id: str = DeviceId, name: str = ServerName,  # noqa: B008
+                 who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
+    from provisioner.vpn.qr import render_qr_svg
+
+    data, filename = _profile(st, who, name, device_id, access.WIREGUARD)
+    svg = render_qr_svg(data, title=f"WireGuard configuration {filename}",
+                        description="Scan with the WireGuard app: add a tunnel, then create from QR code.")
+    return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
+
+
+def _profile(st: ApiState, who: Customer, name: str, device_id: str, protocol: str) -> tuple[bytes, str]:
+    """One device's profile for one protocol, for its owner only (the bytes hold its key)."""
     with st.app.sessions() as s:
         row = scoped.owned(s, st, who, name).row
         with scoped.refusals(), scoped.readable():
-            data, filename = service.device_profile(s, st.app.secret_box, row, device_id)
-    return Response(data, media_type="application/x-openvpn-profile", headers={
+            return service.device_profile(s, st.app.secret_box, row, device_id, protocol)
+
+
+def _secret(data: bytes, media_type: str, filename: str) -> Response:
+    return Response(data, media_type=media_type, headers={
         "Content-Disposition": f'attachment; filename="{filename}"', "Cache-Control": "no-store"})

@@ -30,6 +30,7 @@ from dashboard_api.tokens import Customer
 from provisioner import customer as service
 from provisioner.schedule import SCHEDULES
 from provisioner.secrets import UndecryptableSecret
+from provisioner.settings.schema import OPENVPN
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,10 @@ async def download_ovpn(name: str = ServerName, who: Customer = Depends(customer
     server_name = row.server_name or "server"
     if row.on_hold:
         raise ApiError(409, "suspended", "This server is suspended by support; please contact them.")
+    product = st.settings.product(row.product_id)
+    if product is not None and not product.offers(OPENVPN):
+        raise ApiError(404, "profile_not_found", "Your plan offers WireGuard only: download each device's "
+                       "WireGuard configuration from its devices.")
     if not token:
         raise ApiError(409, "not_ready", "The configuration file is not ready yet; it is made when the server "
                        "is first running.")

@@ -72,6 +72,8 @@ class ServerOut(BaseModel):
     bandwidth_cap: int = Field(description="bytes per month")
     last_rebuilt: dt.datetime | None
     ovpn_available: bool
+    protocols: list[str] = Field(description="the VPN protocols of the server's plan: openvpn, wireguard or both; "
+                                             "each device has a profile for each (see its devices)")
     last_error: str | None = Field(description="human text, only when status is Error")
     last_error_code: str | None = Field(description="retrying, rebuild_delayed, rebuild_delayed_alerted, "
                                                     "needs_attention or stopped, only when status is Error")

@@ -22,14 +22,14 @@ from dashboard_api.schemas import ServerOut
 from provisioner import locations
 from provisioner.models import Status
 from provisioner.schedule import next_slot
-from provisioner.settings.schema import Settings
+from provisioner.settings.schema import OPENVPN, Settings
 
 # (action, step) -> what the customer reads; the page has the same texts in its i18n files.
 PROGRESS = {
     "prepare": "Preparing your server",
     "instance": "Creating the server",
     "boot": "Starting the server",
-    "install": "Installing OpenVPN",
+    "install": "Installing the VPN",
     "dns": "Setting up the DNS name",
     "snapshot": "Saving a snapshot",
     "carry": "Moving the bandwidth count",
@@ -167,6 +167,7 @@ def server_dict(row: ShownRow, has_ovpn: bool, settings: Settings, now: dt.datet
         "bandwidth_used": row.bandwidth_this_month or 0,
         "bandwidth_cap": row.bandwidth_limit_this_month or (product.bandwidth_cap_bytes if product else 0),
         "last_rebuilt": row.last_rebuilt_at, "ovpn_available": has_ovpn and not suspended,
+        "protocols": list(product.protocols) if product else [OPENVPN],
         "last_error": ERROR_TEXT[code] if code else None, "last_error_code": code,
         "events": events}
 

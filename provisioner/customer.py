@@ -28,6 +28,7 @@ from provisioner.secrets import SecretBox
 from provisioner.server_secrets import ServerSecrets
 from provisioner.settings.schema import Settings
 from provisioner.vpn import pki as vpn_pki
+from provisioner.vpn import wireguard
 from provisioner.vpn.devices import DeviceConflict, DeviceError
 
 ACTOR = "customer"
@@ -198,7 +199,8 @@ def set_key_only(session: Session, row: Server, key_only: bool, *, now: dt.datet
 
 def add_device(session: Session, settings: Settings, box: SecretBox, row: Server, name: str, *,
                now: dt.datetime) -> Device:
-    """A new device with its own profile (no change on the server: its CA vouches for the new one)."""
+    """A new device with one profile per protocol of the product. OpenVPN changes nothing on the
+    server (its CA vouches for the new device); a WireGuard peer reaches it within a minute."""
     _still_here(row)
     if not row.secrets_enc:
         raise Refused(409, "not_ready", "Devices can be added once your server is being built.")
@@ -208,29 +210,42 @@ def add_device(session: Session, settings: Settings, box: SecretBox, row: Server
         raise Refused(409, "too_many_devices", f"Your plan allows {limit} devices at a time; revoke one you no "
                       "longer use first.")
     secrets = ServerSecrets.open(box, row.secrets_enc)
+    offered = access.protocols(settings, row)
+    wg = secrets.wg() if access.WIREGUARD in offered else None   # None until the server has WireGuard keys
     try:
         pki, device_id = vpn_pki.add_device(secrets.openvpn(), name, now=now)
+        stored_name = pki.device(device_id).name
+        if wg is not None:
+            wg, _ = wireguard.add_peer(wg, stored_name, device_id=device_id, now=now)
     except DeviceConflict as exc:
-        raise Refused(409, "device_exists", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
+        raise Refused(409, "device_exists", _sentence(exc)) from None
     except DeviceError as exc:
-        raise Refused(422, "invalid_device_name", f"{str(exc)[0].upper()}{str(exc)[1:]}.") from None
-    row.secrets_enc = secrets.with_openvpn(pki).seal(box)
-    stored_name = pki.device(device_id).name
-    device = access.add_device_row(session, row, device_id, stored_name, access.PROTOCOLS, now)
+        raise Refused(422, "invalid_device_name", _sentence(exc)) from None
+    secrets = secrets.with_openvpn(pki)
+    if wg is not None:
+        secrets = secrets.with_wireguard(wg)
+        access.mark_pending(row, now)   # the running server gets the new peer list
+    row.secrets_enc = secrets.seal(box)
+    device = access.add_device_row(session, row, device_id, stored_name,
+                                   access.profile_protocols(offered, wg, device_id), now)
     actions.record(session, row, "device.added", "info", history.note(device=device_id, name=stored_name),
                    actor=ACTOR, now=now)
     return device
 
 
 def revoke_device(session: Session, box: SecretBox, row: Server, device_id: str, *, now: dt.datetime) -> Device:
-    """Revoke every profile of one device: its key is erased at once, and the server refuses it as
-    soon as the new CRL reaches it (within a minute; a rebuild carries it too). Idempotent."""
+    """Revoke every profile of one device: its keys are erased at once, and the server refuses it
+    as soon as the new CRL and WireGuard peer list reach it (within a minute; a rebuild carries
+    them too). Idempotent."""
     device = _device(session, row, device_id)
     if device.revoked_at is not None:
         return device
     secrets = ServerSecrets.open(box, row.secrets_enc or "")
-    pki = vpn_pki.revoke_device(secrets.openvpn(), device_id, now=now)
-    row.secrets_enc = secrets.with_openvpn(pki).seal(box)
+    secrets = secrets.with_openvpn(vpn_pki.revoke_device(secrets.openvpn(), device_id, now=now))
+    wg = secrets.wg()
+    if wg is not None and any(p.device_id == device_id for p in wg.peers):
+        secrets = secrets.with_wireguard(wireguard.revoke_peer(wg, device_id, now=now))
+    row.secrets_enc = secrets.seal(box)
     if device_id == vpn_pki.FIRST_DEVICE_ID:
         row.ovpn_file_enc = None    # the server's original profile is this device's
     access.revoke_device_row(session, device, now)
@@ -242,24 +257,37 @@ def revoke_device(session: Session, box: SecretBox, row: Server, device_id: str,
 
 def device_profile(session: Session, box: SecretBox, row: Server, device_id: str,
                    protocol: str = access.OPENVPN) -> tuple[bytes, str]:
-    """A device's profile and its file name (the bytes are a secret: they hold the device's key)."""
+    """A device's profile for one protocol and its file name (the bytes are a secret: they hold
+    the device's key): an ``.ovpn``, or a WireGuard ``.conf`` naming the server's DNS name."""
     device = _device(session, row, device_id)
     if device.revoked_at is not None:
         raise Refused(410, "device_revoked", f"The device '{device.name}' was revoked; its profile no longer works.")
-    if protocol not in access.PROTOCOLS:
-        raise Refused(404, "profile_not_found", f"This server offers no {protocol} profiles.")
+    if protocol not in {p.protocol for p in access.profiles(session, [device])[device.id]}:
+        raise Refused(404, "profile_not_found", f"This device has no {access.PROTOCOL_NAMES[protocol]} profile.")
     if not profiles_ready(row):
         raise Refused(409, "not_ready", "The profile is ready once the server has been installed.")
+    secrets = ServerSecrets.open(box, row.secrets_enc or "")
+    short = (row.server_name or "server").split(".", 1)[0]
+    if protocol == access.WIREGUARD:
+        wg = secrets.wg()
+        if wg is None:   # a profile row without state: never written so, but never a 500
+            raise Refused(409, "not_ready", "The WireGuard profile is ready once the server has been installed.")
+        # WireGuard apps name the tunnel after the file: at most 15 characters of [A-Za-z0-9_=+.-].
+        tunnel = f"{short}-{device_id}"[:15]
+        return wireguard.render_client_conf(wg, device_id, row.server_name or ""), f"{tunnel}.conf"
     from provisioner.vpn.config import render_device_ovpn
 
-    pki = ServerSecrets.open(box, row.secrets_enc or "").openvpn()
-    short = (row.server_name or "server").split(".", 1)[0]
-    return render_device_ovpn(pki, device_id, row.server_name or ""), f"{short}-{_slug(device.name, device_id)}.ovpn"
+    return (render_device_ovpn(secrets.openvpn(), device_id, row.server_name or ""),
+            f"{short}-{_slug(device.name, device_id)}.ovpn")
 
 
 def profiles_ready(row: Server) -> bool:
     """Device profiles can be downloaded once the server has been installed (it has been running)."""
     return bool(row.secrets_enc and row.server_name and (row.ovpn_file_enc or row.current_location))
+
+
+def _sentence(exc: Exception) -> str:
+    return f"{str(exc)[0].upper()}{str(exc)[1:]}."
 
 
 def _cool_down(last: dt.datetime | None, seconds: float, now: dt.datetime, code: str, message: str) -> None:

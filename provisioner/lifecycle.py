@@ -37,7 +37,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner import actions, lease, notify
+from provisioner import access, actions, lease, notify
 from provisioner.actions import FIRST_STEP, ServerBusy, budget, status_for
 from provisioner.cloud.errors import ProviderError
 from provisioner.cloud.retry import backoff
@@ -199,10 +199,7 @@ class Lifecycle:
         if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
-            kept = {"identity_until": f"{row.identity_kept_until:%Y-%m-%d %H:%M}"} if row.identity_kept_until else {}
-            message = {"create": ("server_ready", {}),
-                       "rebuild": ("rebuild_done", {"location": row.current_location or ""}),
-                       "destroy": ("server_destroyed", kept)}.get(action)   # sync and restart: the page says it
+            message = self._completion_message(row, action)   # sync and restart: the page says it
             # "Your subscription has ended" would be untrue when an operator took the server down.
             if message is not None and not (action == "destroy" and row.on_hold):
                 kind, context = message
@@ -215,6 +212,19 @@ class Lifecycle:
                 # entered now: its first run will look like a poll, so its intent is recorded here.
                 self.event(session, row, f"{action}.{result.step}", "started")
         session.commit()
+
+    def _completion_message(self, row: Server, action: str) -> tuple[str, dict[str, Any]] | None:
+        """The customer's mail when an action completes: its kind and context."""
+        if action == "create":
+            return "server_ready", {}
+        if action == "rebuild":
+            # A WireGuard client resolves the name once: the mail says to restart the tunnel.
+            offered = access.protocols(self.ctx.settings, row)
+            return "rebuild_done", {"location": row.current_location or "", "wireguard": access.WIREGUARD in offered}
+        if action == "destroy":
+            kept = row.identity_kept_until
+            return "server_destroyed", {"identity_until": f"{kept:%Y-%m-%d %H:%M}"} if kept else {}
+        return None
 
     def _fail(self, session: Session, row: Server, message: str, *, permanent: bool,
               retry_after: float | None = None) -> None:

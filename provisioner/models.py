@@ -185,6 +185,11 @@ class Server(Base):
     restart_pending: Mapped[bool] = mapped_column(Boolean, default=False)   # a reboot asked for, not started
     restart_requested_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # customer cooldown
     new_ip: Mapped[str | None] = mapped_column(String(45))      # a rebuild's new instance, until DNS moves
+    # The VPN protocols the running instance was installed with, space-separated ("openvpn wireguard"),
+    # set by each install and sync that installs one. NULL: installed before protocols were recorded,
+    # which was OpenVPN alone (provisioner.access.installed). A product that gains a protocol gets it
+    # on its running servers by a sync, without a rebuild.
+    vpn_protocols: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     destroyed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

@@ -23,7 +23,7 @@ from sqlalchemy import Select, case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner import actions
+from provisioner import access, actions
 from provisioner.actions import ServerBusy
 from provisioner.lifecycle import Lifecycle, Outcome
 from provisioner.models import REBUILDABLE, Server, Status, as_utc
@@ -131,14 +131,18 @@ def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
 
 def start_customer_changes(lc: Lifecycle, now: dt.datetime) -> list[str]:
     """Start a ``sync`` for every Running, idle server with changes its customer made (a revoked
-    device, SSH keys, key-only login) and a ``restart`` for every one whose customer asked for
-    it: two indexed queries when there is none, so the leader asks every second. A server that
+    device, SSH keys, key-only login) or a protocol its product gained, and a ``restart`` for
+    every one whose customer asked for it: three cheap queries when there is none, so the leader
+    asks every second. A server that
     is busy now (a rebuild) is found again once it is idle: its change is still pending."""
     idle = (Server.action.is_(None), Server.status == Status.RUNNING.value, Server.paused.is_(False),
             Server.needs_human.is_(False))
     started: list[str] = []
     with lc.ctx.sessions() as s:
         syncs = list(s.scalars(select(Server.id).where(Server.access_pending_since.is_not(None), *idle)))
+        # A product that gained a protocol (WireGuard): its running servers get it by a sync too.
+        syncs += [r for r in s.scalars(select(Server.id).where(access.gaining(lc.ctx.settings), *idle))
+                  if r not in syncs]
         restarts = list(s.scalars(select(Server.id).where(Server.restart_pending.is_(True), *idle)))
         for rid, begin in [(r, actions.begin_sync) for r in syncs] + \
                           [(r, actions.begin_restart) for r in restarts if r not in syncs]:

@@ -10,7 +10,7 @@ the adapters' errors (:class:`~provisioner.cloud.errors.ProviderError`) otherwis
     create:  prepare → instance → boot → install → dns → snapshot → finish
     rebuild:           instance → boot → install → dns → carry → retire → finish
     destroy: instances → dns → snapshot → wipe
-    sync:    push                   (the customer's CRL and SSH access to the running server)
+    sync:    push                   (the customer's CRL, WireGuard peers and SSH access to the running server)
     restart: reboot → settle        (the customer's "Restart server")
 
 The install step also ships the customer's SSH access, and a rebuild keeps the old address
@@ -155,8 +155,9 @@ def prepare(ctx: Context, row: Server) -> Next:
                                 host_private=host.private_pem, host_public=host.public_line)
         row.secrets_enc = secrets.seal(ctx.box)
     # Every device of the PKI has its row: a new server's first device (today's .ovpn), and a
-    # kept PKI's devices when its row is built again (idempotent).
-    access.sync_devices(_session(row), row, ServerSecrets.open(ctx.box, row.secrets_enc).openvpn(), ctx.clock())
+    # kept PKI's devices when its row is built again (idempotent); a WireGuard product's server
+    # gets its WireGuard keys now, with a peer for every device.
+    _vpn_state(ctx, row)
     row.instance_label = ctx.names.instance_label(row.id, row.generation)
     row.status = Status.INSTALLING.value
     return Next("instance", f"name {row.server_name}, label {row.instance_label}")
@@ -245,17 +246,36 @@ def install(ctx: Context, row: Server) -> Next:
     from provisioner.vpn import config as vpn_config
     from provisioner.vpn.pki import FIRST_DEVICE_ID
 
-    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
-    pki = secrets.openvpn()
-    # The VPN from the stored PKI (its CRL included), then the customer's keys and login mode.
+    secrets, offered = _vpn_state(ctx, row)
+    # The product's VPNs from the stored state (the PKI with its CRL, the WireGuard keys and
+    # peers), then the customer's keys and login mode.
     ctx.remote.run(_host(ctx, row, row.new_ip or row.server_ip, secrets),
-                   access.install_runs(_session(row), row, pki), after_boot=True)
+                   access.install_runs(_session(row), row, secrets, offered), after_boot=True)
     access.shipped(row)
-    if pki.device(FIRST_DEVICE_ID).key_pem:  # the first device's .ovpn, unless the customer revoked it
+    access.record_installed(row, offered)
+    pki = secrets.openvpn()
+    # the first device's .ovpn, unless the customer revoked it (or the product offers no OpenVPN)
+    if access.OPENVPN in offered and pki.device(FIRST_DEVICE_ID).key_pem:
         ovpn = vpn_config.render_client_ovpn(pki, row.server_name or "")
         vpn_config.validate_ovpn(ovpn)
         row.ovpn_file_enc = ctx.box.seal(ovpn)
-    return Next("dns", "OpenVPN installed and active; the customer's SSH access applied")
+    daemons = " and ".join(access.PROTOCOL_NAMES[p] for p in offered)
+    return Next("dns", f"{daemons} installed and active; the customer's SSH access applied")
+
+
+def _vpn_state(ctx: Context, row: Server) -> tuple[ServerSecrets, tuple[str, ...]]:
+    """The row's secrets with what its product offers ready (WireGuard keys the first time it
+    offers WireGuard, a peer for every device), every device with its rows, and the protocols."""
+    offered = access.protocols(ctx.settings, row)
+    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    ready = access.ensure_wireguard(secrets, row.server_name or "", offered, ctx.clock())
+    if ready is not secrets:
+        row.secrets_enc = ready.seal(ctx.box)
+    access.sync_devices(_session(row), row, ready, offered, ctx.clock())
+    return ready, offered
+
+
+_ACCESS_LISTS = {access.OPENVPN: "CRL", access.WIREGUARD: "WireGuard peers"}
 
 
 def point_dns(ctx: Context, row: Server) -> Next:
@@ -368,7 +388,7 @@ def wipe(ctx: Context, row: Server) -> Next:
     now = ctx.clock()
     keep = dt.timedelta(days=ctx.settings.lifecycle.keep_identity_days)
     row.ovpn_file_enc = row.root_password_enc = None
-    row.server_ip = row.new_ip = None
+    row.server_ip = row.new_ip = row.vpn_protocols = None
     row.access_pending_since, row.restart_pending = None, False
     row.status = Status.DESTROYED.value
     row.destroyed_at = now
@@ -400,15 +420,22 @@ def _delete_ours(ctx: Context, row: Server, instance_id: str) -> None:
 # --- sync and restart: short actions on a running server ------------------------------------------
 
 def push(ctx: Context, row: Server) -> Next:
-    """Send the running server the customer's latest CRL and SSH access (both idempotent)."""
-    secrets = ServerSecrets.open(ctx.box, row.secrets_enc or "")
+    """Send the running server the customer's latest CRL, WireGuard peers and SSH access (all idempotent)."""
     revision = row.access_revision
-    runs = access.push_runs(_session(row), row, secrets.openvpn())
+    # A protocol the product gained since the install gets its keys now and is installed first.
+    secrets, offered = _vpn_state(ctx, row)
+    before = access.installed(row)
+    runs = access.push_runs(_session(row), row, secrets, offered)
     ctx.remote.run(_host(ctx, row, row.server_ip, secrets), runs)
     # Recorded in the same commit as the step: if the customer changed something meanwhile, the
     # row's version moved, this commit fails, and the step runs again with the newer state.
     access.shipped(row)
-    return Next(None, f"CRL and SSH access applied (revision {revision})")
+    now_has = [*before, *(p for p in offered if p not in before)]
+    access.record_installed(row, now_has)
+    gained = [access.PROTOCOL_NAMES[p] for p in now_has if p not in before]
+    lists = ", ".join(_ACCESS_LISTS[p] for p in now_has)
+    done = f"{' and '.join(gained)} installed; " if gained else ""
+    return Next(None, f"{done}{lists} and SSH access applied (revision {revision})")
 
 
 def reboot(ctx: Context, row: Server) -> Next:

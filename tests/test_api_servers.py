@@ -30,7 +30,7 @@ def test_it_lists_the_owners_servers_with_what_the_dashboard_shows(api_env: ApiE
     assert g1["last_rebuilt"] == "2025-03-10T15:30:00Z"
     assert g1["ovpn_available"] is True and g1["regions"] == REGIONS
     assert g1["events"] == [{"at": "2025-03-10T15:30:00Z", "what": "create.finish", "outcome": "ok"}]
-    assert (g2["status"], g2["step"], g2["progress"], g2["busy"]) == ("Installing", "install", "Installing OpenVPN",
+    assert (g2["status"], g2["step"], g2["progress"], g2["busy"]) == ("Installing", "install", "Installing the VPN",
                                                                       True)
     assert g2["ovpn_available"] is False and g2["ip"] is None
 

@@ -45,7 +45,7 @@ def test_it_shows_rebuilds_schedules_and_downloads(browser: Any, site: tuple[Api
         assert page.evaluate("location.hash") == ""
         assert "London" in g1.inner_text() and "127.77.0.10" in g1.inner_text()
         assert "123\u00a0GB of 1\u00a0TB (12%)" in g1.inner_text()
-        assert "Installing" in g2.inner_text() and "Installing OpenVPN" in g2.inner_text()
+        assert "Installing" in g2.inner_text() and "Installing the VPN" in g2.inner_text()
         assert g2.get_by_role("button", name="Rebuild g0002").is_disabled()
         page.screenshot(path=str(ARTIFACTS / "dashboard-desktop.png"), full_page=True)
 
@@ -131,7 +131,7 @@ def test_it_speaks_german_to_a_german_browser(browser: Any, site: tuple[ApiEnv, 
         assert page.get_by_role("heading", name="VPN-Server", exact=True).is_visible()
         assert page.get_by_role("heading", name="Neuaufbau-Planer").is_visible()
         assert page.evaluate("document.documentElement.lang") == "de"
-        assert row(page, "servers", "g0002").get_by_text("OpenVPN wird installiert").is_visible()
+        assert row(page, "servers", "g0002").get_by_text("Das VPN wird installiert").is_visible()
         assert "123\u00a0GB von 1\u00a0TB (12\u00a0%)" in row(page, "servers", "g0001").inner_text()
         row(page, "servers", "g0001").get_by_role("button", name="g0001 neu aufbauen").click()
         assert page.get_by_role("button", name="Jetzt neu aufbauen").is_visible()

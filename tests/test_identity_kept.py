@@ -8,46 +8,26 @@ import datetime as dt
 from sqlalchemy import select
 
 from jobs import registry
-from jobs.server_check import server_check
-from provisioner import operations
-from provisioner.models import OutboxMessage, Server
+from provisioner.models import OutboxMessage
 from tests.fixtures.stack import Stack
 
 DAY = dt.timedelta(days=1)
 
 
-def _row(stack: Stack, rid: int) -> Server:
-    with stack.app.sessions() as s:
-        row = s.get(Server, rid)
-        assert row is not None
-        s.expunge(row)
-        return row
-
-
 def _ovpn(stack: Stack, rid: int) -> bytes:
-    return stack.app.secret_box.open(_row(stack, rid).ovpn_file_enc or "")
-
-
-def _destroyed_then_renewed_after(stack: Stack, rid: int, later: dt.timedelta) -> None:
-    stack.set_subscription(1, status="expired", days=-1)
-    stack.act(rid, "destroy")
-    stack.set_subscription(1, status="active", days=90)      # the customer renews
-    stack.app.clock = lambda: dt.datetime.now(dt.UTC) + later
-    lc = stack.lifecycle()
-    server_check(stack.app, lc)
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    return stack.app.secret_box.open(stack.row(rid).ovpn_file_enc or "")
 
 
 def test_a_renewal_within_the_kept_days_revives_the_same_name_and_ovpn(db_stack: Stack) -> None:
     # Given a running server and its customer's .ovpn
     rid = db_stack.create_server(1, "ann@example.com")
-    before, name = _ovpn(db_stack, rid), _row(db_stack, rid).server_name
+    before, name = _ovpn(db_stack, rid), db_stack.row(rid).server_name
 
     # When it is destroyed, and the customer renews 29 days later
-    _destroyed_then_renewed_after(db_stack, rid, 29 * DAY)
+    db_stack.destroyed_then_renewed_after(rid, 29 * DAY)
 
     # Then it is running again under the same name, with byte for byte the same .ovpn
-    after = _row(db_stack, rid)
+    after = db_stack.row(rid)
     assert (after.status, after.server_name, after.generation) == ("Running", name, 1)
     assert _ovpn(db_stack, rid) == before
     # and the destroy mail told the customer until when
@@ -60,9 +40,9 @@ def test_a_renewal_after_the_kept_days_gets_a_fresh_pki(db_stack: Stack) -> None
     rid = db_stack.create_server(1, "ann@example.com")
     before = _ovpn(db_stack, rid)
 
-    _destroyed_then_renewed_after(db_stack, rid, 31 * DAY)
+    db_stack.destroyed_then_renewed_after(rid, 31 * DAY)
 
-    after = _row(db_stack, rid)
+    after = db_stack.row(rid)
     assert after.status == "Running"
     assert _ovpn(db_stack, rid) != before
 
@@ -70,7 +50,7 @@ def test_a_renewal_after_the_kept_days_gets_a_fresh_pki(db_stack: Stack) -> None
 def test_the_job_wipes_kept_identities_once_their_time_is_up(db_stack: Stack) -> None:
     rid = db_stack.create_server(1, "ann@example.com")
     db_stack.act(rid, "destroy")
-    kept = _row(db_stack, rid)
+    kept = db_stack.row(rid)
     assert kept.secrets_enc and kept.ovpn_file_enc is None and kept.root_password_enc is None
     assert kept.identity_kept_until is not None
 
@@ -78,5 +58,5 @@ def test_the_job_wipes_kept_identities_once_their_time_is_up(db_stack: Stack) ->
     assert registry.job(db_stack.app, "expire_identities", lc)().wiped == 0      # not yet
     db_stack.app.clock = lambda: kept.identity_kept_until + dt.timedelta(seconds=1)
     assert registry.job(db_stack.app, "expire_identities", lc)().wiped == 1
-    gone = _row(db_stack, rid)
+    gone = db_stack.row(rid)
     assert gone.secrets_enc is None and gone.server_name == kept.server_name

@@ -6,23 +6,14 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, MetaData, Table, insert, inspect, select
 
 from provisioner import db
+from tests.fixtures.migrations import alembic as _alembic
 
 T = dt.datetime(2026, 11, 20, 10, 0)
 NEW = {"account_id", "ended_seen_at", "planned_destroy_at", "identity_kept_until", "action_started_at",
        "human_alerted_at"}
-
-
-def _alembic(engine: Engine, how: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(db.MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, how)(cfg, revision)
 
 
 def _server(**values: Any) -> dict[str, Any]:

@@ -8,10 +8,8 @@ import datetime as dt
 import json
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy import inspect, select, text
 
 from dashboard_api.server import create_app
 from provisioner import db
@@ -21,19 +19,12 @@ from provisioner.settings import load_settings
 from provisioner.wiring import App
 from tests.fixtures.api import FakeClock
 from tests.fixtures.config import write_config
+from tests.fixtures.migrations import alembic
 from tests.fixtures.services import *  # noqa: F403
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vpn"
 NEW_TABLES = {"provisioner_devices", "provisioner_device_profiles", "provisioner_ssh_keys",
               "provisioner_bandwidth_days", "provisioner_subscription_standing"}
-
-
-def alembic(engine: Engine, verb: str, revision: str) -> None:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(db.MIGRATIONS))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, verb)(cfg, revision)
 
 
 def old_row(app: App, sub: str, name: str, *, secrets: str | None, ovpn: bytes | None, status: str) -> None:

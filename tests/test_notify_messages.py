@@ -94,6 +94,21 @@ def test_it_sends_every_kind_in_the_customers_language(tmp_path: Path, lang: str
     app.engine.dispose()
 
 
+WIREGUARD_STEP = {"en": "switch the tunnel off and on once", "de": "einmal\naus und wieder ein",
+                  "fr": "désactivez puis réactivez une fois le tunnel"}
+
+
+@pytest.mark.parametrize("lang", ["en", "de", "fr"])
+def test_a_rebuild_mail_tells_a_wireguard_customer_to_restart_the_tunnel(lang: str) -> None:
+    values = {"server_name": "g0001.vpn.example.com", "location": "ams", "dashboard_url": DASHBOARD,
+              "product_name": "VPN", "storefront_url": ""}
+    _, plain = notify.render("rebuild_done", lang, {**values, "wireguard": False})
+    _, wg = notify.render("rebuild_done", lang, {**values, "wireguard": True})
+    assert WIREGUARD_STEP[lang] not in plain and "WireGuard" not in plain
+    assert WIREGUARD_STEP[lang] in wg
+    assert set(plain.splitlines()) <= set(wg.splitlines())      # everything else is still said
+
+
 def test_it_alerts_the_operator_with_the_error_and_the_last_ten_events(tmp_path: Path) -> None:
     with smtp_server() as (inbox, port):
         app = notify_app(tmp_path, smtp_port=port)
@@ -165,6 +180,8 @@ def test_mail_links_go_to_the_stores_dashboard_page(tmp_path: Path) -> None:
     {"error": "see <ca>\nMIIB...</ca>"},
     {"error": "x", "root_password": "hunter2"},
     {"error": "x", "ovpn": "client\ndev tun"},
+    {"error": "wg setconf failed on:\n[Interface]\nPrivateKey = " + "A" * 43 + "="},
+    {"error": "[Peer]\n  presharedkey= " + "B" * 43 + "="},
 ])
 def test_it_refuses_context_that_could_leak_a_secret(tmp_path: Path, context: dict[str, Any]) -> None:
     app = notify_app(tmp_path)

@@ -109,6 +109,32 @@ def test_it_rejects_an_unknown_product_key(tmp_path: Path) -> None:
         load_settings(cfg, env={})
 
 
+def test_a_product_offers_openvpn_unless_it_names_its_protocols(tmp_path: Path) -> None:
+    s = load_settings(write_config(tmp_path, products={"2": {"plan": "vc2-1c-1gb", "regions": ["ewr"],
+                                                              "default_region": "ewr",
+                                                              "protocols": ["wireguard", "openvpn"]},
+                                                        "3": {"plan": "vc2-1c-1gb", "regions": ["ewr"],
+                                                              "default_region": "ewr", "protocols": ["wireguard"]}}),
+                      env={})
+    assert s.products["1"].protocols == ("openvpn",)
+    assert s.products["2"].protocols == ("openvpn", "wireguard")   # install order, whatever the file's
+    assert s.products["3"].protocols == ("wireguard",) and not s.products["3"].offers("openvpn")
+
+
+@pytest.mark.parametrize(("protocols", "message"), [
+    ([], r"^products\.1\.protocols: must name at least one protocol: \"openvpn\", \"wireguard\"$"),
+    (["openvpn", "ipsec"], r"^products\.1\.protocols: unknown protocol 'ipsec'; known: \"openvpn\", \"wireguard\"$"),
+    (["WireGuard"], r"^products\.1\.protocols: unknown protocol 'WireGuard'"),
+    (["wireguard", "wireguard"], r"^products\.1\.protocols: names a protocol twice; list each once$"),
+    ("wireguard", r"^products\.1\.protocols: must be a list of strings, got 'wireguard'$"),
+])
+def test_it_rejects_protocols_that_are_unknown_empty_or_repeated(tmp_path: Path, protocols: object,
+                                                                  message: str) -> None:
+    cfg = write_config(tmp_path, products={"1": {"protocols": protocols}})
+    with pytest.raises(ConfigError, match=message):
+        load_settings(cfg, env={})
+
+
 def test_it_reports_invalid_toml_in_one_line(tmp_path: Path) -> None:
     cfg = write_config(tmp_path, text="[vultr\napi_key = 1\n")
     with pytest.raises(ConfigError) as err:

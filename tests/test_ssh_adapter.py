@@ -162,6 +162,9 @@ def test_it_removes_key_blocks_and_listed_secrets_from_failures(sim_host: Runnin
         "x\n-----BEGIN OPENSSH PRIVATE KEY-----\nSECRETBODY\n-----END OPENSSH PRIVATE KEY-----"
     )
     assert "SECRETBODY" not in scrub("-----BEGIN OpenVPN Static key V1-----\nSECRETBODY\n(truncated")
+    wg_key = "SECRETBODY" + "A" * 33 + "="
+    shown = scrub(f"wg0.conf line 5:\nPrivateKey = {wg_key}\n  presharedkey={wg_key}\nPublicKey = PUB")
+    assert wg_key not in shown and "PrivateKey = [key removed]" in shown and "PublicKey = PUB" in shown
 
     with pytest.raises(SSHCommandFailed) as failed, sim_host.session(redact=["hunter2"]) as ssh:
         ssh.run("cat /root/hunter2", timeout=10)

@@ -206,3 +206,33 @@ def test_it_refuses_another_servers_conf(lab: Lab, state: wg.WireGuardServer) ->
     assert not lab.reaches(cli, str(state.address4))
     assert "Received packet with invalid mac1" in read(server.log), tail(server.log)
     assert all(line.endswith("\t0") for line in server.wg("show", "wg0", "latest-handshakes").splitlines())
+
+
+def test_the_conf_from_the_api_connects_to_the_wg0_conf_the_worker_installed(lab: Lab, tmp_path: Path) -> None:
+    """The whole path: the lifecycle installs a WireGuard product's server on a simulated host,
+    the customer downloads a device's .conf from the API, and a real tunnel comes up between them."""
+    from fastapi.testclient import TestClient
+
+    from dashboard_api.server import create_app
+    from dashboard_api.tokens import mint_token
+    from provisioner.models import Server
+    from tests.fixtures.stack import open_stack
+
+    (tmp_path / "stack").mkdir()
+    with open_stack(tmp_path / "stack", products={"1": {"protocols": ["wireguard"]}}) as stack:
+        rid = stack.create_server(email="ann@example.com", user_id=7)
+        with stack.app.sessions() as s:
+            row = s.get(Server, rid)
+            assert row is not None and row.status == "Running"
+            dns_name, instance = row.server_name or "", row.instance_id or ""
+        headers = {"Authorization": f"Bearer {mint_token(stack.app.settings, 'ann@example.com', 7)}"}
+        with TestClient(create_app(stack.app)) as api:
+            got = api.get(f"/api/servers/{dns_name.split('.')[0]}/devices/1/conf", headers=headers)
+        assert got.status_code == 200
+        installed = (stack.hosts.root_dir / instance / "etc/wireguard/wg0.conf").read_bytes()
+    srv = lab.net.add_ns(lab.net.ns("s"))
+    cli = lab.net.add_ns(lab.net.ns("c"), hosts={dns_name: "192.0.2.1"})
+    lab.net.link(srv, "192.0.2.1/24", cli, "192.0.2.2/24", "wapi0")
+    server = lab.up(srv, "server", installed)
+    lab.up(cli, "device-1", got.content)
+    assert lab.reaches(cli, value(installed, "Address").split(",")[0].split("/")[0]), tail(server.log)

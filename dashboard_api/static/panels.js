@@ -100,7 +100,7 @@
   function renderDevices(panel, data) {
     var list = q(panel, ".device-list");
     list.textContent = "";
-    var active = 0;
+    var active = 0, wireguard = false;
     data.devices.forEach(function (stored) {
       // the first device's stored name is English ("Device 1", what every server had before devices)
       var d = stored.id === "1" && stored.name === "Device 1" ? Object.assign({}, stored, { name: t("devices.first") })
@@ -115,17 +115,30 @@
       if (!d.revoked_at) {
         active += 1;
         var actions = el("div", "actions");
-        var get = button(t("devices.download"), "download-device", t("devices.download_named", { name: d.name }),
-          function (b) { downloadDevice(panel, d, b); });
-        get.disabled = !data.ready;
-        get.title = data.ready ? "" : t("servers.download_not_ready");
-        actions.appendChild(get);
+        var downloads = [];
+        if (hasProfile(d, "openvpn")) {
+          downloads.push(button(t("devices.download"), "download-device", t("devices.download_named", { name: d.name }),
+            function (b) { downloadDevice(panel, d, b, "ovpn"); }));
+        }
+        if (hasProfile(d, "wireguard")) {
+          wireguard = true;
+          downloads.push(button(t("devices.download_conf"), "download-conf",
+            t("devices.download_conf_named", { name: d.name }), function (b) { downloadDevice(panel, d, b, "conf"); }));
+          downloads.push(button(t("devices.show_qr"), "show-qr", t("devices.show_qr_named", { name: d.name }),
+            function (b) { toggleQr(panel, d, b, li); }));
+        }
+        downloads.forEach(function (b) {
+          b.disabled = !data.ready;
+          b.title = data.ready ? "" : t("servers.download_not_ready");
+          actions.appendChild(b);
+        });
         actions.appendChild(button(t("devices.revoke"), "revoke-device", t("devices.revoke_named", { name: d.name }),
           function (b) { revokeDevice(panel, d, b); }));
         li.appendChild(actions);
       }
       list.appendChild(li);
     });
+    renderWireGuardGuide(panel, wireguard);
     // no device at all: the server's keys are not made yet (it is queued)
     q(panel, ".device-count").textContent = data.devices.length ? t("devices.count",
       { active: active, max: data.max_devices }) : t("devices.not_yet");
@@ -165,18 +178,75 @@
       });
   }
 
-  function downloadDevice(panel, device, btn) {
+  function hasProfile(device, protocol) {
+    return (device.profiles || []).some(function (p) { return p.protocol === protocol && !p.revoked_at; });
+  }
+
+  function profileUrl(panel, device, kind) {
+    return base(panel.server) + "/devices/" + encodeURIComponent(device.id) + "/" + kind;
+  }
+
+  function downloadDevice(panel, device, btn, kind) {
     btn.disabled = true;
-    net.api("GET", base(panel.server) + "/devices/" + encodeURIComponent(device.id) + "/ovpn", undefined, 30000)
+    net.api("GET", profileUrl(panel, device, kind), undefined, 30000)
       .then(function (r) {
         var name = /filename="([^"]+)"/.exec(r.headers.get("Content-Disposition") || "");
-        return r.blob().then(function (blob) { net.save(blob, name ? name[1] : "profile.ovpn"); });
+        return r.blob().then(function (blob) { net.save(blob, name ? name[1] : "profile." + kind); });
       }).then(function () {
         net.toast(t("toast.device_download_ok", { name: device.name }), false);
       }, function (err) {
-        net.failed(err, "toast.download_failed", function () { downloadDevice(panel, device, btn); });
+        net.failed(err, "toast.download_failed", function () { downloadDevice(panel, device, btn, kind); });
       }).then(function () { btn.disabled = false; });
   }
+
+  /* The WireGuard .conf as a QR code under the device, for the phone apps' scanner; shown on
+   * demand only (it holds the device's key) and dropped when hidden. */
+  function toggleQr(panel, device, btn, li) {
+    var shown = li.querySelector(".wg-qr");
+    if (shown) {
+      shown.remove();
+      btn.textContent = t("devices.show_qr");
+      btn.setAttribute("aria-label", t("devices.show_qr_named", { name: device.name }));
+      btn.setAttribute("aria-expanded", "false");
+      return;
+    }
+    btn.disabled = true;
+    net.api("GET", profileUrl(panel, device, "qr"), undefined, 30000)
+      .then(function (r) { return r.text(); })
+      .then(function (text) {
+        var svg = new DOMParser().parseFromString(text, "image/svg+xml").documentElement;
+        if (svg.nodeName !== "svg") { throw new Error("not an SVG"); }
+        var box = el("div", "wg-qr");
+        var id = "qr-" + panel.el.id + "-" + device.id;   // one id per code on the page
+        svg.id = id;
+        ["title", "desc"].forEach(function (tag) {
+          var part = svg.querySelector(tag);
+          if (part) { part.id = id + "-" + tag; }
+        });
+        svg.setAttribute("aria-labelledby", id + "-title " + id + "-desc");
+        box.appendChild(document.importNode(svg, true));
+        box.appendChild(el("p", "muted", t("devices.qr_help")));
+        li.appendChild(box);
+        btn.textContent = t("devices.hide_qr");
+        btn.setAttribute("aria-label", t("devices.hide_qr_named", { name: device.name }));
+        btn.setAttribute("aria-expanded", "true");
+      }, function (err) {
+        net.failed(err, "toast.download_failed", function () { toggleQr(panel, device, btn, li); });
+      }).then(function () { btn.disabled = false; });
+  }
+
+  /* How to use the .conf, and after a rebuild the one thing a WireGuard app needs: its tunnel
+   * switched off and on, because it looked the server's name up when the tunnel started. */
+  function renderWireGuardGuide(panel, wireguard) {
+    var guide = q(panel, ".wg-guide"), rebuilt = q(panel, ".wg-rebuilt");
+    guide.hidden = !wireguard;
+    var last = panel.server.last_rebuilt ? new Date(panel.server.last_rebuilt) : null;
+    var recent = last && Date.now() - last.getTime() < REBUILT_NOTICE_MS;
+    rebuilt.hidden = !(wireguard && recent);
+    if (!rebuilt.hidden) { rebuilt.textContent = t("devices.wg_rebuilt", { date: formatDate(panel.server.last_rebuilt) }); }
+  }
+
+  var REBUILT_NOTICE_MS = 7 * 24 * 3600 * 1000;
 
   // --- SSH access, the root password, restart -----------------------------------------------------
 

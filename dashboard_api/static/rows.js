@@ -105,6 +105,7 @@
     download.disabled = download.hasAttribute("data-busy") || !s.name || !s.ovpn_available;
     download.setAttribute("aria-label", t("servers.download_named", { name: s.short_name || "" }));
     download.title = s.ovpn_available ? "" : t("servers.download_not_ready");
+    download.hidden = (s.protocols || ["openvpn"]).indexOf("openvpn") < 0;   // a WireGuard-only plan
   }
 
   function fillLocations(select, choices, current) {

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 _CHUNK = 65536
 _TAIL_CHARS = 1000
 _PEM_BLOCK = re.compile(r"-----BEGIN [^\n-]+-----.*?(?:-----END [^\n-]+-----|\Z)", re.DOTALL)
+_WG_KEY = re.compile(r"\b((?:PrivateKey|PresharedKey)\s*=\s*)[A-Za-z0-9+/=]+", re.I)   # wg-quick files
 _NetErrors = (paramiko.SSHException, OSError, EOFError)
 
 
@@ -117,8 +118,8 @@ def load_private_key(pem: str) -> paramiko.PKey:
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` without PEM/OpenSSH key blocks or any of ``secrets``."""
-    text = _PEM_BLOCK.sub("[key block removed]", text)
+    """``text`` without PEM/OpenSSH key blocks, WireGuard key lines' values or any of ``secrets``."""
+    text = _WG_KEY.sub(r"\1[key removed]", _PEM_BLOCK.sub("[key block removed]", text))
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")

@@ -17,7 +17,9 @@ settings, below)::
                                     context: none
     rebuild_done          customer  rebuild finished (DNS moved to the new instance)
                                     key f"rebuilt:{server.id}:{server.generation}"
-                                    context: location (optional; default current_location)
+                                    context: location (optional; default current_location);
+                                             wireguard (true for a WireGuard product: the
+                                             mail says to switch the tunnel off and on)
     bandwidth_80          customer  the month's usage crosses 80 % of the cap
                                     key f"bandwidth_80:{server.id}:{month}"
                                     context: used_gb, cap_gb, month ("YYYY-MM");
@@ -100,7 +102,9 @@ log = logging.getLogger(__name__)
 
 CUSTOMER, OPERATOR = "customer", "operator"
 LAST_EVENTS = 10
-_KEY_MATERIAL = re.compile(r"-----BEGIN |<(ca|cert|key|tls-auth|tls-crypt|tls-crypt-v2|secret)>", re.I)
+# PEM blocks, an .ovpn's inline keys, a WireGuard .conf's or wg0.conf's key lines.
+_KEY_MATERIAL = re.compile(r"-----BEGIN |<(ca|cert|key|tls-auth|tls-crypt|tls-crypt-v2|secret)>"
+                           r"|(PrivateKey|PresharedKey)\s*=\s*[A-Za-z0-9+/]{42,43}=", re.I)
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,7 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "server_ready": Kind(CUSTOMER),
-    "rebuild_done": Kind(CUSTOMER, optional=("location",)),
+    "rebuild_done": Kind(CUSTOMER, optional=("location", "wireguard"), variant="wireguard"),
     "bandwidth_80": Kind(CUSTOMER, ("used_gb", "cap_gb", "month"), ("percent",)),
     "bandwidth_100": Kind(CUSTOMER, ("used_gb", "cap_gb", "month"), ("percent", "suspended"), variant="suspended"),
     "bandwidth_reset": Kind(CUSTOMER, ("month", "cap_gb")),

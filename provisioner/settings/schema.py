@@ -12,6 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 REQUIRED = object()
+# The VPN protocols a product can offer (``products.<id>.protocols``), in install order.
+OPENVPN = "openvpn"
+WIREGUARD = "wireguard"
+PROTOCOLS = (OPENVPN, WIREGUARD)
+PROTOCOL_NAMES = {OPENVPN: "OpenVPN", WIREGUARD: "WireGuard"}   # as people write them
 
 
 class ConfigError(ValueError):
@@ -365,6 +370,7 @@ class Product:
     bandwidth_cap_gb: int
     cap_policy: str
     max_devices: int = 5
+    protocols: tuple[str, ...] = (OPENVPN,)
 
     FIELDS: ClassVar[dict[str, Field]] = {
         "name": Field(str, "VPN server"),
@@ -375,6 +381,7 @@ class Product:
         "bandwidth_cap_gb": Field(int, 1000, minimum=1),
         "cap_policy": Field(str, "notify", choices=("notify", "suspend")),
         "max_devices": Field(int, 5, minimum=1, maximum=50),
+        "protocols": Field(list, [OPENVPN]),
     }
 
     @classmethod
@@ -389,11 +396,29 @@ class Product:
         regions = values["regions"]
         if not regions or not all(re.fullmatch(r"[a-z]{2,5}", r) for r in regions):
             raise error(f"products.{pid}.regions: must be a non-empty list of region ids like \"ewr\"")
-        return cls(id=pid, regions=tuple(regions), **{k: v for k, v in values.items() if k != "regions"})
+        protocols = _protocols(f"products.{pid}.protocols", values["protocols"], error)
+        rest = {k: v for k, v in values.items() if k not in ("regions", "protocols")}
+        return cls(id=pid, regions=tuple(regions), protocols=protocols, **rest)
+
+    def offers(self, protocol: str) -> bool:
+        return protocol in self.protocols
 
     @property
     def bandwidth_cap_bytes(self) -> int:
         return self.bandwidth_cap_gb * 1000**3
+
+
+def _protocols(dotted: str, words: list[str], error: Callable[[str], Exception]) -> tuple[str, ...]:
+    """A product's VPN protocols: a non-empty list of known words, each once (kept in install order)."""
+    known = ", ".join(f'"{p}"' for p in PROTOCOLS)
+    if not words:
+        raise error(f"{dotted}: must name at least one protocol: {known}")
+    unknown = [w for w in words if w not in PROTOCOLS]
+    if unknown:
+        raise error(f"{dotted}: unknown protocol {unknown[0]!r}; known: {known}")
+    if len(set(words)) != len(words):
+        raise error(f"{dotted}: names a protocol twice; list each once")
+    return tuple(p for p in PROTOCOLS if p in words)
 
 
 @dataclass(frozen=True)
