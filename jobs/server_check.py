@@ -74,6 +74,9 @@ def server_check(app: App, lc: Lifecycle, *, still_leader: Callable[[], bool] = 
     if applied.lost_leadership:
         return _lost(report)
     report.started, report.refused = applied.started, applied.refused
+    gained = operations.start_protocol_gains(lc)
+    if gained:
+        log.info("installing a protocol their product gained on %s", ", ".join(gained))
     for line in applied.refused:
         log.warning("plan: %s", line)
     if not error:

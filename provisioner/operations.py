@@ -131,31 +131,45 @@ def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
 
 def start_customer_changes(lc: Lifecycle, now: dt.datetime) -> list[str]:
     """Start a ``sync`` for every Running, idle server with changes its customer made (a revoked
-    device, SSH keys, key-only login) or a protocol its product gained, and a ``restart`` for
-    every one whose customer asked for it: three cheap queries when there is none, so the leader
-    asks every second. A server that
-    is busy now (a rebuild) is found again once it is idle: its change is still pending."""
-    idle = (Server.action.is_(None), Server.status == Status.RUNNING.value, Server.paused.is_(False),
-            Server.needs_human.is_(False))
-    started: list[str] = []
+    device, SSH keys, key-only login), and a ``restart`` for every one whose customer asked for
+    it: two cheap indexed queries when there is none, so the leader asks every second. A server
+    that is busy now (a rebuild) is found again once it is idle: its change is still pending."""
     with lc.ctx.sessions() as s:
-        syncs = list(s.scalars(select(Server.id).where(Server.access_pending_since.is_not(None), *idle)))
-        # A product that gained a protocol (WireGuard): its running servers get it by a sync too.
-        syncs += [r for r in s.scalars(select(Server.id).where(access.gaining(lc.ctx.settings), *idle))
-                  if r not in syncs]
-        restarts = list(s.scalars(select(Server.id).where(Server.restart_pending.is_(True), *idle)))
-        for rid, begin in [(r, actions.begin_sync) for r in syncs] + \
-                          [(r, actions.begin_restart) for r in restarts if r not in syncs]:
-            row = s.get(Server, rid)
-            if row is None:
-                continue
-            try:
-                begin(s, lc.ctx.settings, row, actor="customer", now=lc.clock())
-                s.commit()
-                started.append(row.server_name or f"#{rid}")
-            except (ServerBusy, StaleDataError) as exc:
-                s.rollback()
-                log.info("customer change on %s not started yet: %s", row.server_name or f"#{rid}", exc)
+        syncs = list(s.scalars(select(Server.id).where(Server.access_pending_since.is_not(None), *_IDLE_RUNNING)))
+        restarts = list(s.scalars(select(Server.id).where(Server.restart_pending.is_(True), *_IDLE_RUNNING)))
+        return _begin_each(lc, s, [(r, actions.begin_sync) for r in syncs] +
+                           [(r, actions.begin_restart) for r in restarts if r not in syncs])
+
+
+def start_protocol_gains(lc: Lifecycle) -> list[str]:
+    """Start a ``sync`` for every Running, idle server whose product offers a protocol its
+    instance lacks (an operator added WireGuard): the sync installs it from the stored keys.
+    Only a settings change (a restart) makes new ones, and the query scans the running rows of
+    such products, so it runs with each planning pass, not every second; a server busy now is
+    found again at a later pass."""
+    with lc.ctx.sessions() as s:
+        ids = list(s.scalars(select(Server.id).where(access.gaining(lc.ctx.settings), *_IDLE_RUNNING)))
+        return _begin_each(lc, s, [(r, actions.begin_sync) for r in ids])
+
+
+# Running and idle: where a sync or a restart may start (the busy rule, models.is_idle).
+_IDLE_RUNNING = (Server.action.is_(None), Server.status == Status.RUNNING.value, Server.paused.is_(False),
+                 Server.needs_human.is_(False))
+
+
+def _begin_each(lc: Lifecycle, s: Session, starts: list[tuple[int, Callable[..., Any]]]) -> list[str]:
+    started: list[str] = []
+    for rid, begin in starts:
+        row = s.get(Server, rid)
+        if row is None:
+            continue
+        try:
+            begin(s, lc.ctx.settings, row, actor="customer", now=lc.clock())
+            s.commit()
+            started.append(row.server_name or f"#{rid}")
+        except (ServerBusy, StaleDataError) as exc:
+            s.rollback()
+            log.info("customer change on %s not started yet: %s", row.server_name or f"#{rid}", exc)
     return started
 
 

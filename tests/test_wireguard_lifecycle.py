@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from dashboard_api.server import create_app
 from dashboard_api.tokens import mint_token
+from jobs.server_check import server_check
 from provisioner import customer, operations
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import OutboxMessage, Server, ServerEvent
@@ -169,12 +170,14 @@ def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_
             assert api.get(f"/api/servers/{short}/devices/2/qr", headers=owner).status_code == 404
             ovpn = api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).content
             assert operations.start_customer_changes(lc, stack.app.clock()) == []   # nothing to send
+            assert operations.start_protocol_gains(lc) == []
 
             # When the operator adds WireGuard to the product (settings reloaded)
             products = stack.app.settings.products
             products["1"] = dataclasses.replace(products["1"], protocols=("openvpn", "wireguard"))
-            # Then the leader's next pass starts a sync that installs it on the running instance
-            settle(stack, lc, rid)
+            # Then the leader's next planning pass starts a sync that installs it on the running instance
+            server_check(stack.app, lc)
+            operations.drive_until_idle(lc, [rid], timeout=60)
             after = stack.row(rid)
             assert (after.status, after.instance_id, after.generation) == ("Running", running.instance_id,
                                                                            running.generation)
@@ -193,6 +196,7 @@ def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_
                 assert api.get(f"/api/servers/{short}/devices/{device}/conf", headers=owner).status_code == 200
             assert api.get(f"/api/servers/{short}/devices/2/ovpn", headers=owner).content == ovpn
             assert operations.start_customer_changes(lc, stack.app.clock()) == []
+            assert operations.start_protocol_gains(lc) == []
             # And a rebuild keeps both, and its mail now says to switch the tunnel off and on
             conf = api.get(f"/api/servers/{short}/devices/2/conf", headers=owner).content
             stack.act(rid, "rebuild", "ams", lc=lc)
