@@ -55,7 +55,7 @@ from sqlalchemy import insert, text  # noqa: E402
 from dashboard_api.queries import customer_servers_query  # noqa: E402
 from dashboard_api.tokens import mint_token  # noqa: E402
 from provisioner import db  # noqa: E402
-from provisioner.models import Server, ServerEvent  # noqa: E402
+from provisioner.models import Server, ServerEvent, ServerSealed  # noqa: E402
 from provisioner.settings import load_settings  # noqa: E402
 from provisioner.wiring import App  # noqa: E402
 from tests.fixtures.config import write_config  # noqa: E402
@@ -146,7 +146,7 @@ def populate(app: App, servers: int) -> None:
             "account_id": OWNER_ACCOUNT if mine else str(1000 + i),
             "status": "Running", "server_ip": f"127.77.{i // 256 % 256}.{i % 256}", "current_location": REGIONS[i % 10],
             "bandwidth_this_month": i * 1000, "bandwidth_limit_this_month": 10**12, "rebuild_schedule": "weekly",
-            "rebuild_schedule_location": "random", "ovpn_file_enc": ovpn, "version": 1, "generation": 1,
+            "rebuild_schedule_location": "random", "version": 1, "generation": 1,
             "rebuild_now_status": False, "attempts": 0, "needs_human": False, "paused": False,
             "bandwidth_carried": 0, "bandwidth_alerted": 0, "suspended_by_cap": False, "created_at": now,
             "updated_at": now, "last_rebuilt_at": now})
@@ -156,6 +156,9 @@ def populate(app: App, servers: int) -> None:
     with app.engine.begin() as conn:
         for start in range(0, len(rows), 5000):
             conn.execute(insert(Server), rows[start:start + 5000])
+        for start in range(0, len(rows), 5000):
+            conn.execute(insert(ServerSealed), [{"server_id": r["id"], "ovpn_file_enc": ovpn}
+                                                for r in rows[start:start + 5000]])
         for start in range(0, len(events), 5000):
             conn.execute(insert(ServerEvent), events[start:start + 5000])
         conn.execute(text("ANALYZE" if app.engine.dialect.name == "sqlite" else "ANALYZE TABLE provisioner_servers"))

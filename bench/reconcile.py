@@ -34,6 +34,7 @@ Figures only: nothing here asserts on speed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import datetime as dt
 import gc
@@ -68,7 +69,7 @@ from _common import (  # noqa: E402
 from sqlalchemy import Engine, text  # noqa: E402
 
 from provisioner import db  # noqa: E402
-from provisioner.models import Server, Status  # noqa: E402
+from provisioner.models import Status  # noqa: E402
 from provisioner.storefront import eddschema  # noqa: E402
 from provisioner.storefront.edd import utc_to_site_local  # noqa: E402
 from provisioner.wiring import App  # noqa: E402
@@ -146,13 +147,17 @@ def _filler(size: int, seed: int) -> str:
     return base64.urlsafe_b64encode(rng.randbytes(size))[:size].decode("ascii")
 
 
-def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]:
-    """Create the EDD tables and ours (migrations), and bulk-load ``n`` subscriptions."""
+def load(engine: Engine, n: int, now: dt.datetime, lean: bool, revision: str = "head") -> dict[str, int]:
+    """Create the EDD tables and ours (migrations up to ``revision``), and bulk-load ``n``
+    subscriptions. The sealed tokens go where that revision keeps them: in the server rows
+    (before 0010) or in ``provisioner_server_sealed``."""
     from zoneinfo import ZoneInfo
+
+    from sqlalchemy import MetaData, Table
 
     zone = ZoneInfo(SITE_ZONE)
     eddschema.create_edd_tables(engine, PREFIX)
-    db.upgrade(engine)
+    db.upgrade(engine, revision)
     secrets_len, ovpn_len = blob_sizes()
     secrets_blob = None if lean else _filler(secrets_len, 1)
     ovpn_blob = None if lean else _filler(ovpn_len, 2)
@@ -172,7 +177,10 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]
     user_sql = text(f"INSERT INTO {t('users')} (ID, user_login, user_pass, user_nicename, user_email, user_url, "
                     "user_registered, user_activation_key, user_status, display_name) VALUES (:ID, :login, '', "
                     ":login, :email, '', '2024-01-01 00:00:00', '', 0, :login)")
-    servers = Server.__table__
+    meta = MetaData()
+    servers = Table("provisioner_servers", meta, autoload_with=engine)
+    inline = "secrets_enc" in servers.c
+    sealed_table = None if inline else Table("provisioner_server_sealed", meta, autoload_with=engine)
 
     def chunks() -> Iterator[range]:
         for start in range(1, n + 1, CHUNK):
@@ -182,7 +190,7 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]
         eddschema.set_option(conn, PREFIX, "timezone_string", SITE_ZONE)
         eddschema.set_option(conn, PREFIX, "gmt_offset", "")
         for ids in chunks():
-            users, customers, subs, rows = [], [], [], []
+            users, customers, subs, rows, sealed = [], [], [], [], []
             for i in ids:
                 kind = kind_of(i)
                 email = f"customer{i}@example.test"
@@ -204,22 +212,25 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]
                     continue
                 live = kind != "gone"
                 counts["running" if live else "destroyed"] += 1
-                rows.append({
+                tokens = {"root_password_enc": password_blob if live else None,
+                          "ovpn_file_enc": ovpn_blob if live else None,
+                          "secrets_enc": secrets_blob if live else None}
+                if not inline and live and not lean:
+                    sealed.append({"server_id": i, **tokens})
+                rows.append({**(tokens if inline else {}),
                     "id": i, "customer_id": str(i), "product_id": "1", "subscription_id": str(i),
                     "server_ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" if live else None,
                     "user_email": email, "server_name": f"g0{i:03d}.vpn.example.test",
-                    "root_password_enc": password_blob if live else None,
                     "bandwidth_this_month": 123_456_789 if live else 0,
                     "bandwidth_limit_this_month": 1000 * 10**9, "rebuild_schedule": "none",
                     "current_location": "ewr" if live else None, "rebuild_schedule_location": "random",
                     "status": Status.RUNNING.value if live else Status.DESTROYED.value,
-                    "ovpn_file_enc": ovpn_blob if live else None,
                     "rebuild_now_location": "random" if live and i % 50 == 7 else None,
                     "rebuild_now_status": live and i % 50 == 7,
                     "instance_id": f"{i:08x}-0000-4000-8000-000000000000" if live else None,
                     "instance_label": f"prov-{i}-g0", "generation": 0, "old_instance_id": None,
                     "target_location": "ewr", "dns_record_id": f"{i:032x}" if live else None, "snapshot_id": None,
-                    "secrets_enc": secrets_blob if live else None, "action": None, "step": None,
+                    "action": None, "step": None,
                     "step_deadline": None, "attempts": 0, "next_attempt_at": None, "last_error": None,
                     "needs_human": False, "paused": False, "version": 3, "lease_owner": None, "lease_until": None,
                     "bandwidth_month": now.strftime("%Y-%m"), "bandwidth_carried": 0,
@@ -234,6 +245,8 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool) -> dict[str, int]
             conn.execute(sub_sql, subs)
             if rows:
                 conn.execute(servers.insert(), rows)
+            if sealed and sealed_table is not None:
+                conn.execute(sealed_table.insert(), sealed)
     return counts
 
 
@@ -281,13 +294,16 @@ def tree_pass(tree: Path, settings: Path, mode: str) -> dict[str, Any]:
     return result
 
 
-def compare_trees(row: Row, settings: Path, args: argparse.Namespace) -> None:
-    """``--rounds`` rounds; in each, every mode on the baseline tree and on this one, interleaved."""
-    trees = [("ours", HERE.parent)] + ([("baseline", Path(args.baseline))] if args.baseline else [])
+def compare_trees(row: Row, settings: Path, args: argparse.Namespace, baseline_settings: Path | None = None) -> None:
+    """``--rounds`` rounds; in each, every mode on the baseline tree and on this one, interleaved.
+    The baseline reads its own database (``baseline_settings``) when it was loaded at another revision."""
+    trees = [("ours", HERE.parent, settings)]
+    if args.baseline:
+        trees.append(("baseline", Path(args.baseline), baseline_settings or settings))
     for index in range(args.rounds):
         for mode in args.mode_list:
-            for label, tree in (trees if index % 2 else trees[::-1]):
-                result = tree_pass(tree, settings, mode)
+            for label, tree, tree_settings in (trees if index % 2 else trees[::-1]):
+                result = tree_pass(tree, tree_settings, mode)
                 row.trees.setdefault((label, mode), []).append(result)
                 log(f"{row.backend} n={row.n} round {index + 1} {mode} {label}: {result['wall'][0]:.3f}s wall, "
                     f"{result['cpu'][0]:.3f}s CPU, peak RSS {result['peak_rss_mb']:.0f} MB, "
@@ -409,6 +425,33 @@ def measure_per_row(engine: Engine, n: int, now_local: dt.datetime, budget: floa
 
 # --- one (backend, size) -------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def baseline_database(backend: str, n: int, now: dt.datetime, tmp: Path,
+                      args: argparse.Namespace) -> Iterator[Path | None]:
+    """With ``--baseline-revision``: the same data loaded at that revision of our schema into a
+    database of its own (the baseline tree's layout), and its settings file; else None (the
+    baseline reads the same database)."""
+    if not (args.baseline and args.baseline_revision):
+        yield None
+        return
+    with contextlib.ExitStack() as stack:
+        if backend == "sqlite":
+            base_url = f"sqlite:///{tmp / f'baseline-{n}.db'}"
+        else:
+            base_url = stack.enter_context(mysql_database(mysql_server_url()))
+        engine = db.make_engine(base_url)
+        log(f"{backend} n={n}: loading the baseline's database at revision {args.baseline_revision}")
+        load(engine, n, now, args.lean_rows, args.baseline_revision)
+        if args.planner_index:
+            create_planner_index(engine)
+        engine.dispose()
+        base_app, path = make_app(tmp / f"{backend}-{n}-baseline", base_url)
+        dispose(base_app)
+        yield path
+        for leftover in tmp.glob(f"baseline-{n}.db*"):
+            leftover.unlink()
+
+
 def run_one(backend: str, url: str, n: int, tmp: Path, args: argparse.Namespace) -> Row:
     row = Row(backend, n)
     now = dt.datetime.now(dt.UTC)
@@ -423,7 +466,8 @@ def run_one(backend: str, url: str, n: int, tmp: Path, args: argparse.Namespace)
             log(f"{backend} n={n}: created the bench-only covering index {PLANNER_INDEX} in {seconds:.1f}s")
         app, settings_path = make_app(tmp / f"{backend}-{n}", url)
         if args.rounds:
-            compare_trees(row, settings_path, args)
+            with baseline_database(backend, n, now, tmp, args) as baseline_settings:
+                compare_trees(row, settings_path, args, baseline_settings)
         # warm-up pass under tracemalloc: connection set-up, statement caches; its peak is the memory figure
         gc.collect()
         tracemalloc.start()
@@ -496,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile one pass at the largest size")
     parser.add_argument("--baseline", default="",
                         help="another source tree (e.g. `git archive main | tar -x -C DIR`) to time next to this one")
+    parser.add_argument("--baseline-revision", default="",
+                        help="load the baseline tree's own database at this revision of our schema "
+                             "(e.g. 0009: sealed tokens inside the server rows); default: the same database")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds of one-pass processes per tree and mode (0: none; default 3)")
     parser.add_argument("--modes", default="pass,worker",

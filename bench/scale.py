@@ -66,7 +66,7 @@ from jobs import registry  # noqa: E402
 from jobs.bandwidth import SyncPace, rows_to_sync  # noqa: E402
 from provisioner import db, operations, wiring  # noqa: E402
 from provisioner.cloudinit import generate_client_key  # noqa: E402
-from provisioner.models import Server  # noqa: E402
+from provisioner.models import Server, ServerSealed  # noqa: E402
 from provisioner.sandbox.app import Sandbox  # noqa: E402
 from provisioner.sandbox.config import SandboxConfig  # noqa: E402
 from provisioner.wiring import App  # noqa: E402
@@ -102,6 +102,7 @@ class World:
         self.lc = wiring.lifecycle(self.app, owner="bench")
         self.n = n
         self._rows: list[dict[str, Any]] = []
+        self._sealed: list[dict[str, Any]] = []
         self._snapshots: dict[int, str] = {}
         self._seed(n, blob_bytes)
 
@@ -151,11 +152,12 @@ class World:
             "dns_record_id": rec, "generation": 1, "current_location": "ewr", "target_location": "ewr",
             "bandwidth_this_month": (i * 7919) % 10**9, "bandwidth_limit_this_month": 10**12,
             "bandwidth_month": now.strftime("%Y-%m"), "rebuild_schedule": ("none", "daily", "weekly")[i % 3],
-            "rebuild_schedule_location": "random", "secrets_enc": blob, "ovpn_file_enc": blob, "version": 1,
+            "rebuild_schedule_location": "random", "version": 1,
             "rebuild_now_status": False, "attempts": 0, "needs_human": False, "paused": False,
             "bandwidth_carried": 0, "bandwidth_alerted": 0, "suspended_by_cap": False, "created_at": now,
             "updated_at": now, "schedule_slot_done": now, "bandwidth_synced_at": now - dt.timedelta(hours=i % 5),
             "snapshot_id": self._snapshots.get(i)})
+        self._sealed.append({"server_id": i, "secrets_enc": blob, "ovpn_file_enc": blob})
         if len(self._rows) >= 5000:
             self._flush()
 
@@ -163,7 +165,8 @@ class World:
         if self._rows:
             with self.app.engine.begin() as conn:
                 conn.execute(insert(Server), self._rows)
-            self._rows = []
+                conn.execute(insert(ServerSealed), self._sealed)
+            self._rows, self._sealed = [], []
 
     def calls(self, since: int) -> tuple[int, int, int]:
         log_ = self.sb.state.calls_since(since)
@@ -370,9 +373,8 @@ def _copy_to_mysql(w: World, url: str) -> None:
     """The same server rows on MariaDB (blobs left out: only the plans and times of the queries are read)."""
     engine = db.make_engine(url)
     db.upgrade(engine)
-    cols = [c for c in Server.__table__.columns if c.name not in ("secrets_enc", "ovpn_file_enc")]
     with w.app.engine.connect() as src, engine.begin() as dst:
-        result = src.execute(Server.__table__.select().with_only_columns(*cols))
+        result = src.execute(Server.__table__.select())
         while batch := result.fetchmany(5000):
             dst.execute(insert(Server), [dict(r._mapping) for r in batch])
         dst.execute(text("ANALYZE TABLE provisioner_servers"))

@@ -31,10 +31,10 @@ from sqlalchemy import (
     select,
     union_all,
 )
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from provisioner.models import Server, ServerEvent, Status, is_idle
+from provisioner.models import Server, ServerEvent, ServerSealed, Status, is_idle
 
 GUESTS = ("", "0")     # a token for "no account" (WordPress's user id 0) owns nothing
 
@@ -99,11 +99,14 @@ class ServerRow:
         return self.operator_hold_at is not None
 
 
+# Whether the server has its .ovpn, without reading it (the sealed tokens have their own table).
+_HAS_OVPN = (select(ServerSealed.server_id)
+             .where(ServerSealed.server_id == Server.id, ServerSealed.ovpn_file_enc.is_not(None)).exists())
 _ROW_COLUMNS = (Server.id, Server.server_name, Server.product_id, Server.status, Server.action, Server.step,
                 Server.needs_human, Server.rebuild_now_status, Server.rebuild_now_location, Server.server_ip,
                 Server.current_location, Server.rebuild_schedule, Server.rebuild_schedule_location,
                 Server.bandwidth_this_month, Server.bandwidth_limit_this_month, Server.last_rebuilt_at,
-                Server.ovpn_file_enc.is_not(None), Server.paused, Server.operator_hold_at, Server.human_alerted_at,
+                _HAS_OVPN, Server.paused, Server.operator_hold_at, Server.human_alerted_at,
                 Server.restart_pending)
 
 
@@ -117,9 +120,7 @@ class EventRow(TypedDict):
 def _servers_query() -> Select[tuple[Server, bool]]:
     # Built once: building the statement costs more than running it. A customer has a
     # handful of rows; Python sorts them.
-    return (select(Server, Server.ovpn_file_enc.is_not(None))
-            .where(_owned_by())
-            .options(defer(Server.ovpn_file_enc), defer(Server.secrets_enc), defer(Server.root_password_enc)))
+    return select(Server, _HAS_OVPN).where(_owned_by())
 
 
 @functools.lru_cache(maxsize=1)
@@ -230,7 +231,8 @@ def customer_server(session: Session, account: str, name: str, domain: str) -> O
 
 
 def ovpn_token(conn: Connection | Session, server_id: int) -> str | None:
-    token: str | None = conn.execute(select(Server.ovpn_file_enc).where(Server.id == server_id)).scalar()
+    found = select(ServerSealed.ovpn_file_enc).where(ServerSealed.server_id == server_id)
+    token: str | None = conn.execute(found).scalar()
     return token
 
 

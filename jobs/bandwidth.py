@@ -60,21 +60,19 @@ from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 from sqlalchemy import and_, case, select
-from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
 from provisioner.bandwidth import month_of, month_total, record_days
 from provisioner.cloud.ratelimit import RateLimiter
 from provisioner.cloud.vultr import VultrError, VultrNotFound
-from provisioner.models import LIVE_STATUSES, Server, ServerEvent, Status
+from provisioner.models import LIVE_STATUSES, WITHOUT_SEALED, Server, ServerEvent, Status
 from provisioner.settings.schema import Product
 
 log = logging.getLogger(__name__)
 
 ACTOR = "bandwidth"
 SYNCED = (Status.RUNNING.value, Status.SUSPENDED.value, Status.REBUILDING.value)
-# The sealed secrets and the .ovpn (~12 KB a row) are never needed here.
-NO_BLOBS = (defer(Server.secrets_enc), defer(Server.ovpn_file_enc), defer(Server.root_password_enc))
 
 OnEvent = Callable[[Session, Server, str, dict[str, Any]], None]
 
@@ -240,7 +238,7 @@ def reset_bandwidth_monthly(session: Session, vultr: BandwidthCloud, now: dt.dat
     for rid in ids:
         report.checked += 1
         try:
-            row = session.get(Server, rid, populate_existing=True, options=NO_BLOBS)
+            row = session.get(Server, rid, populate_existing=True, options=[WITHOUT_SEALED])
             if row is None or row.status not in LIVE_STATUSES:
                 continue
             if _busy(row, now):
@@ -278,7 +276,7 @@ def _sync_unless_changed(session: Session, vultr: BandwidthCloud, rid: int, now:
 
 def _sync_one(session: Session, vultr: BandwidthCloud, rid: int, now: dt.datetime,
               products: Mapping[str, Product], notify: OnEvent, report: BandwidthReport) -> None:
-    row = session.get(Server, rid, populate_existing=True, options=NO_BLOBS)
+    row = session.get(Server, rid, populate_existing=True, options=[WITHOUT_SEALED])
     if row is None or row.status not in SYNCED or not row.instance_id:
         return
     if _busy(row, now):

@@ -40,7 +40,7 @@ from sqlalchemy import CompoundSelect, or_, select, union_all
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
-from provisioner.models import REBUILDABLE, Server, ServerEvent
+from provisioner.models import REBUILDABLE, WITHOUT_SEALED, Server, ServerEvent
 from provisioner.schedule import NEW_YORK, RECURRING, last_slot, zone_name
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _mark(session: Session, rid: int, slot: dt.datetime, now: dt.datetime, sprea
           tz: ZoneInfo) -> bool:
     """Mark one row (one commit). False if it changed under us or is no longer due."""
     try:
-        row = session.get(Server, rid, populate_existing=True)
+        row = session.get(Server, rid, populate_existing=True, options=[WITHOUT_SEALED])
         # Re-check on the fresh row: the list above may be a moment old.
         if row is None or not row.idle or row.paused or row.needs_human:
             return False

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import (
     JSON,
@@ -44,7 +44,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, lazyload, mapped_column, relationship
 
 from provisioner.locations import RANDOM
 from provisioner.schedule import Schedule
@@ -113,6 +113,35 @@ class Base(DeclarativeBase):
     pass
 
 
+class SealedField:
+    """One of a server's sealed tokens, read and written as ``row.<name>`` as if it were a column
+    of the server row; it is stored in :class:`ServerSealed`. Writing one also touches the
+    server row, so the write carries the row's version check (fencing) like any other."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, row: None, owner: type) -> SealedField: ...
+    @overload
+    def __get__(self, row: Server, owner: type) -> str | None: ...
+
+    def __get__(self, row: Server | None, owner: type) -> SealedField | str | None:
+        if row is None:
+            return self
+        sealed = row.sealed
+        return None if sealed is None else getattr(sealed, self.name)
+
+    def __set__(self, row: Server, value: str | None) -> None:
+        sealed = row.sealed
+        if sealed is None:
+            if value is None:
+                return
+            sealed = row.sealed = ServerSealed()
+        setattr(sealed, self.name, value)
+        row.updated_at = utcnow()
+
+
 class Server(Base):
     __tablename__ = "provisioner_servers"
 
@@ -125,14 +154,12 @@ class Server(Base):
     server_ip: Mapped[str | None] = mapped_column(String(45))
     user_email: Mapped[str] = mapped_column(String(191))
     server_name: Mapped[str | None] = mapped_column(String(191), unique=True)
-    root_password_enc: Mapped[str | None] = mapped_column(Text)      # Fernet token, never plaintext
     bandwidth_this_month: Mapped[int] = mapped_column(BigInteger, default=0)      # bytes
     bandwidth_limit_this_month: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes
     rebuild_schedule: Mapped[str] = mapped_column(String(16), default=Schedule.NONE.value)
     current_location: Mapped[str | None] = mapped_column(String(16))
     rebuild_schedule_location: Mapped[str] = mapped_column(String(16), default=RANDOM_LOCATION)
     status: Mapped[str] = mapped_column(String(16), default=Status.QUEUED.value)
-    ovpn_file_enc: Mapped[str | None] = mapped_column(Text)          # Fernet token of the .ovpn bytes
     rebuild_now_location: Mapped[str | None] = mapped_column(String(16))
     rebuild_now_status: Mapped[bool] = mapped_column(Boolean, default=False)
     # --- what the lifecycle needs ----------------------------------------------------------
@@ -146,7 +173,6 @@ class Server(Base):
     target_location: Mapped[str | None] = mapped_column(String(16))
     dns_record_id: Mapped[str | None] = mapped_column(String(64))
     snapshot_id: Mapped[str | None] = mapped_column(String(64))
-    secrets_enc: Mapped[str | None] = mapped_column(Text)             # Fernet token: PKI + SSH host key
     action: Mapped[str | None] = mapped_column(String(16))            # create | rebuild | destroy
     step: Mapped[str | None] = mapped_column(String(32))
     step_deadline: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -203,6 +229,16 @@ class Server(Base):
     action_started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)  # heartbeats never move it
     human_alerted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)   # needs_human alert queued
 
+    # The seed's root_password_enc and ovpn_file_enc and our secrets_enc live in their own table
+    # (ServerSealed), so the server table stays narrow for the planner's scan and the dashboard's
+    # Core reads. An ORM row is loaded with them (one outer join): a row read in a session still
+    # has its tokens after it closes. The jobs that walk many rows and never open a token load
+    # without them (WITHOUT_SEALED; touched anyway, they load inside the session).
+    sealed: Mapped[ServerSealed | None] = relationship(lazy="joined", cascade="all, delete-orphan")
+    root_password_enc = SealedField()    # Fernet token, never plaintext
+    ovpn_file_enc = SealedField()        # Fernet token of the .ovpn bytes
+    secrets_enc = SealedField()          # Fernet token: PKI + SSH host key + WireGuard keys
+
     # Every UPDATE carries "AND version = <what we read>" and bumps it: a worker whose claim was
     # taken over gets StaleDataError instead of overwriting the new owner's work (fencing).
     __mapper_args__ = {"version_id_col": version}
@@ -246,6 +282,23 @@ class Server(Base):
 
     def __repr__(self) -> str:  # secrets never appear here
         return f"<Server {self.id} {self.server_name or '-'} sub={self.subscription_id} {self.status}>"
+
+
+class ServerSealed(Base):
+    """A server's sealed tokens (Fernet), one row per server that ever had one: kept out of
+    ``provisioner_servers`` (migration 0010) because together they are ~12 KB a server, which
+    every scan of the server table would otherwise drag along. Reached as ``row.secrets_enc``,
+    ``row.ovpn_file_enc``, ``row.root_password_enc`` (:class:`SealedField`)."""
+
+    __tablename__ = "provisioner_server_sealed"
+
+    server_id: Mapped[int] = mapped_column(ForeignKey("provisioner_servers.id"), primary_key=True)
+    secrets_enc: Mapped[str | None] = mapped_column(Text)
+    ovpn_file_enc: Mapped[str | None] = mapped_column(Text)
+    root_password_enc: Mapped[str | None] = mapped_column(Text)
+
+    def __repr__(self) -> str:  # tokens never appear here
+        return f"<ServerSealed {self.server_id}>"
 
 
 class DestroyHold(Base):
@@ -498,6 +551,10 @@ class SubscriptionStanding(Base):
     paid_through: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     entitled_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+# A loader option for the jobs that walk many rows and never open a token: the row comes without
+# its sealed tokens (still loaded, inside the session, if touched).
+WITHOUT_SEALED = lazyload(Server.sealed)
+
 # Every column that holds a Fernet token, in one place: `provisioner secrets rotate` re-seals
 # exactly these. A table that adds a sealed column adds it here (it needs a one-column primary key).
-SEALED_COLUMNS: tuple[Any, ...] = (Server.secrets_enc, Server.ovpn_file_enc, Server.root_password_enc)
+SEALED_COLUMNS: tuple[Any, ...] = (ServerSealed.secrets_enc, ServerSealed.ovpn_file_enc, ServerSealed.root_password_enc)

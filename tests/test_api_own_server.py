@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from sqlalchemy import func, select
 
-from provisioner.models import Device, Server, ServerEvent, SSHKey, Status
+from provisioner.models import Device, Server, ServerEvent, ServerSealed, SSHKey, Status
 from provisioner.server_secrets import ServerSecrets
 from provisioner.vpn.config import render_client_ovpn, validate_ovpn
 from tests.fixtures.api import *  # noqa: F403
@@ -46,8 +46,9 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
 def snapshot(env: ApiEnv) -> tuple[Any, ...]:
     """Everything a request could change, for 'nothing changed' assertions."""
     with env.app.sessions() as s:
-        rows = tuple(s.execute(select(Server.id, Server.version, Server.secrets_enc, Server.key_only,
-                                      Server.access_pending_since, Server.restart_pending).order_by(Server.id)))
+        rows = tuple(s.execute(select(Server.id, Server.version, ServerSealed.secrets_enc, Server.key_only,
+                                      Server.access_pending_since, Server.restart_pending)
+                               .outerjoin(ServerSealed).order_by(Server.id)))
         devices = tuple(s.execute(select(Device.device_id, Device.name, Device.revoked_at).order_by(Device.id)))
         keys = s.scalar(select(func.count()).select_from(SSHKey))
         events = s.scalar(select(func.count()).select_from(ServerEvent))

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from provisioner import rotation
 from provisioner.cli import main
-from provisioner.models import SEALED_COLUMNS, Server
+from provisioner.models import SEALED_COLUMNS, Server, ServerSealed
 from provisioner.secrets import SecretBox
 from tests.fixtures.config import dump_toml
 from tests.fixtures.stack import Stack, start_worker, wait_until
@@ -124,10 +124,10 @@ def test_it_reports_a_value_sealed_meanwhile_with_an_old_key(stack: Stack) -> No
                 s.commit()
             wrote.append(name)
 
-    report = rotation.rotate(stack.app.sessions, box, progress=stale_writer, columns=[Server.ovpn_file_enc,
-                                                                                       Server.root_password_enc])
-    assert wrote == ["provisioner_servers.ovpn_file_enc"]
-    assert report.columns["provisioner_servers.root_password_enc"].resealed == 1  # the later pass caught it
+    report = rotation.rotate(stack.app.sessions, box, progress=stale_writer, columns=[ServerSealed.ovpn_file_enc,
+                                                                                       ServerSealed.root_password_enc])
+    assert wrote == ["provisioner_server_sealed.ovpn_file_enc"]
+    assert report.columns["provisioner_server_sealed.root_password_enc"].resealed == 1  # the later pass caught it
     assert report.done
 
 
@@ -143,10 +143,10 @@ def test_it_names_rows_no_key_opens_and_exits_1(stack: Stack, capsys: pytest.Cap
     code = main(["--config", str(cfg), "secrets", "rotate"])
     out, err = capsys.readouterr()
     assert code == 1
-    assert f"provisioner_servers.root_password_enc: 0 re-sealed; 0 under the first key; 1 open with no configured " \
-           f"key (rows {rid})" in out
+    assert f"provisioner_server_sealed.root_password_enc: 0 re-sealed; 0 under the first key; 1 open with no " \
+           f"configured key (rows {rid})" in out
     assert err.strip().startswith("provisioner: error: some stored secrets open with none of the configured keys")
-    assert "provisioner_servers.secrets_enc: 1 re-sealed; 1 under the first key" in out
+    assert "provisioner_server_sealed.secrets_enc: 1 re-sealed; 1 under the first key" in out
 
 
 @pytest.mark.parametrize(("args", "needle"), [
