@@ -130,3 +130,64 @@ def test_the_due_row_query_is_one_range_on_the_due_index(db_url: str) -> None:
             assert [r["key"] for r in found] == ["ix_provisioner_servers_due"], found
         assert len(conn.execute(text(sql)).all()) == 20
     engine.dispose()
+
+
+def test_drive_until_idle_never_holds_a_due_row_back_behind_a_slow_one(sqlite_url: str) -> None:
+    """`provisioner check --apply`, the operator commands and bench/fleet.py drive rows with
+    drive_until_idle: a row whose poll comes due while another row sits in a long step is
+    carried at once, not when the slow row's step is over."""
+    import datetime as dt
+    import threading
+    from types import SimpleNamespace
+
+    from sqlalchemy import insert, update
+
+    from provisioner import db, operations
+    from provisioner.lifecycle import Outcome
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    sessions = db.session_factory(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(Server), [{"subscription_id": f"s{i}", "customer_id": "1", "product_id": "1",
+                                       "user_email": "a@example.com", "status": "Installing", "action": "create",
+                                       "step": "boot"} for i in (1, 2)])
+        slow, quick = sorted(conn.scalars(select(Server.id)))
+    done: dict[int, float] = {}
+    slow_started = threading.Event()
+    calls: dict[int, int] = {slow: 0, quick: 0}
+
+    def clock() -> dt.datetime:
+        return dt.datetime.now(dt.UTC)
+
+    def finish(rid: int) -> Outcome:
+        with sessions() as s:
+            s.execute(update(Server).where(Server.id == rid).values(action=None, step=None, next_attempt_at=None))
+            s.commit()
+        done[rid] = time.monotonic()
+        return Outcome.DONE
+
+    def advance(rid: int) -> Outcome:
+        calls[rid] += 1
+        if rid == slow:      # a long install
+            slow_started.set()
+            time.sleep(2.0)
+            return finish(rid)
+        if calls[rid] == 1:  # a boot poll: not ready, polled again in a tenth of a second
+            assert slow_started.wait(5)
+            with sessions() as s:
+                s.execute(update(Server).where(Server.id == rid).values(
+                    next_attempt_at=clock() + dt.timedelta(seconds=0.1)))
+                s.commit()
+            return Outcome.WAITING
+        return finish(rid)
+
+    lc = SimpleNamespace(advance=advance, clock=clock, ctx=SimpleNamespace(
+        sessions=sessions, settings=SimpleNamespace(lifecycle=SimpleNamespace(poll_seconds=1.0))))
+    started = time.monotonic()
+    outcomes = operations.drive_until_idle(lc, timeout=30, threads=4)  # type: ignore[arg-type]
+
+    assert outcomes == {slow: Outcome.DONE, quick: Outcome.DONE}
+    assert done[quick] - started < 1.0, "the quick row waited for the slow row's step"
+    assert done[slow] - started >= 2.0
+    engine.dispose()

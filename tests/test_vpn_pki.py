@@ -172,6 +172,28 @@ def test_it_refuses_damaged_stored_pki_without_quoting_it(pki: ServerPKI, damage
     assert "PRIVATE" not in message
 
 
+def test_it_checks_the_same_stored_pki_once_and_other_bytes_every_time(pki: ServerPKI, monkeypatch) -> None:
+    from provisioner.vpn import pki as pki_module
+
+    checked: list[str] = []
+    monkeypatch.setattr(pki_module, "_CHECKED", set())   # nothing checked yet in this process
+    real = pki_module.check_pki
+    monkeypatch.setattr(pki_module, "check_pki", lambda p: (checked.append(p.server_name), real(p))[-1])
+    stored = to_bytes(pki)
+    # Given a stored PKI opened twice (a server's prepare and install steps)
+    assert from_bytes(stored) == from_bytes(stored) == pki
+    # Then its signatures were verified once
+    assert checked == [pki.server_name]
+    # And damaged bytes after it are still verified, and refused
+    doc = json.loads(stored)
+    doc["server_key_pem"] = doc["devices"][0]["key_pem"]
+    with pytest.raises(PKIFormatError):
+        from_bytes(json.dumps(doc).encode())
+    with pytest.raises(PKIFormatError):
+        from_bytes(json.dumps(doc).encode())
+    assert len(checked) == 3
+
+
 def test_it_gives_two_servers_unrelated_pkis(pki: ServerPKI) -> None:
     other = generate_pki("g0001", now=NOW)
     for name in ("ca_cert_pem", "ca_key_pem", "server_cert_pem", "server_key_pem", "tls_crypt_key"):

@@ -94,10 +94,12 @@ def _new_host_key() -> paramiko.PKey:
     return _pkey(pem.decode("ascii"))
 
 
-def read_cloud_config(user_data: str) -> tuple[str, list[str]]:
-    """The ed25519 host key and the authorized keys, read the way cloud-init reads them: as YAML
-    (PyYAML, as cloud-init itself uses), never with the product's own renderer's parser, so a
-    document the product renders wrongly fails here as it would on a real VPS."""
+def read_cloud_config(user_data: str) -> tuple[str, list[str], bool]:
+    """The ed25519 host key, the authorized keys and cloud-init's ``ssh_pwauth`` (true when
+    absent: the image's sshd default), read the way cloud-init reads them: as YAML (PyYAML, as
+    cloud-init itself uses), never with the product's own renderer's parser, so a document the
+    product renders wrongly fails here as it would on a real VPS. Parsed once: a fleet's
+    hosts start in the worker's own process in the benchmarks."""
     if not user_data.startswith("#cloud-config\n"):
         raise ValueError("user_data does not start with '#cloud-config' (cloud-init would ignore it)")
     try:
@@ -111,13 +113,7 @@ def read_cloud_config(user_data: str) -> tuple[str, list[str]]:
         raise ValueError("user_data has no ssh_keys.ed25519_private")
     if not isinstance(authorized, list) or not authorized or not all(isinstance(k, str) for k in authorized):
         raise ValueError("user_data has no ssh_authorized_keys list")
-    return private, authorized
-
-
-def password_auth_wanted(user_data: str) -> bool:
-    """cloud-init's ``ssh_pwauth`` (true when absent: the image's sshd default)."""
-    doc = yaml.safe_load(user_data)
-    return not isinstance(doc, dict) or doc.get("ssh_pwauth", True) is not False
+    return private, authorized, doc.get("ssh_pwauth", True) is not False
 
 
 def _mode(attr: paramiko.SFTPAttributes, default: int) -> int:
@@ -195,7 +191,7 @@ class _Host(paramiko.ServerInterface):
     def __init__(self, hosts: SimulatedHosts, instance_id: str, ip: str, user_data: str,
                  root_password: str = "") -> None:
         try:
-            host_private, authorized = read_cloud_config(user_data)
+            host_private, authorized, pwauth = read_cloud_config(user_data)
             self.host_key = _pkey(host_private)
         except (ValueError, paramiko.SSHException) as exc:
             raise SimulatedHostError(f"instance {instance_id}: {exc}") from None
@@ -204,7 +200,7 @@ class _Host(paramiko.ServerInterface):
         self.dir = hosts.root_dir / instance_id
         self.disk = hostcommands.Disk(self.dir)
         self.user_data_keys = list(authorized)
-        self.ssh_pwauth = password_auth_wanted(user_data)
+        self.ssh_pwauth = pwauth
         self.stopping = threading.Event()
         self.listener: socket.socket | None = None
         self.transports: list[paramiko.Transport] = []
