@@ -51,10 +51,18 @@ class ApiMetrics:
         self.latency = Histogram("provisioner_api_request_duration_seconds", "Time to answer, by route",
                                  ["route"], buckets=BUCKETS, registry=self.registry)
         self.registry.register(ServersByStatus(sessions))
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        # The children per label set, looked up once: labels() validates and locks on every call.
+        # Bounded like the label space itself (route templates x methods x statuses).
+        key = (route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(route, method, str(status)),
+                                              self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class MetricsMiddleware:

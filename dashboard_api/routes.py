@@ -10,12 +10,14 @@ row meanwhile (that answers 409).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Response
 from sqlalchemy import Connection
 
 from dashboard_api import queries, scoped, views
-from dashboard_api.context import LANGUAGES, REFRESH_SECONDS, ApiState, customer, state
+from dashboard_api.context import LANGUAGES, REFRESH_SECONDS, ApiState, CustomerRead, customer, state
 from dashboard_api.errors import ApiError, responses
 from dashboard_api.locations import region
 from dashboard_api.schemas import (
@@ -33,6 +35,7 @@ from provisioner.secrets import UndecryptableSecret
 from provisioner.settings.schema import OPENVPN
 
 log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
 
 router = APIRouter(prefix="/api")
 AUTHED = (401, 429)
@@ -49,11 +52,20 @@ def get_config(st: ApiState = Depends(state)) -> ConfigOut:  # noqa: B008
 
 # The reads (the page polls /api/servers every 15 s) are async routes on plain rows: indexed
 # queries on a read connection (ApiState.read: on the event loop for SQLite, in a thread for
-# MariaDB), no ORM session, the body serialised once with orjson. The writes below stay sync,
+# MariaDB), no ORM session, the body serialised once with orjson, and their two dependencies
+# resolved by CustomerRead rather than FastAPI's general solver. The writes below stay sync,
 # on the ORM.
 
-@router.get("/servers", response_model=list[ServerOut], responses=responses(*AUTHED), tags=["servers"],
-            summary="The caller's servers (Destroyed ones are left out)")
+def _customer_read(path: str, **kwargs: Any) -> Callable[[F], F]:
+    """``@router.get(path, ...)`` for a :class:`CustomerRead` endpoint."""
+    def add(endpoint: F) -> F:
+        router.add_api_route(path, endpoint, methods=["GET"], route_class_override=CustomerRead, **kwargs)
+        return endpoint
+    return add
+
+
+@_customer_read("/servers", response_model=list[ServerOut], responses=responses(*AUTHED), tags=["servers"],
+                summary="The caller's servers (Destroyed ones are left out)")
 async def list_servers(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
     now = st.clock()
     body = await st.read(lambda conn: views.servers_json(conn, queries.customer_rows(conn, who.user_id), st.settings,
@@ -61,8 +73,8 @@ async def list_servers(who: Customer = Depends(customer), st: ApiState = Depends
     return Response(body, media_type="application/json")
 
 
-@router.get("/locations", response_model=list[RegionOut], responses=responses(*AUTHED), tags=["servers"],
-            summary="The locations the caller's plans allow")
+@_customer_read("/locations", response_model=list[RegionOut], responses=responses(*AUTHED), tags=["servers"],
+                summary="The locations the caller's plans allow")
 async def list_locations(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
     rows = await st.read(lambda conn: queries.customer_rows(conn, who.user_id))
     seen: dict[str, dict[str, str]] = {}

@@ -112,11 +112,16 @@ def support_hold(row: ShownRow) -> Literal["paused", "suspended"] | None:
     return "paused" if row.paused else None
 
 
-def error_code(row: ShownRow) -> str | None:
+_ERROR, _QUEUED, _SUSPENDED = Status.ERROR.value, Status.QUEUED.value, Status.SUSPENDED.value
+_NO_HOLD: Any = object()   # "not computed yet": the hold is None for most rows
+
+
+def error_code(row: ShownRow, hold: str | None = _NO_HOLD) -> str | None:
     """What the customer is told about an Error row. A rebuild builds the new server next to the
     old one, so the VPN keeps working; "our team has been alerted" only when an alert was
-    queued to a configured operator channel (``human_alerted_at``)."""
-    if row.status != Status.ERROR.value or support_hold(row):
+    queued to a configured operator channel (``human_alerted_at``). ``hold`` is
+    :func:`support_hold` of the row when the caller has it already."""
+    if row.status != _ERROR or (support_hold(row) if hold is _NO_HOLD else hold):
         return None
     alerted = bool(row.needs_human and row.human_alerted_at)
     if row.action == "rebuild":
@@ -126,8 +131,9 @@ def error_code(row: ShownRow) -> str | None:
     return "needs_attention" if alerted else "stopped"
 
 
-def progress_text(row: ShownRow) -> str | None:
-    hold = support_hold(row)
+def progress_text(row: ShownRow, hold: str | None = _NO_HOLD) -> str | None:
+    if hold is _NO_HOLD:
+        hold = support_hold(row)
     if hold:
         return SUPPORT_HOLD[hold]
     if row.action and row.step:
@@ -136,7 +142,7 @@ def progress_text(row: ShownRow) -> str | None:
         return REBUILD_REQUESTED
     if row.restart_pending:
         return RESTART_REQUESTED
-    if row.status == Status.QUEUED.value:
+    if row.status == _QUEUED:
         return "Waiting to start"
     return None
 
@@ -150,13 +156,13 @@ def server_dict(row: ShownRow, has_ovpn: bool, settings: Settings, now: dt.datet
     name = row.server_name
     product = settings.product(row.product_id)
     where = region(row.current_location)
-    code = error_code(row)
     hold = support_hold(row)
+    code = error_code(row, hold)
     suspended = hold == "suspended"
     return {
         "name": name, "short_name": name.split(".", 1)[0] if name else None, "dns_name": name,
-        "status": Status.SUSPENDED.value if suspended else row.status,
-        "step": row.step if row.action and not hold else None, "progress": progress_text(row),
+        "status": _SUSPENDED if suspended else row.status,
+        "step": row.step if row.action and not hold else None, "progress": progress_text(row, hold),
         "support_hold": hold, "busy": row.busy, "rebuild_requested": bool(row.rebuild_now_status),
         "rebuild_location": row.rebuild_now_location if row.rebuild_now_status else None,
         "ip": None if suspended else row.server_ip, "location": row.current_location,
@@ -192,11 +198,23 @@ def dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_UTC_Z)
 
 
+# (schedule, zone) -> (when it was computed, the slot): the next slot stays the same from any
+# instant up to the slot itself, so the page's polls compute it once per slot, not per server.
+_NEXT_SLOTS: dict[tuple[str, str], tuple[dt.datetime, dt.datetime]] = {}
+
+
 def _next(schedule: str, now: dt.datetime, tz: str) -> dt.datetime | None:
+    key = (schedule, tz)
+    known = _NEXT_SLOTS.get(key)
+    if known is not None and known[0] <= now < known[1]:
+        return known[1]
     try:
-        return next_slot(schedule, now, _zone(tz))
+        slot = next_slot(schedule, now, _zone(tz))
     except ValueError:  # a hand-edited row with an unknown schedule shows "none"
         return None
+    if slot is not None:  # bounded: only the known schedules have a slot
+        _NEXT_SLOTS[key] = (now, slot)
+    return slot
 
 
 @functools.lru_cache(maxsize=8)
