@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
 from _common import MYSQL_ENV, mysql_database, mysql_server_url  # noqa: E402
-from sqlalchemy import insert, text  # noqa: E402
+from sqlalchemy import insert, make_url, text  # noqa: E402
 
 from dashboard_api.queries import customer_servers_query  # noqa: E402
 from dashboard_api.tokens import mint_token  # noqa: E402
@@ -206,6 +206,20 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def _database_at(url: str, revision: str) -> str:
+    """A copy of the (SQLite) benchmark database rolled back to ``revision`` of our schema: the
+    layout an older tree reads (its migrations move the data back, e.g. 0010 the sealed tokens)."""
+    import shutil
+
+    source = Path(make_url(url).database or "")
+    copy = source.with_name(f"baseline-{revision}.db")
+    shutil.copyfile(source, copy)
+    engine = db.make_engine(f"sqlite:///{copy}")
+    db.downgrade(engine, revision)
+    engine.dispose()
+    return f"sqlite:///{copy}"
+
+
 def _for_baseline(config_text: str, tree: Path) -> str:
     """Our config without the keys the older tree does not know (it refuses unknown keys)."""
     import json
@@ -233,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="wrk threads")
     p.add_argument("--connections", type=int, default=4, help="wrk connections")
     p.add_argument("--baseline", type=Path, help="a source tree whose API to measure side by side")
+    p.add_argument("--baseline-revision", default="",
+                   help="serve the baseline from a copy of the database rolled back to this revision of our "
+                        "schema (SQLite only; e.g. 0009 for a tree from before the sealed table)")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="the wrk binary")
     p.add_argument("--mariadb", action="store_true",
                    help=f"the database on the MariaDB of {MYSQL_ENV} (a fresh prov_bench_* database) instead of SQLite")
@@ -240,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.wrk:
         print("wrk not found (apt-get install wrk): this benchmark measures the server with wrk; nothing run")
         return 0
+    if args.baseline_revision and (args.mariadb or not args.baseline):
+        raise SystemExit("--baseline-revision needs --baseline and SQLite (a copy of the database file)")
     servers = max(OWNED * 2, min(args.servers, MAX_SERVERS))
     seconds = max(1.0, min(args.seconds, MAX_SECONDS))
     rounds = max(1, min(args.rounds, 10))
@@ -281,8 +300,12 @@ def main(argv: list[str] | None = None) -> int:
             procs["ours"] = subprocess.Popen([sys.executable, "-c", OURS_SERVE, str(config)], env=env, cwd=tmp)  # noqa: S603
             if args.baseline:
                 base_config = Path(tmp) / "baseline.toml"
-                base_config.write_text(_for_baseline(config.read_text().replace(
-                    f"listen_port = {ports['ours']}", f"listen_port = {ports['baseline']}"), args.baseline))
+                base_text = config.read_text().replace(f"listen_port = {ports['ours']}",
+                                                       f"listen_port = {ports['baseline']}")
+                if args.baseline_revision:
+                    base_text = base_text.replace(settings.database.url,
+                                                  _database_at(settings.database.url, args.baseline_revision))
+                base_config.write_text(_for_baseline(base_text, args.baseline))
                 base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
                 procs["baseline"] = subprocess.Popen(  # noqa: S603
                     [sys.executable, "-c", BASELINE_SERVE, str(base_config)], env=base_env, cwd=tmp)
