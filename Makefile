@@ -5,6 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 PIP_TOOLS := pip-tools==7.6.2
+# pytest's parallel workers (pytest-xdist): most tests wait on subprocesses, sockets, tunnels and
+# a browser rather than the CPU, so two workers halve the wall time on a 2-core machine.
+# `make test PYTEST_WORKERS=0` runs in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: run test lint bench clean venv lock
 
@@ -30,7 +34,7 @@ run: $(STAMP)
 	$(PY) -m provisioner demo
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check provisioner jobs dashboard_api tests bench

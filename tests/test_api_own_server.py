@@ -191,7 +191,7 @@ PRIVATE = ed25519.Ed25519PrivateKey.generate().private_bytes(
     serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()).decode()
 
 
-@pytest.mark.parametrize(("text", "words"), [
+REFUSED_KEYS = [
     (public_line(rsa.generate_private_key(65537, 2048)), "2048 bits"),
     (PRIVATE, "private key"),
     (f'command="rm -rf /" {ED25519}', "options"),
@@ -201,7 +201,11 @@ PRIVATE = ed25519.Ed25519PrivateKey.generate().private_bytes(
     ("ssh-ed25519 " + ED25519.split()[1][:-8] + "AAAAAAA=", "damaged"),
     ("ssh-rsa " + ED25519.split()[1], "does not match its type"),
     ("x" * 5000, "at most 4096"),
-])
+]
+
+
+# named by the words: the keys are generated per run, and parallel workers must collect the same ids
+@pytest.mark.parametrize(("text", "words"), REFUSED_KEYS, ids=[words for _, words in REFUSED_KEYS])
 def test_it_refuses_keys_it_does_not_accept_with_a_clear_422(api_env: ApiEnv, owner: dict[str, str], text: str,
                                                              words: str) -> None:
     before = snapshot(api_env)

@@ -18,6 +18,7 @@ OUR_MODULES = {*CODE, "_common"}   # bench/_common.py
 NOT_IMPORTED = {
     "pymysql": "SQLAlchemy's MySQL/MariaDB driver, named in mysql+pymysql:// URLs",
     "pytest-timeout": "pytest plugin: the suite's per-test timeout (pyproject.toml)",
+    "pytest-xdist": "pytest plugin: `make test` runs the suite on parallel workers (-n)",
     "ruff": "`make test` runs it",
     "mypy": "`make test` runs it",
     "import-linter": "`make test` runs lint-imports: the layering contracts in pyproject.toml",

@@ -72,7 +72,7 @@ def test_key_only_login_and_a_removed_key(server: Machine) -> None:
     b'command="sh" ' + LAPTOP.encode() + b"\n",
     b"-----BEGIN OPENSSH PRIVATE KEY-----\n",
     LAPTOP.encode() + b"\nssh-ed25519 AAAA\x01\n",
-])
+], ids=["options", "private-key", "broken-second-line"])   # the key is generated per run: fixed ids for -n
 def test_it_refuses_an_upload_that_is_not_plain_public_keys(server: Machine, upload: bytes) -> None:
     before = server.path("/root/.ssh/authorized_keys").read_text()
     server.upload({"customer_keys": upload})

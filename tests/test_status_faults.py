@@ -31,7 +31,8 @@ from tests.fixtures.services import require_or_skip
 from tests.fixtures.smtp import Inbox, smtp_server
 from tests.fixtures.stack import open_stack, start_worker, wait_until
 
-pytestmark = pytest.mark.slow
+# one worker under -n: the module's tests share one running stack and worker (`running`), set up once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("status_faults")]
 
 FAULT_SECONDS = 90          # how long a fault may take to show, or to clear (a job runs every minute)
 

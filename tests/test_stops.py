@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -59,11 +60,13 @@ def _stop_within(proc: subprocess.Popen[bytes], sig: int, *, group: bool) -> flo
 
 @pytest.fixture
 def demo_config(tmp_path: Path) -> Path:
-    """The demo's own configuration, on free ports (the sandbox, its mail catcher, SSH, the API)."""
+    """The demo's own configuration, on free ports (the sandbox, its mail catcher, SSH, the API) and a
+    random loopback pool: a parallel worker's hosts may hold the SSH port on a shared pool's addresses."""
     api = free_port()
+    pool = f"127.{random.randint(100, 250)}.{random.randint(0, 255)}.0/24"
     cfg = write_config(tmp_path, sandbox={"vultr_port": free_port(), "cloudflare_port": free_port(),
                                           "admin_port": free_port(), "smtp_port": free_port(),
-                                          "ip_pool": "127.79.0.0/16"},
+                                          "ip_pool": pool},
                        ssh={"port": free_port()}, api={"listen_port": api, "public_url": f"http://127.0.0.1:{api}"})
     data = tomllib.loads(cfg.read_text())
     sb = data["sandbox"]

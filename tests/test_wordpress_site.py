@@ -31,7 +31,8 @@ from tests.fixtures.api import ApiEnv, build_env, live_server
 from tests.fixtures.browser import ARTIFACTS, loopback_only
 from tests.fixtures.wordpress import WordPressSite, WordPressUser
 
-pytestmark = [pytest.mark.slow, pytest.mark.mysql]
+# one worker under -n: the module's tests share one installed WordPress, set up once
+pytestmark = [pytest.mark.slow, pytest.mark.mysql, pytest.mark.xdist_group("wordpress_site")]
 
 TIMEOUT_MS = 15_000
 SITE_ZONE = "Pacific/Auckland"   # half a day from UTC: reading the site's zone or not shows
