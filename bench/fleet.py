@@ -8,7 +8,7 @@
 MAKESPAN. For each size N: a fresh stack (SQLite database + demo EDD storefront in a temp
 directory, the sandbox's simulated Vultr + Cloudflare on loopback ports, simulated SSH hosts on
 127.x.y.z), N active subscriptions, then the real path: ``App.plan_once()`` ->
-``operations.start_plan`` -> ``operations.drive_until_idle(threads=...)`` with the production
+``operations.start_plan`` -> ``jobs.driver.drive_until_idle(threads=...)`` with the production
 adapters built by ``wiring.lifecycle``. The clock runs from the plan until every row is Running.
 Instances boot in ``--boot`` s, the install script takes ``--install`` s, snapshots are off.
 
@@ -59,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
+from jobs.driver import drive_until_idle  # noqa: E402
 from provisioner import db, operations, wiring  # noqa: E402
 from provisioner.cloudinit import generate_client_key  # noqa: E402
 from provisioner.lifecycle import Lifecycle  # noqa: E402
@@ -269,7 +270,7 @@ def drive(st: Stack, n: int, deadline: float, label: str, threads: int) -> int:
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            operations.drive_until_idle(st.lc, timeout=left, threads=threads)
+            drive_until_idle(st.lc, timeout=left, threads=threads)
             if count_running(st.app) >= n:
                 break
             with st.app.sessions() as s:

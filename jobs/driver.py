@@ -24,7 +24,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -45,8 +45,11 @@ class Driver:
     def __init__(self, lc: Lifecycle, *, threads: int, idle_poll: float = IDLE_POLL_SECONDS,
                  on_loop: Callable[[dt.datetime], None] | None = None,
                  can_work: Callable[[], bool] = lambda: True,
-                 on_database_error: Callable[[SQLAlchemyError], None] | None = None) -> None:
+                 on_database_error: Callable[[SQLAlchemyError], None] | None = None,
+                 only: Iterable[int] | None = None) -> None:
         self.lc = lc
+        self.only = None if only is None else set(only)    # drive these rows alone (None: every due row)
+        self.outcomes: dict[int, Outcome] = {}              # each row's last outcome
         self.threads = max(1, threads)
         self.idle_poll = idle_poll
         self.on_loop = on_loop
@@ -130,7 +133,10 @@ class Driver:
             busy = set(self._running) | set(self._cool)
         if free <= 0 or self._stop.is_set():
             return 0
-        ids = operations.due_rows(self.lc.ctx.sessions, now, limit=free, exclude=busy)
+        if self.only is None:
+            ids = operations.due_rows(self.lc.ctx.sessions, now, limit=free, exclude=busy)
+        else:
+            ids = [r for r in operations.due_rows(self.lc.ctx.sessions, now, exclude=busy) if r in self.only][:free]
         with self._lock:
             for rid in ids:
                 if rid not in self._running:
@@ -155,6 +161,7 @@ class Driver:
             self._cool_off(rid)
         if outcome in (Outcome.BUSY, Outcome.LOST):
             self._cool_off(rid)
+        self.outcomes[rid] = outcome
         return outcome
 
     def _cool_off(self, rid: int) -> None:
@@ -178,3 +185,22 @@ class Driver:
         if soonest is None:
             return self.idle_poll
         return min(self.idle_poll, max(MIN_SLEEP_SECONDS, (soonest - now).total_seconds()))
+
+
+def drive_until_idle(lc: Lifecycle, ids: Iterable[int] | None = None, timeout: float = 300.0,
+                     threads: int = 8) -> dict[int, Outcome]:
+    """Drive the rows ``ids`` (None: every row with an action) with a :class:`Driver` of its own
+    until each is done or needs a human, or ``timeout`` passed: what the CLI's ``--wait``, the
+    benchmarks and the tests use, carried exactly as the worker carries rows. After the timeout
+    nothing new starts; the call returns once the running steps stopped. Each row's last outcome."""
+    watched = None if ids is None else set(ids)
+    poll = min(IDLE_POLL_SECONDS, lc.ctx.settings.lifecycle.poll_seconds)
+    driver = Driver(lc, threads=threads, idle_poll=poll, only=watched)
+    deadline = time.monotonic() + timeout
+    driver.start()
+    try:
+        while time.monotonic() < deadline and (driver.busy or operations.pending(lc, watched)):
+            time.sleep(poll)
+    finally:
+        driver.stop(grace=timeout)
+    return driver.outcomes

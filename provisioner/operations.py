@@ -5,17 +5,17 @@ The worker's planning tick starts a plan's actions (:func:`start_plan`) and the 
 starts the rebuilds customers asked for as soon as they are due
 (:func:`start_requested_rebuilds`); the worker's driver (:mod:`jobs.driver`) finds due rows
 with :func:`due_rows` and advances each in its own thread. ``provisioner check --apply``
-and the operator commands use :func:`drive` / :func:`drive_until_idle` to carry their own
-rows in the foreground. One server's failure never stops the others.
+and the operator commands use :func:`drive` (one step each) or
+:func:`jobs.driver.drive_until_idle` (the worker's driver, to the end) to carry their own rows
+in the foreground. One server's failure never stops the others.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import time
 from collections.abc import Callable, Collection, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +31,6 @@ from provisioner.planning import CrossCheck
 from provisioner.reconcile import CROSS_CHECK, Hold, Plan
 
 log = logging.getLogger(__name__)
-
-_IDLE_POLL_SECONDS = 0.2    # drive_until_idle: how often it looks for rows recorded elsewhere
-_MIN_WAIT_SECONDS = 0.02
 
 
 @dataclass
@@ -259,57 +256,8 @@ def _advance_safely(lc: Lifecycle, rid: int) -> Outcome:
         return Outcome.FAILED
 
 
-def drive_until_idle(lc: Lifecycle, ids: Iterable[int] | None = None, timeout: float = 300.0,
-                     threads: int = 8) -> dict[int, Outcome]:
-    """Keep driving (polling waits) until every row is done or needs a human, or timeout.
-
-    One pool of ``threads`` for the whole call, kept busy the way the worker's driver keeps
-    its own: a row is handed to a free thread as soon as it is due, never held back until
-    the slowest row of a batch is done (a 3-second install would otherwise stall every boot
-    poll and DNS write behind it). The rows already under way go first (:func:`due_rows`).
-    After the deadline nothing new starts; the call returns once the running rows stopped."""
-    deadline = time.monotonic() + timeout
-    watched = set(ids) if ids is not None else None
-    outcomes: dict[int, Outcome] = {}
-    running: dict[Future[Outcome], int] = {}
-    cool: dict[int, float] = {}   # row id -> monotonic time: claimed elsewhere or blew up; not hot-retried
-    poll = min(_IDLE_POLL_SECONDS, lc.ctx.settings.lifecycle.poll_seconds)
-    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="server") as pool:
-        while True:
-            mono = time.monotonic()
-            cool = {rid: until for rid, until in cool.items() if until > mono}
-            if mono >= deadline:   # nothing new starts; let the running rows stop
-                for future, rid in running.items():
-                    outcomes[rid] = future.result()
-                break
-            wait_for = poll
-            free = max(1, threads) - len(running)
-            if free > 0:
-                now = lc.clock()
-                busy = set(running.values()) | set(cool)
-                due = due_rows(lc.ctx.sessions, now, exclude=busy, limit=free if watched is None else None)
-                due = [r for r in due if watched is None or r in watched][:free]
-                for rid in due:
-                    running[pool.submit(_advance_safely, lc, rid)] = rid
-                if not running and not _pending(lc, watched):
-                    break
-                if watched is None and len(due) < free:   # until the soonest waiting row is due (a boot poll)
-                    soonest = next_due_at(lc.ctx.sessions, now, exclude=busy | set(due))
-                    if soonest is not None:
-                        wait_for = min(poll, max(_MIN_WAIT_SECONDS, (soonest - now).total_seconds()))
-            if not running:
-                time.sleep(wait_for)
-                continue
-            done, _ = wait(list(running), timeout=wait_for, return_when=FIRST_COMPLETED)
-            for future in done:
-                rid = running.pop(future)
-                outcomes[rid] = future.result()
-                if outcomes[rid] in (Outcome.BUSY, Outcome.LOST, Outcome.FAILED):
-                    cool[rid] = time.monotonic() + poll
-    return outcomes
-
-
-def _pending(lc: Lifecycle, watched: set[int] | None) -> bool:
+def pending(lc: Lifecycle, watched: set[int] | None) -> bool:
+    """Whether any row (of ``watched``, None: any) has an action under way that no human holds."""
     with lc.ctx.sessions() as s:
         q = select(Server.id).where(Server.action.is_not(None), Server.needs_human.is_(False),
                                     Server.paused.is_(False))

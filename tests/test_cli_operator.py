@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 
 from dashboard_api.server import create_app
 from dashboard_api.tokens import mint_token
+from jobs.driver import drive_until_idle
 from jobs.server_check import server_check
 from provisioner import operations
 from provisioner.cli import main
@@ -151,7 +152,7 @@ def test_it_pauses_a_server_so_nothing_works_on_it_until_resumed(stack: Stack,
     # When it is resumed, the create goes on to the end
     code, _, _ = cli(stack, capsys, "resume", f"#{rid}")
     assert code == 0
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
     row = row_of(stack, rid)
     assert row.status == "Running" and not row.paused
     trail = [(e.what, e.actor.split(":")[0], e.detail) for e in events_of(stack, rid) if e.what.startswith("operator")]
@@ -276,7 +277,7 @@ def test_a_forced_destroy_stays_down_across_ticks_and_release_brings_back_the_sa
     lc = stack.lifecycle()
     for _ in range(3):
         report = server_check(stack.app, lc)
-        operations.drive_until_idle(lc, timeout=30)
+        drive_until_idle(lc, timeout=30)
         assert report.plan is not None and report.plan.build == []
         assert any(f"`provisioner release {held.server_name}`" in h["reason"] for h in report.plan.held)
     assert (row_of(stack, rid).status, stack.live_instances()) == ("Destroyed", [])

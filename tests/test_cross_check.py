@@ -7,6 +7,7 @@ import tomllib
 import pytest
 from sqlalchemy import select, text
 
+from jobs.driver import drive_until_idle
 from provisioner import db, operations
 from provisioner.models import Server, ServerEvent
 from provisioner.settings import load_settings
@@ -28,7 +29,7 @@ def _build_then_end_in_edd(stack: Stack) -> int:
     lc = stack.lifecycle()
     result, _ = stack.app.plan_once()
     operations.start_plan(lc, result)
-    operations.drive_until_idle(lc, timeout=60)
+    drive_until_idle(lc, timeout=60)
     eng = db.make_engine(stack.app.settings.storefront.edd_url)
     with eng.begin() as conn:  # EDD now says the subscription expired
         conn.execute(text("UPDATE wp_edd_subscriptions SET status='expired', profile_id='sub_1', "

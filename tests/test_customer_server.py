@@ -16,6 +16,7 @@ import pytest
 from cryptography.x509 import load_pem_x509_crl
 from sqlalchemy import select
 
+from jobs.driver import drive_until_idle
 from provisioner import customer, operations
 from provisioner.cloud.ssh import SSHAuthFailed, SSHSession, SSHTarget
 from provisioner.cloudinit import ClientKey, generate_client_key
@@ -48,7 +49,7 @@ def change(stack: Stack, rid: int, do: Callable[[Any, Server, dt.datetime], Any]
 def settle(stack: Stack, lc: Lifecycle, rid: int) -> None:
     """What the leader's loop does every second: start the customer's changes, then drive them."""
     operations.start_customer_changes(lc, stack.app.clock())
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
 
 
 def step_until(stack: Stack, lc: Lifecycle, rid: int, done: Callable[[Server], bool], timeout: float = 60) -> bool:
@@ -99,7 +100,7 @@ def test_a_server_is_built_with_the_customers_key_and_a_rebuild_keeps_it(stack: 
     rid = stack.begin_create(lc=lc)
     change(stack, rid, lambda s, row, now: customer.add_ssh_key(s, row, CUSTOMER_KEY.public_line, now=now))
     # When the server is built
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
     row = row_of(stack, rid)
     assert row.status == "Running", row.last_error
     # Then the customer logs in with their key, and with the root password; nothing is left to send
@@ -184,7 +185,7 @@ def test_a_revocation_during_a_rebuild_is_not_lost(stack: Stack) -> None:
     assert step_until(stack, lc, rid, lambda row: row.step == "dns")
     # When the customer revokes the phone now, and the rebuild goes on to its end
     change(stack, rid, lambda s, row, now: customer.revoke_device(s, box, row, "2", now=now))
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
     rebuilt = row_of(stack, rid)
     phone = ServerSecrets.open(box, rebuilt.secrets_enc or "").openvpn().device("2").serial
     assert rebuilt.status == "Running" and rebuilt.action is None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from jobs.driver import drive_until_idle
 from provisioner import customer, operations
 from provisioner.models import Server
 from provisioner.vpn.config import SERVER_DIR, SERVER_FILE_MODES, STATUS_PATH
@@ -125,7 +126,7 @@ def test_a_revoked_phone_is_refused_once_its_crl_reaches_the_server_and_after_a_
     assert net.connected(retry_proc, retry_log), tail(retry_log)
     lab.stop(retry_proc)
     operations.start_customer_changes(lc, stack.app.clock())
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
     net.update_crl(host_etc(stack, rid))          # the host's crl.pem after the sync
 
     # Then the running server (not restarted) refuses the phone, and the laptop stays connected

@@ -11,6 +11,7 @@ import tomllib
 import pytest
 from sqlalchemy import select
 
+from jobs.driver import drive_until_idle
 from provisioner import customer
 from provisioner.models import Server, ServerEvent
 from tests.fixtures.config import dump_toml
@@ -142,7 +143,7 @@ def test_drive_until_idle_never_holds_a_due_row_back_behind_a_slow_one(sqlite_ur
 
     from sqlalchemy import insert, update
 
-    from provisioner import db, operations
+    from provisioner import db
     from provisioner.lifecycle import Outcome
 
     engine = db.make_engine(sqlite_url)
@@ -185,7 +186,7 @@ def test_drive_until_idle_never_holds_a_due_row_back_behind_a_slow_one(sqlite_ur
     lc = SimpleNamespace(advance=advance, clock=clock, ctx=SimpleNamespace(
         sessions=sessions, settings=SimpleNamespace(lifecycle=SimpleNamespace(poll_seconds=1.0))))
     started = time.monotonic()
-    outcomes = operations.drive_until_idle(lc, timeout=30, threads=4)  # type: ignore[arg-type]
+    outcomes = drive_until_idle(lc, timeout=30, threads=4)  # type: ignore[arg-type]
 
     assert outcomes == {slow: Outcome.DONE, quick: Outcome.DONE}
     assert done[quick] - started < 1.0, "the quick row waited for the slow row's step"

@@ -28,7 +28,8 @@ from jobs.bandwidth import (
     sync_bandwidth,
     sync_bandwidth_paced,
 )
-from provisioner import db, notify, operations
+from jobs.driver import drive_until_idle
+from provisioner import db, notify
 from provisioner.bandwidth import month_of, month_total, usage_days
 from provisioner.cloud.vultr import VultrCloud
 from provisioner.models import BandwidthDay, OutboxMessage, Server, ServerEvent
@@ -505,7 +506,7 @@ def test_it_carries_a_rebuild_suspends_at_the_cap_and_resumes_next_month(
         assert row is not None
         lc.begin_rebuild(s, row, "ams", actor="customer")
         s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
     clock.freeze()
     row = server()
     assert row.status == "Running" and row.instance_id != first and row.bandwidth_month == "2026-11"

@@ -7,6 +7,7 @@ import logging
 import pytest
 from sqlalchemy import select
 
+from jobs.driver import drive_until_idle
 from provisioner.lifecycle import Lifecycle
 from provisioner.models import Server, ServerEvent
 from provisioner.vpn.config import validate_ovpn
@@ -160,9 +161,8 @@ def test_a_step_longer_than_the_lease_keeps_the_row_from_a_second_worker(stack: 
     def installing() -> bool:
         return any("install.sh" in c for c in stack.hosts.running_commands())
 
-    from provisioner import operations
 
-    runner = threading.Thread(target=lambda: operations.drive_until_idle(first, [rid], timeout=60))
+    runner = threading.Thread(target=lambda: drive_until_idle(first, [rid], timeout=60))
     runner.start()
     deadline = time.monotonic() + 30
     while not installing() and time.monotonic() < deadline:
@@ -186,7 +186,6 @@ def test_a_step_longer_than_the_lease_keeps_the_row_from_a_second_worker(stack: 
 def test_an_unexpected_error_in_a_step_is_recorded_backed_off_and_handed_to_a_human(
         stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug (here: a ValueError from the install step) must not be retried hot forever."""
-    from provisioner import operations
     from provisioner.steps import STEPS
 
     calls: list[int] = []
@@ -198,7 +197,7 @@ def test_an_unexpected_error_in_a_step_is_recorded_backed_off_and_handed_to_a_hu
     monkeypatch.setitem(STEPS["create"], "install", broken_install)
     lc = stack.lifecycle()
     rid = _begin_create(stack, lc)
-    operations.drive_until_idle(lc, [rid], timeout=30)
+    drive_until_idle(lc, [rid], timeout=30)
     row = _row(stack, rid)
     max_attempts = stack.app.settings.lifecycle.max_attempts
     assert (row.needs_human, row.status, row.attempts) == (True, "Error", max_attempts)
@@ -208,7 +207,6 @@ def test_an_unexpected_error_in_a_step_is_recorded_backed_off_and_handed_to_a_hu
 
 def test_an_operator_retries_a_server_that_needs_a_human_once_the_cause_is_fixed(
         stack: Stack, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from provisioner import operations
     from provisioner.cli import main
     from provisioner.steps import STEPS
 
@@ -218,7 +216,7 @@ def test_an_operator_retries_a_server_that_needs_a_human_once_the_cause_is_fixed
     monkeypatch.setitem(STEPS["create"], "dns", broken_dns)
     lc = stack.lifecycle()
     rid = _begin_create(stack, lc)
-    operations.drive_until_idle(lc, [rid], timeout=30)
+    drive_until_idle(lc, [rid], timeout=30)
     assert _row(stack, rid).needs_human
     instance = _row(stack, rid).instance_id
     monkeypatch.undo()                                     # the fix is deployed

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from jobs.driver import drive_until_idle
 from provisioner import operations
 from provisioner.models import OutboxMessage, Server
 from tests.fixtures.stack import Stack
@@ -22,7 +23,7 @@ def _run(stack: Stack, sub_id: int = 1) -> int:
     result, _ = stack.app.plan_once()
     lc = stack.lifecycle()
     operations.start_plan(lc, result)
-    operations.drive_until_idle(lc, timeout=60)
+    drive_until_idle(lc, timeout=60)
     with stack.app.sessions() as s:
         return s.scalars(select(Server.id).where(Server.subscription_id == str(sub_id))).one()
 
@@ -59,7 +60,7 @@ def test_it_alerts_the_operator_each_time_a_server_stops_for_a_human(stack: Stac
         assert row is not None and row.needs_human and row.human_alerted_at is not None
         lc.retry(s, row, actor="operator:test")
         s.commit()
-    operations.drive_until_idle(lc, [rid], timeout=30)
+    drive_until_idle(lc, [rid], timeout=30)
 
     # Then the operator is alerted again (the customer was already told)
     assert _messages(stack)[2:] == [("needs_attention", "ops@example.com")]

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, event, select
 
+from jobs.driver import drive_until_idle
 from jobs.server_check import keep_standing, server_check
-from provisioner import operations
 from provisioner.models import SEALED_COLUMNS, Server, SubscriptionStanding
 from provisioner.reconcile import plan, plan_rows
 from provisioner.storefront import eddschema
@@ -26,7 +26,7 @@ def test_the_planning_pass_reads_no_sealed_column_and_loads_no_orm_entity(stack:
     stack.add_subscription(2, "bob@example.com", user_id=7)
     lc = stack.lifecycle()
     server_check(stack.app, lc)
-    operations.drive_until_idle(lc, timeout=60)
+    drive_until_idle(lc, timeout=60)
     with stack.app.sessions() as s:
         rows = list(s.scalars(select(Server)))
         assert len(rows) == 2 and all(r.secrets_enc and r.ovpn_file_enc for r in rows)   # the blobs are there

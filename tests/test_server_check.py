@@ -7,8 +7,8 @@ import datetime as dt
 
 from sqlalchemy import select
 
+from jobs.driver import drive_until_idle
 from jobs.server_check import server_check
-from provisioner import operations
 from provisioner.models import Server
 from tests.fixtures.stack import Stack
 
@@ -21,7 +21,7 @@ def _statuses(stack: Stack) -> dict[str, str]:
 def _settle(stack: Stack) -> None:
     lc = stack.lifecycle()
     server_check(stack.app, lc)
-    operations.drive_until_idle(lc, timeout=60)
+    drive_until_idle(lc, timeout=60)
 
 
 def test_it_builds_for_new_subscriptions_and_destroys_for_ended_ones_after_the_grace(stack: Stack) -> None:

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
+from jobs.driver import drive_until_idle
 from jobs.server_check import server_check
-from provisioner import operations
 from tests.fixtures.stack import Stack
 
 
@@ -27,7 +27,7 @@ def test_it_is_healthy_after_a_good_tick_and_reports_work(stack: Stack) -> None:
     stack.add_subscription(1, "ann@example.com")
     lc = stack.lifecycle()
     server_check(stack.app, lc)
-    operations.drive_until_idle(lc, timeout=60)
+    drive_until_idle(lc, timeout=60)
     code, report = status(stack)
     assert code == 0, report
     assert report["facts"]["work queued"] == 0
@@ -40,7 +40,7 @@ def test_it_names_servers_that_need_a_human(stack: Stack) -> None:
     lc = stack.lifecycle()
     stack.sandbox.set_faults({"faults": {"POST /v2/instances": {"error_first": 1, "error_status": 400}}})
     server_check(stack.app, lc)
-    operations.drive_until_idle(lc, timeout=30)
+    drive_until_idle(lc, timeout=30)
     code, report = status(stack)
     assert code == 1
     assert report["facts"]["servers needing a human"] == "g0001.vpn.example.test"
@@ -55,7 +55,7 @@ def _failing(stack: Stack) -> dict[str, str]:
 def _healthy_tick(stack: Stack) -> None:
     lc = stack.lifecycle()
     server_check(stack.app, lc)
-    operations.drive_until_idle(lc, timeout=60)
+    drive_until_idle(lc, timeout=60)
 
 
 def test_it_names_a_job_whose_last_run_is_older_than_twice_its_period(stack: Stack) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 
 from dashboard_api.server import create_app
 from dashboard_api.tokens import mint_token
+from jobs.driver import drive_until_idle
 from jobs.server_check import server_check
 from provisioner import customer, operations
 from provisioner.lifecycle import Lifecycle
@@ -57,7 +58,7 @@ def conf_value(conf: bytes, key: str) -> str:
 def settle(stack: Stack, lc: Lifecycle, rid: int) -> None:
     """What the leader does every second: start the customer's changes (a sync), then drive them."""
     operations.start_customer_changes(lc, stack.app.clock())
-    operations.drive_until_idle(lc, [rid], timeout=60)
+    drive_until_idle(lc, [rid], timeout=60)
 
 
 def headers(stack: Stack, email: str, account: int) -> dict[str, Any]:
@@ -177,7 +178,7 @@ def test_an_openvpn_product_that_gains_wireguard_gets_it_on_its_running_servers_
             products["1"] = dataclasses.replace(products["1"], protocols=("openvpn", "wireguard"))
             # Then the leader's next planning pass starts a sync that installs it on the running instance
             server_check(stack.app, lc)
-            operations.drive_until_idle(lc, [rid], timeout=60)
+            drive_until_idle(lc, [rid], timeout=60)
             after = stack.row(rid)
             assert (after.status, after.instance_id, after.generation) == ("Running", running.instance_id,
                                                                            running.generation)

@@ -82,7 +82,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         ids = [st.id for st in result.resume]
         ids += operations.due_rows(app.sessions, app.clock())
         if args.wait:
-            operations.drive_until_idle(lc, timeout=args.wait)
+            from jobs.driver import drive_until_idle
+
+            drive_until_idle(lc, timeout=args.wait)
         else:
             operations.drive(lc, ids)
         for line in applied.refused:
@@ -129,7 +131,9 @@ def _operator_action(args: argparse.Namespace, what: str) -> int:
         s.commit()
         rid = row.id
     if args.wait:
-        operations.drive_until_idle(lc, [rid], timeout=args.wait)
+        from jobs.driver import drive_until_idle
+
+        drive_until_idle(lc, [rid], timeout=args.wait)
     else:
         operations.drive(lc, [rid])
     with app.sessions() as s:

@@ -113,7 +113,9 @@ def cmd_release(args: argparse.Namespace) -> int:
     if built:
         lc = wiring.lifecycle(app, owner=cli_owner())
         if args.wait:
-            operations.drive_until_idle(lc, [rid], timeout=args.wait)
+            from jobs.driver import drive_until_idle
+
+            drive_until_idle(lc, [rid], timeout=args.wait)
         else:
             operations.drive(lc, [rid])
     return _show(app, rid)
@@ -157,7 +159,9 @@ def _retry_all(args: argparse.Namespace) -> int:
     print(f"retrying {len(ids)} server(s) at the step where each stopped")
     lc = wiring.lifecycle(app, owner=cli_owner())
     if args.wait:
-        operations.drive_until_idle(lc, ids, timeout=args.wait)
+        from jobs.driver import drive_until_idle
+
+        drive_until_idle(lc, ids, timeout=args.wait)
     else:
         operations.drive(lc, ids)
     with app.sessions() as s:
