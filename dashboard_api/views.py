@@ -113,15 +113,14 @@ def support_hold(row: ShownRow) -> Literal["paused", "suspended"] | None:
 
 
 _ERROR, _QUEUED, _SUSPENDED = Status.ERROR.value, Status.QUEUED.value, Status.SUSPENDED.value
-_NO_HOLD: Any = object()   # "not computed yet": the hold is None for most rows
 
 
-def error_code(row: ShownRow, hold: str | None = _NO_HOLD) -> str | None:
+def error_code(row: ShownRow, hold: str | None) -> str | None:
     """What the customer is told about an Error row. A rebuild builds the new server next to the
     old one, so the VPN keeps working; "our team has been alerted" only when an alert was
     queued to a configured operator channel (``human_alerted_at``). ``hold`` is
-    :func:`support_hold` of the row when the caller has it already."""
-    if row.status != _ERROR or (support_hold(row) if hold is _NO_HOLD else hold):
+    :func:`support_hold` of the row."""
+    if row.status != _ERROR or hold:
         return None
     alerted = bool(row.needs_human and row.human_alerted_at)
     if row.action == "rebuild":
@@ -131,9 +130,8 @@ def error_code(row: ShownRow, hold: str | None = _NO_HOLD) -> str | None:
     return "needs_attention" if alerted else "stopped"
 
 
-def progress_text(row: ShownRow, hold: str | None = _NO_HOLD) -> str | None:
-    if hold is _NO_HOLD:
-        hold = support_hold(row)
+def progress_text(row: ShownRow, hold: str | None) -> str | None:
+    """The line under a server's status; ``hold`` is :func:`support_hold` of the row."""
     if hold:
         return SUPPORT_HOLD[hold]
     if row.action and row.step:
