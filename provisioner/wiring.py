@@ -25,6 +25,7 @@ from provisioner.cloud import cloudflare as cloudflare_mod
 from provisioner.cloud import vultr as vultr_mod
 from provisioner.cloud.calls import CallStats
 from provisioner.cloud.cloudflare import CloudflareDNS
+from provisioner.cloud.dns_batch import DnsBatcher
 from provisioner.cloud.installer import ssh_remote
 from provisioner.cloud.ratelimit import RateLimiter, Shared
 from provisioner.cloud.vultr import VultrCloud
@@ -156,7 +157,8 @@ def context(app: App) -> Context:
     s = app.settings.ssh
     remote = ssh_remote(s.private_key_file, connect_timeout=s.connect_timeout, command_timeout=s.command_timeout)
     return Context(settings=app.settings, sessions=app.sessions, box=app.secret_box,
-                   vultr=app.calls.observe("vultr", vultr(app)), dns=app.calls.observe("cloudflare", cloudflare(app)),
+                   vultr=app.calls.observe("vultr", vultr(app)),
+                   dns=DnsBatcher(app.calls.observe("cloudflare", cloudflare(app))),   # concurrent writes batched
                    remote=app.calls.observe("ssh", remote),
                    worker_public_key=worker_public_key(app), names=app.names, clock=app.clock)
 

@@ -102,3 +102,47 @@ def test_it_rate_limits_each_token_with_retry_after(tmp_path: Path, sandbox_cloc
         assert caught.value.response.headers["retry-after"] == "200"
         sandbox_clock.advance(200)
         sdk(sb).zones.list()
+
+
+def test_a_batch_applies_deletes_puts_and_posts_as_one_request(sandbox: Sandbox) -> None:
+    # Given two records, one to move and one to drop
+    moved, dropped = add_a(sandbox, "moved", "127.0.0.1"), add_a(sandbox, "dropped", "127.0.0.2")
+    before = len(calls(sandbox, "POST /client/v4/zones/{zone_id}/dns_records/batch"))
+
+    # When one batch drops one, moves the other and creates two names
+    reply = sdk(sandbox).dns.records.batch(
+        zone_id=ZONE_ID, deletes=[{"id": dropped}],
+        puts=[{"id": moved, "name": "moved", "type": "A", "content": "127.0.0.9", "ttl": 60, "proxied": False}],
+        posts=[{"name": f"new{i}", "type": "A", "content": f"127.0.1.{i}", "ttl": 60, "proxied": False}
+               for i in range(2)])
+
+    # Then the reply lists each write in its kind's order, and the zone holds exactly that
+    assert reply is not None and [r.id for r in reply.puts or []] == [moved]
+    assert [r.name for r in reply.posts or []] == ["new0.vpn.example.test", "new1.vpn.example.test"]
+    zone = {r.name: r.content for r in sdk(sandbox).dns.records.list(zone_id=ZONE_ID)}
+    assert zone == {"moved.vpn.example.test": "127.0.0.9", "new0.vpn.example.test": "127.0.1.0",
+                    "new1.vpn.example.test": "127.0.1.1"}
+    assert len(calls(sandbox, "POST /client/v4/zones/{zone_id}/dns_records/batch")) == before + 1
+
+
+@pytest.mark.parametrize(("posts", "code"), [
+    ([{"name": "kept", "type": "A", "content": "127.0.0.7", "ttl": 60}], 81058),      # already there
+    ([{"name": "x", "type": "A", "content": "not-an-ip", "ttl": 60}], 9005),         # invalid
+    ([{"name": f"m{i}", "type": "A", "content": "127.0.0.1", "ttl": 60} for i in range(201)], 81000),  # too many
+])
+def test_a_refused_batch_changes_nothing(sandbox: Sandbox, posts: list[dict[str, object]], code: int) -> None:
+    # Given a zone with one record, and a batch whose first post is fine but another is refused
+    kept = add_a(sandbox, "kept", "127.0.0.7")
+    body = {"deletes": [{"id": kept}], "posts": [{"name": "fine", "type": "A", "content": "127.0.0.8", "ttl": 60},
+                                                 *posts]}
+    if code == 81058:   # the delete would make room: the refusal must come from a post that conflicts in the batch
+        body = {"posts": [{"name": "fine", "type": "A", "content": "127.0.0.8", "ttl": 60}, *posts]}
+
+    # When it is sent
+    reply = requests.post(f"{sandbox.cloudflare_url}/zones/{ZONE_ID}/dns_records/batch", json=body,
+                          headers={"Authorization": f"Bearer {CLOUDFLARE_TOKEN}"}, timeout=5)
+
+    # Then it is refused with the code of the failing record, and nothing of it happened
+    assert reply.status_code == 400 and reply.json()["errors"][0]["code"] == code
+    zone = {r.name: r.content for r in sdk(sandbox).dns.records.list(zone_id=ZONE_ID)}
+    assert zone == {"kept.vpn.example.test": "127.0.0.7"}

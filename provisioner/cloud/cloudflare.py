@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,6 +51,9 @@ PER_PAGE = 100
 LARGE_PAGE = 50_000
 MAX_PAGES = 10_000
 UPSERT_ROUNDS = 3
+# Records one batch may carry on Cloudflare's free plan (Pro and above: 3,500); one batch is
+# one request against the 1,200 / 5 min limit, whatever it carries.
+MAX_BATCH = 200
 RECORD_EXISTS_CODES = frozenset({81057, 81058, 81053})
 RECORD_MISSING_CODE = 81044
 _AUTH_HEADERS = ("authorization", "x-auth-key", "x-auth-email", "x-auth-user-service-key")
@@ -211,6 +214,43 @@ class CloudflareDNS:
         except (CloudflareRecordExists, CloudflareNotFound) as exc:
             log.info("A %s: %s; reading back", name, exc)
         return self.upsert_a(name, ip)
+
+    def point_a_many(self, writes: Sequence[tuple[str, str, str | None]]) -> list[str]:
+        """Several :meth:`point_a` writes, ``(name, ip, known record id or None)`` each, in one
+        request (``POST /dns_records/batch``): a PUT for each known record, a POST for each new
+        name. Returns the record ids in the order given.
+
+        Cloudflare applies a batch in one transaction: any refusal (a name that already has its
+        record, a record that vanished) rolls all of it back, and the error is raised as it came
+        (:class:`CloudflareError`). The caller then writes each name on its own with
+        :meth:`point_a`, which settles those cases by reading back; a batch whose reply was
+        lost is settled the same way (its creates come back "already exists")."""
+        if not writes or len(writes) > MAX_BATCH:
+            raise ValueError(f"a batch holds 1 to {MAX_BATCH} writes, got {len(writes)}")
+        names = [_normalise(name) for name, _, _ in writes]
+        if len(set(names)) != len(names):
+            raise ValueError("a batch writes each name once")
+        puts: list[Any] = []
+        posts: list[Any] = []
+        for name, (_, ip, record_id) in zip(names, writes, strict=True):
+            record: dict[str, Any] = {"name": name, "type": "A", "content": ip, "ttl": self.ttl, "proxied": False}
+            if record_id:
+                puts.append({"id": record_id, **record})
+            else:
+                posts.append(record)
+        result = self._call(f"POST batch of {len(writes)} A records",
+                            lambda: self._client.dns.records.batch(zone_id=self.zone_id, puts=puts, posts=posts))
+        put_ids = [_record(r).id for r in (getattr(result, "puts", None) or [])]
+        post_ids = [_record(r).id for r in (getattr(result, "posts", None) or [])]
+        if len(put_ids) != len(puts) or len(post_ids) != len(posts):
+            raise CloudflarePermanent(f"cloudflare POST batch: reply holds {len(put_ids)} + {len(post_ids)} records "
+                                      f"for {len(puts)} + {len(posts)} writes")
+        ids = []
+        for name, (_, ip, record_id) in zip(names, writes, strict=True):
+            ids.append(put_ids.pop(0) if record_id else post_ids.pop(0))
+            log.info("%s A %s -> %s (record %s, in a batch)", "updated" if record_id else "created", name, ip,
+                     ids[-1])
+        return ids
 
     def delete(self, record_id: str) -> bool:
         """True if this call deleted it; False if it was already gone (404 / 81044)."""

@@ -6,7 +6,9 @@ List pages honour ``page``/``per_page`` and return ``result: []`` past the end -
 SDK's iterator stops only on an empty page (§2.6).  Creating an A record whose name
 already has an A record gives 81057 (other content) or 81058 (same content), HTTP 400
 -- stricter than the real API, which allows round-robin A records.  Deleting or reading
-a missing record gives 404 with 81044.  Only bearer tokens are accepted (403 9109 for a
+a missing record gives 404 with 81044.  ``POST dns_records/batch`` applies deletes, patches,
+puts and posts in that order, all or nothing, at most 200 records (the free plan's limit), as
+one request against the limit.  Only bearer tokens are accepted (403 9109 for a
 wrong one, 403 9103 if X-Auth-Email/X-Auth-Key are sent), and each token may make
 ``cloudflare_limit`` requests per ``cloudflare_window_seconds`` (then 429 + retry-after).
 """
@@ -33,6 +35,7 @@ PROXIABLE = frozenset({"A", "AAAA", "CNAME"})
 ZONE_ID = re.compile(r"^[0-9a-f]{32}$")
 ACCOUNT = {"id": "0" * 31 + "1", "name": "Sandbox account"}
 OWNER = {"id": "0" * 31 + "2", "name": "Sandbox owner", "type": "user"}
+BATCH_LIMIT = 200    # records one batch may carry on the free plan
 
 
 class CloudflareSimulator(Service):
@@ -50,6 +53,7 @@ class CloudflareSimulator(Service):
         r("GET", f"{PREFIX}/zones/{{zone_id}}", self.get_zone)
         r("GET", f"{PREFIX}/zones/{{zone_id}}/dns_records", self.list_records)
         r("POST", f"{PREFIX}/zones/{{zone_id}}/dns_records", self.create_record)
+        r("POST", f"{PREFIX}/zones/{{zone_id}}/dns_records/batch", self.batch)
         r("GET", f"{PREFIX}/zones/{{zone_id}}/dns_records/{{record_id}}", self.get_record)
         r("PUT", f"{PREFIX}/zones/{{zone_id}}/dns_records/{{record_id}}", self.update_record)
         r("PATCH", f"{PREFIX}/zones/{{zone_id}}/dns_records/{{record_id}}", self.update_record)
@@ -172,6 +176,53 @@ class CloudflareSimulator(Service):
             self.state.save()
         return Response(200, _ok({"id": record["id"]}), subject=_subject(record))
 
+    def batch(self, req: Request) -> Response:
+        """Deletes, patches, puts, then posts, in one transaction: the first refusal answers for
+        the whole batch and changes nothing (as Cloudflare's database transaction does)."""
+        self._check_zone(req)
+        body = req.json()
+        ops = {kind: body.get(kind) or [] for kind in ("deletes", "patches", "puts", "posts")}
+        if not all(isinstance(v, list) and all(isinstance(o, dict) for o in v) for v in ops.values()):
+            raise HttpError(400, "Batch operations must be lists of objects.", 9207)
+        if sum(len(v) for v in ops.values()) > BATCH_LIMIT:
+            raise HttpError(400, f"A batch may hold at most {BATCH_LIMIT} records on this plan.", 81000)
+        now = self.clock()
+        done: dict[str, list[dict[str, Any]]] = {kind: [] for kind in ops}
+        with self.state.lock:
+            staged = {rid: dict(r) for rid, r in self.state.records.items()}
+            for op in ops["deletes"]:
+                record = self._staged(staged, op)
+                del staged[record["id"]]
+                done["deletes"].append(_view(record))
+            for kind in ("patches", "puts"):
+                for op in ops[kind]:
+                    record = self._staged(staged, op)
+                    fields = self._validate({k: v for k, v in op.items() if k != "id"},
+                                            record if kind == "patches" else None)
+                    self._conflicts(fields, record["id"], staged)
+                    record.update(fields, modified_on=_iso(now))
+                    done[kind].append(_view(record))
+            for op in ops["posts"]:
+                fields = self._validate(op, None)
+                self._conflicts(fields, None, staged)
+                record = {"id": uuid.uuid4().hex, "seq": self.state.next_seq(), "zone_id": self.config.zone_id,
+                          "created_on": _iso(now), "modified_on": _iso(now), **fields}
+                staged[record["id"]] = record
+                done["posts"].append(_view(record))
+            self.state.records.clear()
+            self.state.records.update(staged)
+            self.state.save()
+        # the call log names what each kind wrote ("posts": "a.zone b.zone"), like a single write's "name"
+        return Response(200, _ok(done), subject={kind: " ".join(r["name"] for r in written)
+                                                 for kind, written in done.items() if written})
+
+    @staticmethod
+    def _staged(staged: dict[str, dict[str, Any]], op: dict[str, Any]) -> dict[str, Any]:
+        record = staged.get(str(op.get("id") or ""))
+        if record is None:
+            raise HttpError(404, "Record does not exist.", 81044)
+        return record
+
     def _record(self, req: Request) -> dict[str, Any]:
         record = self.state.records.get(req.params["record_id"])
         if record is None:
@@ -212,8 +263,9 @@ class CloudflareSimulator(Service):
             return zone
         return name if name.endswith("." + zone) else f"{name}.{zone}"
 
-    def _conflicts(self, fields: dict[str, Any], own_id: str | None) -> None:
-        for other in self.state.records.values():
+    def _conflicts(self, fields: dict[str, Any], own_id: str | None,
+                   records: dict[str, dict[str, Any]] | None = None) -> None:
+        for other in (self.state.records if records is None else records).values():
             if other["id"] == own_id or other["name"] != fields["name"]:
                 continue
             if other["type"] == fields["type"] and other["content"] == fields["content"]:

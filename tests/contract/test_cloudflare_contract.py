@@ -23,6 +23,7 @@ from tests.fixtures.sandbox import CLOUDFLARE_TOKEN, ZONE_ID, make_cloudflare
 ZONE = "vpn.example.test"
 RECORDS = "/zones/{zone_id}/dns_records"
 RECORD = RECORDS + "/{dns_record_id}"
+BATCH = RECORDS + "/batch"
 
 
 def amend(document: dict[str, Any]) -> None:
@@ -63,6 +64,36 @@ def amend(document: dict[str, Any]) -> None:
     delete_body = document["paths"][RECORD]["delete"].get("requestBody")
     if delete_body is not None:
         delete_body["required"] = False
+    document["paths"][BATCH] = batch_operation()
+
+
+def batch_operation() -> dict[str, Any]:
+    """``POST /zones/{zone_id}/dns_records/batch`` (Cloudflare, 2024-11) is newer than this cut of
+    the document. Its shape here is the SDK's (cloudflare 5.9, generated from Cloudflare's newer
+    document: ``RecordBatchParams``, ``RecordBatchResponse``): four optional lists in -- deletes by
+    id, patches and puts as records with their id, posts as new records -- and the same four lists
+    of records out, in the usual v4 envelope; the records are this document's own schemas."""
+    ref = "#/components/schemas/"
+    identifier = {"$ref": ref + "dns-records_identifier"}
+    request = {"$ref": ref + "dns-records_dns-record-request"}
+    with_id = {"allOf": [request, {"type": "object", "required": ["id"], "properties": {"id": identifier}}]}
+    records = {"type": "array", "items": {"$ref": ref + "dns-records_dns-record"}}
+    body = {"type": "object", "properties": {
+        "deletes": {"type": "array", "items": {"type": "object", "required": ["id"], "properties": {"id": identifier}}},
+        "patches": {"type": "array", "items": with_id}, "puts": {"type": "array", "items": with_id},
+        "posts": {"type": "array", "items": request}}}
+    result = {"type": "object", "properties": {kind: records for kind in ("deletes", "patches", "puts", "posts")}}
+    reply = {"allOf": [{"$ref": ref + "dns-records_api-response-common"},
+                       {"type": "object", "properties": {"result": result}}]}
+    return {"post": {
+        "operationId": "dns-records-for-a-zone-batch-dns-records", "summary": "Batch DNS Records",
+        "parameters": [{"in": "path", "name": "zone_id", "required": True, "schema": identifier}],
+        "security": [{"api_token": []}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body}}},
+        "responses": {"200": {"description": "Batch DNS Records response", "content": {"application/json": {
+                          "schema": reply}}},
+                      "4XX": {"description": "Batch DNS Records response failure", "content": {"application/json": {
+                          "schema": {"$ref": ref + "dns-records_api-response-common-failure"}}}}}}}
 
 
 # Query filters the live API has that the document predates: Cloudflare added the name.exact /
@@ -102,6 +133,8 @@ def test_every_adapter_method_sends_and_gets_what_the_document_describes(
     assert len(dns.list_records(ZONE)) == 3 and len(dns.list_records()) == 3
     moved = dns.point_a(f"g0004.{ZONE}", "127.77.0.20")             # a new name: one POST
     assert dns.point_a(f"g0004.{ZONE}", "127.77.0.21", moved) == moved  # the known record: one PUT
+    batched = dns.point_a_many([(f"g0004.{ZONE}", "127.77.0.22", moved), (f"g0005.{ZONE}", "127.77.0.23", None)])
+    assert batched[0] == moved and [r.content for r in dns.list_by_name(f"g0005.{ZONE}")] == ["127.77.0.23"]
     assert dns.delete(record_id) is True
 
     # Then every method was covered, and every exchange keeps the published contract
@@ -148,6 +181,14 @@ def test_every_route_the_simulator_serves_keeps_the_contract(sandbox: Sandbox, c
     call("PATCH", f"/zones/{ZONE_ID}/dns_records/{record_id}",   # name and type too, as the SDK's edit()
          {"name": record["name"], "type": "A", "content": "127.77.0.7"})
     call("DELETE", f"/zones/{ZONE_ID}/dns_records/{record_id}")
+    kept = call("POST", f"/zones/{ZONE_ID}/dns_records", record)["id"]
+    dropped = call("POST", f"/zones/{ZONE_ID}/dns_records", {**record, "name": f"raw2.{ZONE}"})["id"]
+    done = call("POST", f"/zones/{ZONE_ID}/dns_records/batch", {
+        "deletes": [{"id": dropped}],
+        "patches": [{"id": kept, "name": record["name"], "type": "A", "content": "127.77.0.8"}],
+        "puts": [{**record, "id": kept, "content": "127.77.0.9"}],
+        "posts": [{**record, "name": f"raw3.{ZONE}"}]})
+    assert [len(done[kind]) for kind in ("deletes", "patches", "puts", "posts")] == [1, 1, 1, 1]
     exchanges = cloudflare_wire.take()
     contract.assert_kept(exchanges)
 
