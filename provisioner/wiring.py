@@ -50,7 +50,8 @@ class App:
 
     @cached_property
     def engine(self) -> Engine:
-        return db.make_engine(self.settings.database.url, echo=self.settings.database.echo)
+        return db.make_engine(self.settings.database.url, echo=self.settings.database.echo,
+                              concurrency=self.settings.worker.threads)
 
     @cached_property
     def sessions(self) -> sessionmaker[Session]:

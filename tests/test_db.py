@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from sqlalchemy.exc import IntegrityError
 
 from provisioner import db
 from provisioner.models import Server, ServerEvent
+from provisioner.settings import load_settings
+from provisioner.wiring import App
+from tests.fixtures.config import write_config
 from tests.fixtures.services import table_names
 
 
@@ -150,3 +154,31 @@ def test_the_worker_keeps_no_migration_tool_or_unused_library_parts_resident(tmp
     loaded = set(out.stdout.split())
     assert "sqlalchemy" in loaded and "apscheduler" in loaded, out.stderr[-2000:]
     assert not loaded & {"alembic", "mako", "invoke", "click", "rich", "pygments"}
+
+
+def test_a_worker_with_many_threads_gets_a_connection_for_each_at_once(tmp_path: Path, db_url: str) -> None:
+    # Given a worker configured for 24 drive threads (SQLAlchemy's default pool holds 15)
+    app = App(load_settings(write_config(tmp_path, database={"url": db_url}, worker={"threads": 24}), env={}))
+    engine = app.engine
+    engine.pool._timeout = 3        # noqa: SLF001 - a starved thread fails in seconds, not the default 30
+    together = threading.Barrier(24, timeout=10)
+    failures: list[BaseException] = []
+
+    def step() -> None:
+        try:
+            with engine.connect() as conn:     # each drive thread holds its connection through its step
+                conn.execute(select(1))
+                together.wait()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(exc)
+
+    # When all of them are in a step at the same moment
+    threads = [threading.Thread(target=step) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+
+    # Then none of them waited for another's connection
+    assert failures == []
+    engine.dispose()
