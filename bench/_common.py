@@ -162,3 +162,24 @@ def write_settings(tmp: Path, **sections: dict[str, Any]) -> tuple[Path, Setting
 
 if __name__ == "__main__":  # `make bench` runs every bench/*.py; this one is only a helper
     print("bench/_common.py: helpers only; run bench/reconcile.py or bench/fleet.py")
+
+
+def settings_for_tree(config_text: str, tree: Path) -> str:
+    """Our config without the keys an older tree does not know (it refuses unknown keys): what a
+    baseline tree of a before/after reads."""
+    import json
+    import subprocess
+    import tomllib
+
+    from tests.fixtures.config import dump_toml
+
+    known = json.loads(subprocess.run(  # noqa: S603 - our own interpreter on the baseline's schema
+        [sys.executable, "-c", "import json; from provisioner.settings.schema import SECTIONS; "
+         "print(json.dumps({s: sorted(f) for s, f in SECTIONS.items()}))"],
+        env={**os.environ, "PYTHONPATH": str(tree.resolve())}, cwd=tree, capture_output=True, text=True,
+        check=True).stdout)
+    data = tomllib.loads(config_text)
+    kept = {s: {k: v for k, v in table.items() if k in known[s] or k.removesuffix("_file") in known[s]}
+            for s, table in data.items() if s in known}
+    kept["products"] = data.get("products", {})
+    return dump_toml(kept)

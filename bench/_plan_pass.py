@@ -62,8 +62,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def one() -> str:
         now = app.clock()
-        on_read = (lambda subs: keep_standing(app, subs, now)) if args.worker else None
-        result, error = app.plan_once(on_read=on_read)
+        if args.worker:
+            result, error = app.plan_once(on_read=lambda subs: keep_standing(app, subs, now))
+        else:
+            result, error = app.plan_once()    # an older tree's plan_once takes nothing
         if error:
             raise RuntimeError(f"the storefront could not be read: {error}")
         return (f"build {len(result.build)}, destroy {len(result.destroy)}, rebuild {len(result.rebuild)}, "

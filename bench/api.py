@@ -49,7 +49,7 @@ if str(ROOT) not in sys.path:
 sys.path.insert(0, str(ROOT / "bench"))
 
 import httpx  # noqa: E402
-from _common import MYSQL_ENV, mysql_database, mysql_server_url  # noqa: E402
+from _common import MYSQL_ENV, mysql_database, mysql_server_url, settings_for_tree  # noqa: E402
 from sqlalchemy import insert, make_url, text  # noqa: E402
 
 from dashboard_api.queries import customer_servers_query  # noqa: E402
@@ -220,25 +220,6 @@ def _database_at(url: str, revision: str) -> str:
     return f"sqlite:///{copy}"
 
 
-def _for_baseline(config_text: str, tree: Path) -> str:
-    """Our config without the keys the older tree does not know (it refuses unknown keys)."""
-    import json
-    import tomllib
-
-    from tests.fixtures.config import dump_toml
-
-    known = json.loads(subprocess.run(  # noqa: S603 - our own interpreter on the baseline's schema
-        [sys.executable, "-c", "import json; from provisioner.settings.schema import SECTIONS; "
-         "print(json.dumps({s: sorted(f) for s, f in SECTIONS.items()}))"],
-        env={**os.environ, "PYTHONPATH": str(tree.resolve())}, cwd=tree, capture_output=True, text=True,
-        check=True).stdout)
-    data = tomllib.loads(config_text)
-    kept = {s: {k: v for k, v in table.items() if k in known[s] or k.removesuffix("_file") in known[s]}
-            for s, table in data.items() if s in known}
-    kept["products"] = data.get("products", {})
-    return dump_toml(kept)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--servers", type=int, default=100_000)
@@ -305,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.baseline_revision:
                     base_text = base_text.replace(settings.database.url,
                                                   _database_at(settings.database.url, args.baseline_revision))
-                base_config.write_text(_for_baseline(base_text, args.baseline))
+                base_config.write_text(settings_for_tree(base_text, args.baseline))
                 base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
                 procs["baseline"] = subprocess.Popen(  # noqa: S603
                     [sys.executable, "-c", BASELINE_SERVE, str(base_config)], env=base_env, cwd=tmp)

@@ -63,6 +63,7 @@ from _common import (  # noqa: E402
     parse_sizes,
     print_table,
     recreate_mysql_database,
+    settings_for_tree,
     timed,
     write_settings,
 )
@@ -299,7 +300,11 @@ def compare_trees(row: Row, settings: Path, args: argparse.Namespace, baseline_s
     The baseline reads its own database (``baseline_settings``) when it was loaded at another revision."""
     trees = [("ours", HERE.parent, settings)]
     if args.baseline:
-        trees.append(("baseline", Path(args.baseline), baseline_settings or settings))
+        tree = Path(args.baseline)
+        source = baseline_settings or settings
+        stripped = source.with_name(f"for-baseline-{source.name}")    # only the keys that tree knows
+        stripped.write_text(settings_for_tree(source.read_text(), tree))
+        trees.append(("baseline", tree, stripped))
     for index in range(args.rounds):
         for mode in args.mode_list:
             for label, tree, tree_settings in (trees if index % 2 else trees[::-1]):
@@ -590,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     table = []
     for r in results:
         if r.error:
-            table.append([r.backend, r.n, "ERROR", "", "", "", r.error])
+            table.append([r.backend, r.n, "ERROR", "", "", "", "", "", r.error])
             continue
         ours = median(r.ours)
         table.append([r.backend, r.n, fmt_s(ours), fmt_s(median(r.ours_cpu)), f"{r.peak_mb:.1f}", fmt_s(r.per_row_s),
