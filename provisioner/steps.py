@@ -75,24 +75,53 @@ class BootTimes:
     """How long new instances take to boot here, so the first boot poll comes when the boot
     can plausibly be done instead of right after the create (a wasted call per server).
 
-    Learnt in this process from the instances it created. An instance found ready at its
-    first poll booted within the wait it was given (that wait is recorded: the boot may have
-    been faster, but nothing says by how much); one that needed more polls is recorded with
-    the time from the create's reply to the poll that saw it ready. The first poll waits the
+    Learnt in this process from the instances it created. An instance found ready at a first
+    poll that came on time (within one poll interval of its wait) booted within the wait it
+    was given (that wait is recorded: the boot may have been faster, but nothing says by how
+    much); one that needed more polls, or whose first poll came late (a busy driver), is
+    recorded with the time from the create's reply to the poll that saw it ready: all that
+    is known of it (recording the wait would claim a boot faster than anything seen). The first poll waits the
     shortest of the last ``window`` records: stable at the fastest boot seen recently plus
     the polling granularity, so neither creeping up nor shrinking into extra polls. With
     nothing learnt yet the first poll waits the caller's fallback (``poll_seconds``).
+
+    Before any boot has been seen over, an instance still booting ``w`` seconds after its
+    create says the others created here will not be done sooner either (a burst of sales: the
+    first polls all come at ``poll_seconds`` and would all find their instance booting): until
+    a boot is seen over, a first poll comes no earlier than ``w + poll_seconds`` after its
+    create, when that instance's own next poll comes (:meth:`hold_back`, and :meth:`started`
+    for the creates after it). Once one is seen over, no earlier than the fastest recent boot.
     """
 
     def __init__(self, window: int = 32, *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._monotonic = monotonic
-        self._pending: dict[str, tuple[float, float, bool]] = {}   # id -> (created, first wait, polled again)
+        # id -> (created, first wait, learn the time it took (polled again or held back), poll interval)
+        self._pending: dict[str, tuple[float, float, bool, float]] = {}
         self._seen: deque[float] = deque(maxlen=window)
+        self._booting = 0.0     # the longest time after its create an instance was seen still booting
         self._lock = threading.Lock()
 
     def expected(self, fallback: float) -> float:
         with self._lock:
-            return min(self._seen) if self._seen else fallback
+            return self._earliest(fallback) or fallback
+
+    def _earliest(self, poll: float) -> float:
+        if self._seen:
+            return min(self._seen)
+        return self._booting + poll if self._booting else 0.0
+
+    def hold_back(self, instance_id: str, poll: float) -> float:
+        """Seconds until this instance's boot poll can plausibly find it over (0: poll now), by
+        what the other instances created here showed; 0 for one this process did not create."""
+        with self._lock:
+            found = self._pending.get(instance_id)
+            if found is None:
+                return 0.0
+            created, wait, _, interval = found
+            held = max(0.0, self._earliest(poll) - (self._monotonic() - created))
+            if held:   # its first wait was not what it took: ready() records the time until it is seen over
+                self._pending[instance_id] = (created, wait, True, interval)
+            return held
 
     def started(self, instance_id: str, fallback: float) -> float:
         """Record a create's reply; returns how long to wait before the first boot poll."""
@@ -100,21 +129,23 @@ class BootTimes:
         with self._lock:
             if len(self._pending) >= 10_000:   # ids whose boot we never saw end (deleted, another worker)
                 self._pending.clear()
-            self._pending[instance_id] = (self._monotonic(), wait, False)
+            self._pending[instance_id] = (self._monotonic(), wait, False, fallback)
         return wait
 
     def not_yet(self, instance_id: str) -> None:
         with self._lock:
             if instance_id in self._pending:
-                created, wait, _ = self._pending[instance_id]
-                self._pending[instance_id] = (created, wait, True)
+                created, wait, _, interval = self._pending[instance_id]
+                self._pending[instance_id] = (created, wait, True, interval)
+                self._booting = max(self._booting, self._monotonic() - created)
 
     def ready(self, instance_id: str) -> None:
         with self._lock:
             found = self._pending.pop(instance_id, None)
         if found is not None:
-            created, wait, polled_again = found
-            self.observe(self._monotonic() - created if polled_again else wait)
+            created, wait, measured, interval = found
+            took = self._monotonic() - created
+            self.observe(took if measured or took > wait + interval else wait)
 
     def observe(self, seconds: float) -> None:
         """Record that a boot was over within ``seconds`` of its create's reply."""
@@ -221,6 +252,10 @@ def ensure_instance(ctx: Context, row: Server) -> Next:
 
 
 def boot(ctx: Context, row: Server) -> Next:
+    poll = ctx.settings.lifecycle.poll_seconds
+    held = ctx.boots.hold_back(row.instance_id or "", poll)
+    if held > 0:   # the other instances created here say this one is still booting: no call yet
+        raise Wait(held, f"instance {row.instance_id} boot (not polled: others created here took longer)")
     try:
         inst = ctx.vultr.get_instance(row.instance_id or "")
     except VultrNotFound:
@@ -232,7 +267,7 @@ def boot(ctx: Context, row: Server) -> Next:
         return Next("instance", detail)
     if not inst.is_ready:
         ctx.boots.not_yet(inst.id)
-        raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
+        raise Wait(poll, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
     ctx.boots.ready(inst.id)
     if row.action == "rebuild":
         row.new_ip = inst.main_ip       # the customer keeps seeing the old one until DNS moves

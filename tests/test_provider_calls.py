@@ -8,6 +8,7 @@ from collections import Counter
 
 import pytest
 
+from jobs.driver import drive_until_idle
 from provisioner.models import Server
 from provisioner.steps import BootTimes
 from tests.fixtures.stack import Stack
@@ -91,3 +92,81 @@ def test_boot_times_wait_for_the_fastest_recent_boot(boots: list[float]) -> None
     for seconds in boots:
         times.observe(seconds)
     assert times.expected(fallback=1.0) == min(boots)        # only the last `window` count
+
+
+def test_a_burst_of_creates_polls_each_boot_once_when_the_first_poll_shows_boots_take_longer() -> None:
+    # Given three instances created at once, before this worker has seen any boot end (poll 1 s)
+    now = [0.0]
+    times = BootTimes(monotonic=lambda: now[0])
+    assert [times.started(i, fallback=1.0) for i in "abc"] == [1.0, 1.0, 1.0]
+
+    # When the first is polled after a second and is still booting
+    now[0] = 1.0
+    assert times.hold_back("a", poll=1.0) == 0.0
+    times.not_yet("a")
+
+    # Then the others are not polled at their second (they would be booting too), but with a's
+    # next poll; a create made now waits as long; an instance made elsewhere is polled as due
+    now[0] = 1.05
+    assert times.hold_back("b", poll=1.0) == pytest.approx(0.95)
+    assert times.hold_back("c", poll=1.0) == pytest.approx(0.95)
+    assert times.started("d", fallback=1.0) == 2.0
+    assert times.hold_back("other-worker's", poll=1.0) == 0.0
+    now[0] = 2.0
+    assert times.hold_back("a", poll=1.0) == times.hold_back("b", poll=1.0) == 0.0
+
+    # And once a boot is seen over, none is polled before the fastest boot seen
+    times.ready("a")                       # over 2.0 s after its create
+    now[0] = 2.5
+    assert times.hold_back("d", poll=1.0) == pytest.approx(0.55)    # made at 1.05: polled at 3.05
+    assert times.expected(fallback=1.0) == 2.0
+
+
+SLOW_BOOTS = {"lifecycle": {"snapshots": False, "poll_seconds": 0.1}, "sandbox": {"boot_seconds": 1.0}}
+
+
+@pytest.mark.parametrize("stack", [SLOW_BOOTS], indirect=True)
+def test_a_burst_of_new_servers_does_not_poll_every_boot_at_every_poll_interval(stack: Stack) -> None:
+    # Given a worker that has seen no boot yet, and boots (1 s) ten times longer than its poll (0.1 s)
+    lc = stack.lifecycle()
+    rids = [stack.begin_create(sub, f"user{sub}@example.com", lc) for sub in range(1, 7)]
+    before = len(stack.sandbox.calls())
+
+    # When the six are built at once
+    drive_until_idle(lc, rids, timeout=60, threads=6)
+
+    # Then the boot polls are about one instance's worth plus one each, not six each
+    polls = _calls(stack, before)["GET /v2/instances/{id}"]
+    assert polls <= 24, polls    # ~15: one instance ~10 times, the others once or twice (~33 unheld)
+    with stack.app.sessions() as s:
+        assert {r.status for r in s.query(Server)} == {"Running"}
+
+
+def test_a_boot_held_back_is_learnt_as_the_time_until_it_was_seen_over() -> None:
+    # Given b created with a 1 s wait, held back after a was seen booting at 1 s
+    now = [0.0]
+    times = BootTimes(monotonic=lambda: now[0])
+    times.started("a", fallback=1.0), times.started("b", fallback=1.0)
+    now[0] = 1.0
+    times.not_yet("a")
+    assert times.hold_back("b", poll=1.0) == 1.0
+
+    # When b is polled at 2 s and is over
+    now[0] = 2.0
+    assert times.hold_back("b", poll=1.0) == 0.0
+    times.ready("b")
+
+    # Then the next create waits the 2 s it took, not the 1 s it was first given
+    assert times.started("c", fallback=1.0) == 2.0
+
+
+def test_a_first_poll_that_came_late_is_learnt_as_the_time_it_took_not_the_wait_it_was_given() -> None:
+    # Given an instance given 1 s whose first poll came at 2.5 s (the driver was busy) and found it over
+    now = [0.0]
+    times = BootTimes(monotonic=lambda: now[0])
+    times.started("a", fallback=1.0)
+    now[0] = 2.5
+    times.ready("a")
+
+    # Then what is known is that it booted within 2.5 s, not within 1 s
+    assert times.expected(fallback=1.0) == 2.5
