@@ -240,17 +240,16 @@ class CloudflareDNS:
                 posts.append(record)
         result = self._call(f"POST batch of {len(writes)} A records",
                             lambda: self._client.dns.records.batch(zone_id=self.zone_id, puts=puts, posts=posts))
-        put_ids = [_record(r).id for r in (getattr(result, "puts", None) or [])]
-        post_ids = [_record(r).id for r in (getattr(result, "posts", None) or [])]
-        if len(put_ids) != len(puts) or len(post_ids) != len(posts):
-            raise CloudflarePermanent(f"cloudflare POST batch: reply holds {len(put_ids)} + {len(post_ids)} records "
-                                      f"for {len(puts)} + {len(posts)} writes")
-        ids = []
+        # matched by name (each name is written once in a batch), not by position in the reply
+        written = {r.name: r.id for r in map(_record, [*(getattr(result, "puts", None) or []),
+                                                      *(getattr(result, "posts", None) or [])])}
+        missing = [name for name in names if name not in written]
+        if missing:
+            raise CloudflarePermanent(f"cloudflare POST batch: the reply lacks the records of {', '.join(missing)}")
         for name, (_, ip, record_id) in zip(names, writes, strict=True):
-            ids.append(put_ids.pop(0) if record_id else post_ids.pop(0))
             log.info("%s A %s -> %s (record %s, in a batch)", "updated" if record_id else "created", name, ip,
-                     ids[-1])
-        return ids
+                     written[name])
+        return [written[name] for name in names]
 
     def delete(self, record_id: str) -> bool:
         """True if this call deleted it; False if it was already gone (404 / 81044)."""
