@@ -51,9 +51,8 @@ def make_engine(url: str, *, echo: bool = False, concurrency: int = 0) -> Engine
         kwargs["pool_size"] = max(5, concurrency + 2)
         kwargs["max_overflow"] = max(10, concurrency)
     if parsed.get_backend_name() == "sqlite":
-        db = parsed.database
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        if not in_memory:
+            Path(str(parsed.database)).parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
     elif parsed.get_backend_name() in ("mysql", "mariadb"):
         kwargs["pool_recycle"] = 3600

@@ -79,9 +79,9 @@ class BootTimes:
     poll that came on time (within one poll interval of its wait) booted within the wait it
     was given (that wait is recorded: the boot may have been faster, but nothing says by how
     much); one that needed more polls, or whose first poll came late (a busy driver), is
-    recorded with the time from the create's reply to the poll that saw it ready: all that
-    is known of it (recording the wait would claim a boot faster than anything seen). The first poll waits the
-    shortest of the last ``window`` records: stable at the fastest boot seen recently plus
+    recorded with the time from the create's reply to the poll that saw it ready: all that is
+    known of it (recording the wait would claim a boot faster than anything seen). The first
+    poll waits the shortest of the last ``window`` records: stable at the fastest boot seen recently plus
     the polling granularity, so neither creeping up nor shrinking into extra polls. With
     nothing learnt yet the first poll waits the caller's fallback (``poll_seconds``).
 
@@ -110,7 +110,7 @@ class BootTimes:
             return min(self._seen)
         return self._booting + poll if self._booting else 0.0
 
-    def hold_back(self, instance_id: str, poll: float) -> float:
+    def hold_back(self, instance_id: str) -> float:
         """Seconds until this instance's boot poll can plausibly find it over (0: poll now), by
         what the other instances created here showed; 0 for one this process did not create."""
         with self._lock:
@@ -118,7 +118,7 @@ class BootTimes:
             if found is None:
                 return 0.0
             created, wait, _, interval = found
-            held = max(0.0, self._earliest(poll) - (self._monotonic() - created))
+            held = max(0.0, self._earliest(interval) - (self._monotonic() - created))
             if held:   # its first wait was not what it took: ready() records the time until it is seen over
                 self._pending[instance_id] = (created, wait, True, interval)
             return held
@@ -252,8 +252,7 @@ def ensure_instance(ctx: Context, row: Server) -> Next:
 
 
 def boot(ctx: Context, row: Server) -> Next:
-    poll = ctx.settings.lifecycle.poll_seconds
-    held = ctx.boots.hold_back(row.instance_id or "", poll)
+    held = ctx.boots.hold_back(row.instance_id or "")
     if held > 0:   # the other instances created here say this one is still booting: no call yet
         raise Wait(held, f"instance {row.instance_id} boot (not polled: others created here took longer)")
     try:
@@ -267,7 +266,7 @@ def boot(ctx: Context, row: Server) -> Next:
         return Next("instance", detail)
     if not inst.is_ready:
         ctx.boots.not_yet(inst.id)
-        raise Wait(poll, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
+        raise Wait(ctx.settings.lifecycle.poll_seconds, f"instance {inst.id} boot ({inst.status}/{inst.server_status})")
     ctx.boots.ready(inst.id)
     if row.action == "rebuild":
         row.new_ip = inst.main_ip       # the customer keeps seeing the old one until DNS moves

@@ -102,23 +102,23 @@ def test_a_burst_of_creates_polls_each_boot_once_when_the_first_poll_shows_boots
 
     # When the first is polled after a second and is still booting
     now[0] = 1.0
-    assert times.hold_back("a", poll=1.0) == 0.0
+    assert times.hold_back("a") == 0.0
     times.not_yet("a")
 
     # Then the others are not polled at their second (they would be booting too), but with a's
     # next poll; a create made now waits as long; an instance made elsewhere is polled as due
     now[0] = 1.05
-    assert times.hold_back("b", poll=1.0) == pytest.approx(0.95)
-    assert times.hold_back("c", poll=1.0) == pytest.approx(0.95)
+    assert times.hold_back("b") == pytest.approx(0.95)
+    assert times.hold_back("c") == pytest.approx(0.95)
     assert times.started("d", fallback=1.0) == 2.0
-    assert times.hold_back("other-worker's", poll=1.0) == 0.0
+    assert times.hold_back("other-worker's") == 0.0
     now[0] = 2.0
-    assert times.hold_back("a", poll=1.0) == times.hold_back("b", poll=1.0) == 0.0
+    assert times.hold_back("a") == times.hold_back("b") == 0.0
 
     # And once a boot is seen over, none is polled before the fastest boot seen
     times.ready("a")                       # over 2.0 s after its create
     now[0] = 2.5
-    assert times.hold_back("d", poll=1.0) == pytest.approx(0.55)    # made at 1.05: polled at 3.05
+    assert times.hold_back("d") == pytest.approx(0.55)    # made at 1.05: polled at 3.05
     assert times.expected(fallback=1.0) == 2.0
 
 
@@ -149,11 +149,11 @@ def test_a_boot_held_back_is_learnt_as_the_time_until_it_was_seen_over() -> None
     times.started("a", fallback=1.0), times.started("b", fallback=1.0)
     now[0] = 1.0
     times.not_yet("a")
-    assert times.hold_back("b", poll=1.0) == 1.0
+    assert times.hold_back("b") == 1.0
 
     # When b is polled at 2 s and is over
     now[0] = 2.0
-    assert times.hold_back("b", poll=1.0) == 0.0
+    assert times.hold_back("b") == 0.0
     times.ready("b")
 
     # Then the next create waits the 2 s it took, not the 1 s it was first given

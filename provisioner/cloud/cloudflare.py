@@ -170,7 +170,7 @@ class CloudflareDNS:
         attempt whose reply was lost) is settled by reading back.  Extra A records of the
         same name (left by old races) are deleted so the name never round-robins.
         """
-        name = _normalise(name)
+        name = normal_name(name)
         for _ in range(UPSERT_ROUNDS):
             found = [r for r in self.list_by_name(name) if r.type == "A"]
             keep = next((r for r in found if r.content == ip), found[0] if found else None)
@@ -202,7 +202,7 @@ class CloudflareDNS:
         not as we thought -- it already exists (our own earlier attempt whose reply was lost,
         or another worker), or the known one vanished -- falls back to :meth:`upsert_a`,
         which reads the name back and settles it (and removes duplicates)."""
-        name = _normalise(name)
+        name = normal_name(name)
         try:
             if record_id:
                 self._write("PUT", name, ip, record_id)
@@ -227,7 +227,7 @@ class CloudflareDNS:
         lost is settled the same way (its creates come back "already exists")."""
         if not writes or len(writes) > MAX_BATCH:
             raise ValueError(f"a batch holds 1 to {MAX_BATCH} writes, got {len(writes)}")
-        names = [_normalise(name) for name, _, _ in writes]
+        names = [normal_name(name) for name, _, _ in writes]
         if len(set(names)) != len(names):
             raise ValueError("a batch writes each name once")
         puts: list[Any] = []
@@ -263,14 +263,14 @@ class CloudflareDNS:
 
     def list_by_name(self, name: str) -> list[DnsRecord]:
         """Every record (any type) whose name is exactly ``name``."""
-        name = _normalise(name)
+        name = normal_name(name)
         return [r for r in self._list({"exact": name}) if r.name == name]
 
     def list_records(self, name_suffix: str | None = None) -> list[DnsRecord]:
         """Every record in the zone, or those whose name ends with ``name_suffix``."""
         if name_suffix is None:
             return self._list(None)
-        suffix = _normalise(name_suffix)
+        suffix = normal_name(name_suffix)
         return [r for r in self._list({"endswith": suffix}) if r.name.endswith(suffix)]
 
     def _list(self, name_filter: NameFilter | None) -> list[DnsRecord]:
@@ -363,5 +363,6 @@ def _record(r: Any) -> DnsRecord:
     )
 
 
-def _normalise(name: str) -> str:
+def normal_name(name: str) -> str:
+    """A record name as Cloudflare stores it: no surrounding space, no final dot, lower case."""
     return name.strip().rstrip(".").lower()

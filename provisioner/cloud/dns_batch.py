@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from provisioner.cloud.cloudflare import MAX_BATCH
+from provisioner.cloud.cloudflare import MAX_BATCH, normal_name
 from provisioner.cloud.errors import ProviderError
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,8 @@ class _Write:
 class DnsBatcher:
     """The DNS adapter, with :meth:`point_a` calls from concurrent threads batched."""
 
-    def __init__(self, dns: Any, max_batch: int = MAX_BATCH) -> None:
+    def __init__(self, dns: Any) -> None:
         self._dns = dns
-        self._max = max(1, min(max_batch, MAX_BATCH))
         self._cond = threading.Condition()
         self._queue: list[_Write] = []
         self._sending = False
@@ -93,8 +92,8 @@ class DnsBatcher:
         names: set[str] = set()
         rest: list[_Write] = []
         for w in self._queue:
-            key = w.name.strip().rstrip(".").lower()
-            if len(batch) < self._max and key not in names:
+            key = normal_name(w.name)
+            if len(batch) < MAX_BATCH and key not in names:
                 names.add(key)
                 batch.append(w)
             else:
