@@ -29,6 +29,7 @@ from provisioner.lifecycle import Lifecycle, Outcome
 from provisioner.models import REBUILDABLE, Server, Status, as_utc
 from provisioner.planning import CrossCheck
 from provisioner.reconcile import CROSS_CHECK, Hold, Plan
+from provisioner.subscriptions import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ class Applied:
 
 def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None,
                still_leader: Callable[[], bool] | None = None) -> Applied:
-    """Record the plan's actions on the rows (one commit each); returns what was started.
+    """Record the plan's actions on the rows (the new servers together, :data:`BUILD_BATCH` to a
+    commit; each destroy and rebuild in a commit of its own); returns what was started.
 
     ``cross_check`` confirms a destroy with a second source (Stripe behind EDD): True lets
     it go ahead; False (the second source says the subscription is live) or None (it cannot
@@ -61,16 +63,9 @@ def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None,
         return False
 
     with lc.ctx.sessions() as s:
-        for sub in p.build:
-            if not leading():
+        for start in range(0, len(p.build), BUILD_BATCH):
+            if not _record_builds(lc, s, p.build[start:start + BUILD_BATCH], applied, leading):
                 return applied
-            try:
-                row = lc.begin_create(s, sub)
-                s.commit()
-                applied.started["build"].append(row.server_name or f"#{row.id}")
-            except (ServerBusy, StaleDataError) as exc:
-                s.rollback()
-                applied.refused.append(f"build {sub.id}: {exc}")
         for state in p.destroy:
             doomed = s.get(Server, state.id)
             if doomed is None:
@@ -108,6 +103,57 @@ def start_plan(lc: Lifecycle, p: Plan, cross_check: CrossCheck | None = None,
             if asked is not None:
                 _start_requested(lc, s, asked, applied)
     return applied
+
+
+# A plan's new servers are recorded this many to a transaction. One commit per row made a burst of
+# sales trickle in: as soon as the first rows were committed, their drive threads kept SQLite's
+# write lock busy, and the planner's next commit waited in the busy handler's back-off each time
+# (100 sales: the last row recorded ~19 s after the sale, against ~0.3 s for all of them at once).
+BUILD_BATCH = 200
+
+
+def _record_builds(lc: Lifecycle, s: Session, subs: list[Subscription], applied: Applied,
+                   leading: Callable[[], bool]) -> bool:
+    """Record these builds in one commit; False (and none of them recorded) once the leader lock
+    is gone. A subscription that already has a server is refused alone; a stale write (another
+    process changed one of the rows) makes the batch fall back to one commit per build, so it
+    refuses only the row it concerns."""
+    rows: list[Server] = []
+    refused: list[str] = []
+    try:
+        for sub in subs:
+            if not leading():
+                s.rollback()
+                return False
+            try:
+                rows.append(lc.begin_create(s, sub))
+            except ServerBusy as exc:      # raised before the row is touched: the batch goes on
+                refused.append(f"build {sub.id}: {exc}")
+        if not leading():
+            s.rollback()
+            return False
+        s.commit()
+    except StaleDataError:
+        s.rollback()
+        return _record_each(lc, s, subs, applied, leading)
+    applied.started["build"].extend(row.server_name or f"#{row.id}" for row in rows)
+    applied.refused.extend(refused)
+    return True
+
+
+def _record_each(lc: Lifecycle, s: Session, subs: list[Subscription], applied: Applied,
+                 leading: Callable[[], bool]) -> bool:
+    for sub in subs:
+        if not leading():
+            return False
+        try:
+            row = lc.begin_create(s, sub)
+            s.commit()
+            applied.started["build"].append(row.server_name or f"#{row.id}")
+        except (ServerBusy, StaleDataError) as exc:
+            s.rollback()
+            applied.refused.append(f"build {sub.id}: {exc}")
+    return True
 
 
 def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:

@@ -92,3 +92,69 @@ def test_it_keeps_each_subscriptions_standing_for_the_dashboard(stack: Stack) ->
     server_check(stack.app, stack.lifecycle())
     with stack.app.sessions() as s:
         assert standing.of(s.get(SubscriptionStanding, "1"), now).kind == "ends"
+
+
+def _sales(stack: Stack, n: int) -> list:
+    for i in range(1, n + 1):
+        stack.add_subscription(i, f"c{i}@example.com")
+    return sorted(stack.app.storefront.read(stack.app.clock()), key=lambda sub: int(sub.id))
+
+
+def test_a_burst_of_sales_is_recorded_at_once_and_a_taken_subscription_is_refused_alone(stack: Stack) -> None:
+    from provisioner import operations
+    from provisioner.reconcile import Plan
+
+    subs = _sales(stack, 3)
+    lc = stack.lifecycle()
+    # another process (an operator's `provisioner create`) recorded subscription 2 meanwhile
+    with stack.app.sessions() as s:
+        lc.begin_create(s, subs[1])
+        s.commit()
+    applied = operations.start_plan(lc, Plan(build=subs))
+    assert len(applied.started["build"]) == 2
+    assert [line.split(":")[0] for line in applied.refused] == ["build 2"]
+    with stack.app.sessions() as s:
+        assert sorted(r.subscription_id for r in s.scalars(select(Server))) == ["1", "2", "3"]
+
+
+def test_a_leader_that_loses_its_lock_while_recording_builds_records_none_of_them(stack: Stack) -> None:
+    from provisioner import operations
+    from provisioner.reconcile import Plan
+
+    subs = _sales(stack, 3)
+    asked = {"n": 0}
+
+    def lock_lost_after_two_builds() -> bool:
+        asked["n"] += 1
+        return asked["n"] <= 3     # asked before builds 1, 2 and 3: gone at the third
+
+    applied = operations.start_plan(stack.lifecycle(), Plan(build=subs), still_leader=lock_lost_after_two_builds)
+    assert applied.lost_leadership and applied.started["build"] == []
+    with stack.app.sessions() as s:
+        assert s.scalars(select(Server)).all() == []
+
+
+def test_a_stale_write_in_a_burst_falls_back_to_one_build_at_a_time(stack: Stack, monkeypatch) -> None:
+    from sqlalchemy.orm.exc import StaleDataError
+
+    from provisioner import operations
+    from provisioner.lifecycle import Lifecycle
+    from provisioner.reconcile import Plan
+
+    subs = _sales(stack, 3)
+    real = Lifecycle.begin_create
+    stale = {"left": 1}
+
+    def begin_create(self, session, sub, actor="planner"):  # type: ignore[no-untyped-def]
+        row = real(self, session, sub, actor)
+        if sub.id == "2" and stale["left"]:     # the batch's write of row 2 meets a concurrent change once
+            stale["left"] -= 1
+            raise StaleDataError("row 2 changed underneath")
+        return row
+
+    monkeypatch.setattr(Lifecycle, "begin_create", begin_create)
+    applied = operations.start_plan(stack.lifecycle(), Plan(build=subs))
+    assert stale["left"] == 0 and applied.refused == []
+    assert len(applied.started["build"]) == 3
+    with stack.app.sessions() as s:
+        assert sorted(r.subscription_id for r in s.scalars(select(Server))) == ["1", "2", "3"]
