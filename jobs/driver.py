@@ -14,8 +14,9 @@ run every ``lifecycle.poll_seconds``, new work starts within a second of being r
 (the planner wakes the driver in-process; other processes' requests are seen by the
 once-a-second poll), and a row whose worker died is taken over once its lease ends.
 
-On the leader, every loop also starts the rebuilds customers asked for whose time has
-come and asks for a planning pass when another process requested one (``on_loop``).
+On the leader, the loop also starts the rebuilds customers asked for whose time has come
+and asks for a planning pass when another process requested one (``on_loop``), at most once
+per ``IDLE_POLL_SECONDS`` however often finished steps wake it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 0.25     # how often an idle driver looks for work recorded by other processes
 MIN_SLEEP_SECONDS = 0.02
+# Passes come at most this often, however many threads come free meanwhile: each is two or three
+# queries, and a burst of 100 servers woke the loop over a thousand times (one wake per finished
+# step, a pass each), which took more of the worker's one core than the servers' own steps. The
+# threads freed within one gap are refilled by one query.
+MIN_PASS_GAP_SECONDS = 0.05
 # A row that could not be claimed (another worker holds it) or whose advance blew up before
 # anything was recorded is left alone this long, so it is never retried in a hot loop.
 COOL_OFF_SECONDS = 2.0
@@ -102,12 +108,20 @@ class Driver:
     # --- the loop ------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        last_pass = last_on_loop = float("-inf")
         while not self._stop.is_set():
             timeout = self.idle_poll
+            gap = last_pass + MIN_PASS_GAP_SECONDS - time.monotonic()
+            if gap > 0 and self._stop.wait(gap):
+                break
+            last_pass = time.monotonic()
             try:
                 if self.can_work():
                     now = self.lc.clock()
-                    if self.on_loop is not None:
+                    # the leader's own checks (requests of customers and other processes) keep
+                    # their idle pace under load too: not once per finished step
+                    if self.on_loop is not None and last_pass - last_on_loop >= self.idle_poll:
+                        last_on_loop = last_pass
                         self.on_loop(now)
                     self.fill(now)
                     timeout = self._sleep_for(now)

@@ -115,7 +115,7 @@ class Worker:
         sdnotify.notify("WATCHDOG=1")
 
     def _on_driver_loop(self, now: dt.datetime) -> None:
-        """Every driver loop on the leader: requests that must not wait for the next tick."""
+        """On the leader, every idle poll of the driver: requests that must not wait for the next tick."""
         if not self.leader or self.stop.is_set():
             return
         if operations.start_requested_rebuilds(self.lc, now) + operations.start_customer_changes(self.lc, now):

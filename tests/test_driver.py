@@ -192,3 +192,47 @@ def test_drive_until_idle_never_holds_a_due_row_back_behind_a_slow_one(sqlite_ur
     assert done[quick] - started < 1.0, "the quick row waited for the slow row's step"
     assert done[slow] - started >= 2.0
     engine.dispose()
+
+
+def test_a_burst_of_finished_steps_keeps_the_leaders_checks_at_their_idle_pace(sqlite_url: str) -> None:
+    """Each finished step wakes the driver to refill its thread; the leader's own checks (a
+    customer's rebuild, a change to the storefront: several queries) ride along at most once
+    per idle poll, not once per wake: a burst of 100 servers woke it over a thousand times."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from sqlalchemy import insert, update
+
+    from jobs.driver import Driver
+    from provisioner import db
+    from provisioner.lifecycle import Outcome
+
+    engine = db.make_engine(sqlite_url)
+    db.upgrade(engine)
+    sessions = db.session_factory(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(Server), [{"subscription_id": f"s{i}", "customer_id": "1", "product_id": "1",
+                                       "user_email": "a@example.com", "status": "Installing", "action": "create",
+                                       "step": "dns"} for i in range(200)])
+
+    def advance(rid: int) -> Outcome:     # a quick step that finishes its row
+        with sessions() as s:
+            s.execute(update(Server).where(Server.id == rid).values(action=None, step=None))
+            s.commit()
+        return Outcome.DONE
+
+    checks: list[float] = []
+    lc = SimpleNamespace(advance=advance, clock=lambda: dt.datetime.now(dt.UTC), ctx=SimpleNamespace(sessions=sessions))
+    driver = Driver(lc, threads=4, on_loop=lambda now: checks.append(time.monotonic()))  # type: ignore[arg-type]
+    started = time.monotonic()
+    driver.start()
+    try:
+        assert wait_until(lambda: len(driver.outcomes) == 200 and driver.busy == 0, 60)
+        elapsed = time.monotonic() - started
+    finally:
+        driver.stop(5)
+        engine.dispose()
+    assert set(driver.outcomes.values()) == {Outcome.DONE}
+    # every check a quarter of a second apart at most (plus the first): not one per finished step
+    assert len(checks) <= elapsed / driver.idle_poll + 2, (len(checks), elapsed)
+    assert all(b - a >= driver.idle_poll * 0.99 for a, b in zip(checks, checks[1:], strict=False))
