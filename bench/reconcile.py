@@ -25,8 +25,10 @@ extrapolated linearly; the output says so.
 
 Data: ~85% active + 5% cancelled/trialling subscriptions with a Running server row, 3% ended
 (expired) with a Running row, 4% active without a row (to build), 3% long expired with a
-Destroyed row; 2% of the Running rows ask for a rebuild. Running rows carry secrets and
-.ovpn blobs of the sizes the product itself produces (``--lean-rows`` leaves them NULL).
+Destroyed row; 2% of the Running rows ask for a rebuild. Expirations are 23:59:59 site time (as
+EDD Recurring writes them) on days spread over the year ahead (ended ones: 10-30 days ago).
+Running rows carry secrets and .ovpn blobs of the sizes the product itself produces
+(``--lean-rows`` leaves them NULL).
 The MariaDB runs use a database ``prov_bench_<random>`` that is dropped at the end.
 Figures only: nothing here asserts on speed.
 """
@@ -163,10 +165,15 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool, revision: str = "
     secrets_blob = None if lean else _filler(secrets_len, 1)
     ovpn_blob = None if lean else _filler(ovpn_len, 2)
     password_blob = None if lean else _filler(140, 3)
-    future = utc_to_site_local(now + dt.timedelta(days=20), zone).strftime("%Y-%m-%d %H:%M:%S")
-    soon = utc_to_site_local(now + dt.timedelta(days=9), zone).strftime("%Y-%m-%d %H:%M:%S")
-    past = utc_to_site_local(now - dt.timedelta(days=10), zone).strftime("%Y-%m-%d %H:%M:%S")
-    long_ago = utc_to_site_local(now - dt.timedelta(days=40), zone).strftime("%Y-%m-%d %H:%M:%S")
+    def edd_day(days: int) -> str:
+        """What EDD Recurring writes: 23:59:59 site time of the day the period ends."""
+        return utc_to_site_local(now + dt.timedelta(days=days), zone).strftime("%Y-%m-%d 23:59:59")
+
+    # expirations spread over a year of days, as a shop with monthly and yearly plans has them
+    future = [edd_day(2 + d) for d in range(365)]
+    soon = [edd_day(2 + d) for d in range(28)]
+    past = [edd_day(-10 - d) for d in range(20)]
+    long_ago = [edd_day(-40 - d) for d in range(300)]
     counts = {"subscriptions": 0, "running": 0, "destroyed": 0}
 
     t = lambda name: eddschema.table_name(engine, PREFIX, name)  # noqa: E731
@@ -200,7 +207,8 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool, revision: str = "
                     users.append({"ID": user_id, "login": f"customer{i}", "email": email})
                 customers.append({"id": i, "user_id": user_id, "email": email, "name": f"Customer {i}"})
                 status = {"ended": "expired", "new": "active", "gone": "expired"}.get(kind, kind)
-                expiration = {"ended": past, "gone": long_ago, "cancelled": soon}.get(kind, future)
+                spread = {"ended": past, "gone": long_ago, "cancelled": soon}.get(kind, future)
+                expiration = spread[i * 7919 % len(spread)]
                 subs.append({
                     "id": i, "customer_id": i, "period": "month", "initial_amount": "9.99", "initial_tax_rate": "",
                     "initial_tax": "", "recurring_amount": "9.99", "recurring_tax_rate": "", "recurring_tax": "",

@@ -91,6 +91,20 @@ def test_the_readers_rows_are_what_read_returns(edd_engine: Engine, edd_prefix: 
         assert plan(subs, [], moment) == plan_rows(rows, [], moment)
 
 
+
+def test_rows_past_the_readers_memo_of_expirations_convert_the_same(edd_engine: Engine, edd_prefix: PrefixFactory,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader converts each distinct expiration text once and keeps a bounded number of them:
+    the texts it no longer keeps (a store with arbitrary expiration times) convert the same."""
+    from provisioner.storefront import edd
+
+    storefront = _edd(edd_engine, edd_prefix("wp_"), "America/New_York")
+    monkeypatch.setattr(edd, "_PAID_KEPT", 2)
+    subs = storefront.read(NOW)
+    rows = storefront.read_rows(NOW)
+    assert rows.subscriptions() == subs
+    assert [r[:-1] for r in rows.rows] == [row_of(s)[:-1] for s in subs]
+
 def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> None:
     """On MariaDB the quiet rows come from a narrower SELECT: the same tuples, in id order."""
     from provisioner import db, planning

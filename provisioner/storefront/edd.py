@@ -388,13 +388,19 @@ _COLUMNS = ("sub_id", "product_id", "price_id", "status", "expiration", "profile
 _ZERO_DATE = "0000-00-00"
 _PART = 5000
 _HOUR = dt.timedelta(hours=1)
+# Distinct expiration texts kept per read. EDD Recurring sets each renewal's expiration to 23:59:59
+# of its day, so a year of renewals has a few hundred; an import with arbitrary times stops adding
+# at this many and converts the rest each time, as it would without the memo.
+_PAID_KEPT = 4096
+_UNSEEN: Any = object()
 
 
 class _RowReader:
     """One read's rows as :data:`~provisioner.subscriptions.SubscriptionRow` tuples, by the
     rules of :func:`subscription_from_row`, without an object per row.
 
-    The site-local expiration becomes UTC through a per-hour cache of the zone's offset: an
+    The site-local expiration becomes UTC once per distinct text in the read (every row with the
+    same text gets the same time object), through a per-hour cache of the zone's offset: an
     hour whose offset is the same at its start and its end, for both folds, has no transition
     in it (two transitions within one hour do not occur in the tz database), so every time in
     it converts by that offset, exactly as :func:`site_local_to_utc` would. Hours around a
@@ -412,6 +418,7 @@ class _RowReader:
         # one string object for every row that has it)
         self._statuses: dict[str, tuple[int, bool, bool, str] | None] = {}
         self._products: dict[tuple[int, int | None], str] = {}
+        self._paid: dict[str, dt.datetime | None] = {}     # expiration text -> naive UTC (None: slow path)
 
     def _offset(self, key: object, hour: dt.datetime) -> dt.timedelta | None:
         offsets = {probe.replace(tzinfo=self.zone, fold=fold).utcoffset()
@@ -439,41 +446,51 @@ class _RowReader:
         text = self._products[key] = f"{product_id}:{price_id}" if price_id else str(product_id)
         return text
 
+    def _paid_of_local(self, local: dt.datetime) -> dt.datetime | None:
+        """A naive site-local time as naive UTC (None: not the plain case, the slow path decides)."""
+        if local.tzinfo is not None:
+            return None
+        key = local.replace(minute=0, second=0, microsecond=0)
+        offset = self._offsets[key] if key in self._offsets else self._offset(key, key)
+        return None if offset is None else local - offset
+
+    def _paid_of_text(self, expiration: str) -> dt.datetime | None:
+        """:meth:`_paid_of_local` of the text the database hands back; kept for the rest of the read."""
+        paid: dt.datetime | None = None
+        if not expiration.startswith(_ZERO_DATE):
+            try:
+                paid = self._paid_of_local(dt.datetime.fromisoformat(expiration))
+            except (ValueError, OverflowError):
+                paid = None
+        if len(self._paid) < _PAID_KEPT:
+            self._paid[expiration] = paid
+        return paid
+
     def rows(self, raw_rows: Sequence[Sequence[Any]]) -> list[SubscriptionRow]:
         zone, grace, slow = self.zone, self.failing_grace, self.slow
-        offsets, statuses, products = self._offsets, self._statuses, self._products
-        fromisoformat, datetime = dt.datetime.fromisoformat, dt.datetime
+        statuses, products, paid_of = self._statuses, self._products, self._paid
+        datetime = dt.datetime
         out: list[SubscriptionRow] = []
         append = out.append
         for raw in raw_rows:
             sub_id, product_id, price_id, status, expiration, profile_id, customer_id, user_id, customer_email, \
                 user_email = raw
-            local: dt.datetime | None = None
             info = statuses[status] if status in statuses else (
                 self._status(status) if type(status) is str else None)
+            paid: dt.datetime | None = None
             if (info is not None and type(sub_id) is int and type(product_id) is int and type(customer_id) is int
                     and (price_id is None or type(price_id) is int) and (user_id is None or type(user_id) is int)
                     and type(customer_email) is str and (user_email is None or type(user_email) is str)
                     and type(profile_id) is str):
-                try:
-                    if type(expiration) is str and not expiration.startswith(_ZERO_DATE):
-                        local = fromisoformat(expiration)
-                        # 'YYYY-MM-DD HH:MM:SS' (what MySQL and SQLite hand back): the hour is its head
-                        key: object = expiration[:13] if len(expiration) == 19 and expiration[10] == " " else \
-                            local.replace(minute=0, second=0, microsecond=0)
-                    elif type(expiration) is datetime:
-                        local = expiration
-                        key = local.replace(minute=0, second=0, microsecond=0)
-                    if local is not None and local.tzinfo is None:
-                        offset = offsets[key] if key in offsets else self._offset(
-                            key, local.replace(minute=0, second=0, microsecond=0))
-                        paid = None if offset is None else local - offset
-                    else:
+                if type(expiration) is str:
+                    paid = paid_of.get(expiration, _UNSEEN)
+                    if paid is _UNSEEN:
+                        paid = self._paid_of_text(expiration)
+                elif type(expiration) is datetime:
+                    try:
+                        paid = self._paid_of_local(expiration)
+                    except OverflowError:
                         paid = None
-                except (ValueError, OverflowError):
-                    paid = None
-            else:
-                paid = None
             if paid is None:
                 append(slow(raw, zone))
                 continue
