@@ -226,7 +226,10 @@ def load(engine: Engine, n: int, now: dt.datetime, lean: bool, revision: str = "
                           "secrets_enc": secrets_blob if live else None}
                 if not inline and live and not lean:
                     sealed.append({"server_id": i, **tokens})
-                rows.append({**(tokens if inline else {}),
+                # the account the planner has already copied from the storefront (none: every pass
+                # would find half the rows' contacts changed, which only a first pass does)
+                account = {"account_id": str(user_id) if user_id else None} if "account_id" in servers.c else {}
+                rows.append({**(tokens if inline else {}), **account,
                     "id": i, "customer_id": str(i), "product_id": "1", "subscription_id": str(i),
                     "server_ip": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" if live else None,
                     "user_email": email, "server_name": f"g0{i:03d}.vpn.example.test",

@@ -41,6 +41,7 @@ from provisioner.models import Server, Status
 from provisioner.subscriptions import (
     ACCOUNT,
     EMAIL,
+    ENDS,
     ID,
     OK,
     PRODUCT,
@@ -306,7 +307,14 @@ def plan_rows(subscriptions: SubscriptionRows | None, servers: Iterable[ServerRo
             result.contacts.append(Contact(s[S_ID], sub_or_none[EMAIL], sub_or_none[ACCOUNT]))
         if s[S_PAUSED] or s[S_ACTION] == "destroy":
             continue
-        if sub_or_none is None:
+        if sub_or_none is not None:
+            until = sub_or_none[UNTIL]
+            if sub_or_none[OK] and until is not None and now_utc < until and not sub_or_none[ENDS]:
+                # entitled, so not ended (most rows: ended_row and entitled_row, inline)
+                if s[S_ENDED_SEEN] is not None:
+                    result.unended.append(s[S_ID])
+                continue
+        else:
             result.hold(server_state(s), VANISHED, f"subscription {s[S_SUB]} is not in the storefront; "
                                                    "not destroying without positive evidence")
             continue
