@@ -132,6 +132,21 @@ def test_it_round_trips_bytes_exactly_with_put_and_get(sim_host: RunningHost) ->
     assert not sim_host.file("/root/provisioner/deep/blob.bin.provisioner-tmp").exists()
 
 
+def test_an_upload_after_a_command_recreates_a_directory_the_command_removed(sim_host: RunningHost) -> None:
+    """A session stats each upload directory once; a command may remove it (an installer
+    cleaning up), and the next upload still lands."""
+    import shutil
+
+    with sim_host.session() as ssh:
+        ssh.put(b"first", "/root/provisioner/deep/a.txt", 0o600)
+        ssh.put(b"second", "/root/provisioner/deep/b.txt", 0o600)
+        shutil.rmtree(sim_host.file("/root/provisioner/deep"))     # what `rm -rf` on the host does
+        ssh.run("true", timeout=10)
+        ssh.put(b"third", "/root/provisioner/deep/c.txt", 0o600)
+
+    assert sim_host.file("/root/provisioner/deep/c.txt").read_bytes() == b"third"
+    assert not sim_host.file("/root/provisioner/deep/a.txt").exists()
+
 def test_it_reports_a_missing_remote_file(sim_host: RunningHost) -> None:
     with pytest.raises(SSHFileNotFound) as missing, sim_host.session() as ssh:
         ssh.get("/root/client.ovpn")

@@ -180,6 +180,9 @@ class SSHSession:
         self._redact = tuple(s for s in redact if s)
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        # Directories this session saw or made since its last command: each upload into one of
+        # them skips the stat round trip (a command may remove a directory, so a command forgets).
+        self._dirs: set[str] = set()
 
     def __repr__(self) -> str:
         return f"SSHSession({self.target}, pinned {self._pin.fingerprint})"
@@ -271,6 +274,7 @@ class SSHSession:
         caller reads ``exit_status`` (e.g. ``systemctl is-active`` answers with 3).
         """
         transport = self._transport()
+        self._dirs.clear()
         deadline = time.monotonic() + timeout
         log.debug("ssh %s: running %r (timeout %gs)", self.target, command, timeout)
         try:
@@ -392,9 +396,10 @@ class SSHSession:
         log.debug("ssh %s: downloaded %d bytes from %s", self.target, buffer.tell(), remote_path)
         return buffer.getvalue()
 
-    @staticmethod
-    def _makedirs(sftp: paramiko.SFTPClient, directory: str) -> None:
-        missing = []
+    def _makedirs(self, sftp: paramiko.SFTPClient, directory: str) -> None:
+        if directory in self._dirs:
+            return
+        wanted, missing = directory, []
         while directory not in ("", "/"):
             try:
                 sftp.stat(directory)
@@ -404,3 +409,4 @@ class SSHSession:
                 directory = posixpath.dirname(directory)
         for path in reversed(missing):
             sftp.mkdir(path, 0o700)
+        self._dirs.add(wanted)
