@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
                 met = sum(1 for x in lat if x <= 1.1 * floor + 1)
                 label = f"{n} new" + (" + 1 hung install" if hung else "")
                 rows.append([label, fmt_s(median(lat)), fmt_s(max(lat)), fmt_s(floor), f"{max(lat) / floor:.2f}",
-                             f"{met}/{n}", fmt_s(median(rebuild)), fmt_s(max(rebuild)), f"{load:.2f}"])
+                             f"{met}/{n}", fmt_s(median(rebuild)), fmt_s(max(rebuild, default=float("nan"))),
+                             f"{load:.2f}"])
                 log(f"{label}: sale->Running median {median(lat):.2f}s max {max(lat):.2f}s; "
                     f"rebuild start median {median(rebuild):.2f}s")
                 bench.app.engine.dispose()
