@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from jobs.records import record_once, record_status
 from jobs.schedules import mark_due_rebuilds
-from provisioner import holds, operations, standing
+from provisioner import holds, operations
 from provisioner.lifecycle import Lifecycle
 from provisioner.reconcile import Plan
 from provisioner.subscriptions import SubscriptionRows
@@ -105,8 +105,7 @@ def keep_standing(app: App, subs: SubscriptionRows, now: dt.datetime) -> None:
     """What the dashboard shows of each subscription (renews, ends, in grace); never stops the tick."""
     try:
         with app.sessions() as s:
-            if standing.record(s, subs, now):
-                s.commit()
+            app.standing.record(s, subs, now)
     except SQLAlchemyError as exc:
         log.warning("could not keep the subscriptions' standing for the dashboard: %s", type(exc).__name__)
 

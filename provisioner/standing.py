@@ -11,7 +11,8 @@ into a :class:`Standing` at a given moment. The storefront decides entitlement
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,7 +21,16 @@ from sqlalchemy import cast as sql_cast
 from sqlalchemy.orm import Session
 
 from provisioner.models import SubscriptionStanding
-from provisioner.subscriptions import ID, PAID, RENEWS, STATUS, UNTIL, Subscription, SubscriptionRows
+from provisioner.subscriptions import (
+    ID,
+    PAID,
+    RENEWS,
+    STATUS,
+    UNTIL,
+    Subscription,
+    SubscriptionRow,
+    SubscriptionRows,
+)
 
 # Storefront status words that mean "a payment failed; the gateway is retrying" (EDD, Stripe).
 PAYMENT_FAILED = frozenset({"failing", "past_due", "unpaid"})
@@ -56,10 +66,73 @@ def record(session: Session, subscriptions: Iterable[Subscription] | Subscriptio
     naive UTC the database holds) and compared with each subscription's row; only what changed
     is written. A subscription id read twice (no storefront does that) keeps its last values."""
     rows = subscriptions if isinstance(subscriptions, SubscriptionRows) else SubscriptionRows.of(subscriptions)
-    wanted = {row[ID]: (row[STATUS][:32], bool(row[RENEWS]), row[PAID], row[UNTIL]) for row in rows.rows}
+    return _record_rows(session, rows.rows, now, by_id=False)
+
+
+class StandingKeeper:
+    """:func:`record` for the process that records every pass (the worker's leader).
+
+    It remembers a fingerprint of each part of the last read it found equal to the table or made
+    so, and compares again only the parts whose rows changed since, or that it last compared
+    more than ``recheck`` ago. At 100,000 subscriptions a pass in which nothing changed costs a
+    hash of each row instead of reading 100,000 stored rows (0.5 s on SQLite, more on MariaDB).
+    Only :func:`record` writes the table; ``recheck`` bounds what it would miss if something
+    else did (a restored backup), and a new process starts with no memory. (An id read twice,
+    which no storefront does, keeps the values of the last part compared.)"""
+
+    def __init__(self, recheck: dt.timedelta = dt.timedelta(minutes=10)) -> None:
+        self.recheck = recheck
+        self._lock = threading.Lock()
+        self._known: dict[int, tuple[int, dt.datetime]] = {}   # part index -> (fingerprint, compared at)
+
+    def record(self, session: Session, subscriptions: SubscriptionRows, now: dt.datetime) -> int:
+        """:func:`record`, then commit; returns how many rows changed."""
+        with self._lock:
+            stale: list[tuple[int, list[SubscriptionRow], int | None]] = []
+            parts = 0
+            for index, part in enumerate(_parts(subscriptions.rows)):
+                parts += 1
+                mark = _fingerprint(part)
+                known = self._known.get(index)
+                if mark is None or known is None or known[0] != mark or now - known[1] >= self.recheck:
+                    stale.append((index, part, mark))
+            if len(stale) * 4 > parts:    # most of the table: one scan is cheaper than lookups by id
+                changed = _record_rows(session, subscriptions.rows, now, by_id=False)
+            else:
+                changed = sum(_record_rows(session, part, now, by_id=True) for _, part, _ in stale)
+            session.commit()
+            merged = {**self._known, **{i: (mark, now) for i, _, mark in stale if mark is not None}}
+            self._known = {i: v for i, v in merged.items() if i < parts}
+            return changed
+
+    def forget(self) -> None:
+        with self._lock:
+            self._known = {}
+
+
+def _parts(rows: list[SubscriptionRow]) -> Iterator[list[SubscriptionRow]]:
+    for start in range(0, len(rows), _PART):
+        yield rows[start:start + _PART]
+
+
+def _fingerprint(part: list[SubscriptionRow]) -> int | None:
+    """A hash of every value of the part's rows (more than the standing needs: a changed e-mail
+    only costs a comparison); None when a row holds something unhashable."""
+    try:
+        return hash(tuple(part))
+    except TypeError:
+        return None
+
+
+def _record_rows(session: Session, rows: list[SubscriptionRow], now: dt.datetime, *, by_id: bool) -> int:
+    """Compare ``rows`` with the stored standing and write what differs: the whole table read
+    in parts, or (``by_id``, for a part of a read) only the stored rows of these ids."""
+    wanted = {row[ID]: (row[STATUS][:32], bool(row[RENEWS]), row[PAID], row[UNTIL]) for row in rows}
     # the times as the text the database holds (naive UTC): fromisoformat is C, PyMySQL's parser Python
     q = select(_standing.subscription_id, _standing.status, _standing.renews,
                sql_cast(_standing.paid_through, String), sql_cast(_standing.entitled_until, String))
+    if by_id:
+        q = q.where(_standing.subscription_id.in_(list(wanted)))
     updates: list[dict[str, Any]] = []
     parse = dt.datetime.fromisoformat
     for part in session.connection().execute(q).partitions(_PART):

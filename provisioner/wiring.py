@@ -36,6 +36,7 @@ from provisioner.reconcile import Plan
 from provisioner.secrets import SecretBox
 from provisioner.settings import ConfigError
 from provisioner.settings.schema import Settings
+from provisioner.standing import StandingKeeper
 from provisioner.steps import Context
 from provisioner.storefront import Storefront, open_storefront
 from provisioner.subscriptions import Subscription, SubscriptionRows
@@ -64,6 +65,11 @@ class App:
     @cached_property
     def storefront(self) -> Storefront:
         return open_storefront(self.settings, self.sessions)
+
+    @cached_property
+    def standing(self) -> StandingKeeper:
+        """The subscriptions' standing for the dashboard, kept by this process's planning passes."""
+        return StandingKeeper()
 
     @cached_property
     def calls(self) -> CallStats:

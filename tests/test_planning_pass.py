@@ -170,3 +170,59 @@ def test_the_standing_writes_only_what_changed(db_url: str) -> None:
             assert standing.of(s.get(SubscriptionStanding, "0"), NOW).kind == "renews"
     finally:
         engine.dispose()
+
+
+def test_the_worker_compares_only_the_parts_of_the_standing_that_changed(db_url: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The leader keeps the standing every pass: a pass in which nothing changed reads nothing
+    of the table, a change is written, and after ``recheck`` a row changed behind its back (a
+    restored backup) is put right."""
+    from provisioner import db, standing
+    from provisioner.subscriptions import Subscription, SubscriptionRows
+
+    monkeypatch.setattr(standing, "_PART", 2)
+    engine = db.make_engine(db_url)
+    reads: list[str] = []
+    event.listen(engine, "before_cursor_execute",
+                 lambda conn, cursor, statement, *rest: reads.append(statement)
+                 if statement.lstrip().upper().startswith("SELECT") and "standing" in statement else None)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        day = dt.timedelta(days=1)
+
+        def sub(n: int, status: str = "active") -> Subscription:
+            return Subscription(id=str(n), customer_id="c", product_id="1", email="a@example.test", status=status,
+                                entitled_until=NOW + day, paid_through=NOW + day, renews=True)
+
+        subs = [sub(n) for n in range(9)]     # five parts of two (the last of one)
+        keeper = standing.StandingKeeper(recheck=dt.timedelta(minutes=10))
+
+        def keep(read: list[Subscription], at: dt.datetime) -> int:
+            reads.clear()
+            with sessions() as s:
+                return keeper.record(s, SubscriptionRows.of(read), at)
+
+        def stored(key: str) -> str:
+            with sessions() as s:
+                row = s.get(SubscriptionStanding, key)
+                assert row is not None
+                return row.status
+
+        assert keep(subs, NOW) == 9 and reads
+        assert keep(subs, NOW + dt.timedelta(minutes=1)) == 0 and reads == []
+        subs[5] = sub(5, "failing")
+        assert keep(subs, NOW + dt.timedelta(minutes=2)) == 1 and len(reads) == 1
+        assert stored("5") == "failing"
+
+        with sessions() as s:     # behind the keeper's back
+            row = s.get(SubscriptionStanding, "7")
+            assert row is not None
+            row.status = "cancelled"
+            s.commit()
+        assert keep(subs, NOW + dt.timedelta(minutes=3)) == 0 and stored("7") == "cancelled"
+        assert keep(subs, NOW + dt.timedelta(minutes=13)) == 1 and stored("7") == "active"
+        keeper.forget()
+        assert keep(subs, NOW + dt.timedelta(minutes=14)) == 0 and reads
+    finally:
+        engine.dispose()
