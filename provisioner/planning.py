@@ -16,8 +16,9 @@ import json
 import logging
 import operator
 from collections.abc import Callable, Iterator
+from typing import Any, cast
 
-from sqlalchemy import DateTime, and_, case, null, select, type_coerce
+from sqlalchemy import ColumnElement, Connection, DateTime, and_, case, null, select, type_coerce
 from sqlalchemy.orm import Session, sessionmaker
 
 from provisioner.models import DestroyHold, Server, WorkerStatus
@@ -82,7 +83,9 @@ def server_rows(sessions: sessionmaker[Session]) -> list[ServerRow]:
     q = select(*PLANNER_COLUMNS).select_from(joined)
     with sessions() as s:
         conn = s.connection()
-        scan = list(conn.execute(select(*_QUIET_COLUMNS).select_from(joined)).fetchall())
+        packed = _packed_scan(conn, approved) if conn.dialect.name in ("mysql", "mariadb") else None
+        scan = packed if packed is not None else cast(
+            list[tuple[Any, ...]], conn.execute(select(*_QUIET_COLUMNS).select_from(joined)).fetchall())
         scan.sort(key=_first)
         busy_ids = [r[0] for r in scan if not r[6]]
         busy: dict[int, ServerRow] = {}
@@ -94,6 +97,45 @@ def server_rows(sessions: sessionmaker[Session]) -> list[ServerRow]:
     word = words.setdefault
     return [(i, name, sub, word(status, status), None, None, False, False, False, None, None, None, 0, email,
              account, 0, None) if quiet else busy[i] for i, name, sub, status, email, account, quiet in scan]
+
+
+# MySQL/MariaDB: PyMySQL spends ~7 us of Python on each row it reads, however few its columns
+# (96k rows of the scan's 7 columns: 1.4 s; of one column: 0.7 s). The scan's rows are packed
+# on the server instead, _PACK_ROWS to a value: fields joined by _FIELD, rows by _RECORD, a
+# nullable field as "" for NULL or "v" and its value. 0.65 s for the same rows, parsing included.
+_PACK_ROWS = 2000
+_FIELD, _RECORD = "\x1f", "\x1e"
+_PACK_LIMIT = 64 * 2**20     # group_concat_max_len: far above _PACK_ROWS rows; a cut value is caught below
+
+
+def _packed_scan(conn: Connection, approved: ColumnElement[bool]) -> list[tuple[Any, ...]] | None:
+    """The rows of the quiet scan (:data:`_QUIET_COLUMNS`), read packed; None when any packed
+    value does not unpack to exactly its rows (a value holding a separator, a value cut at the
+    server's length limit): the caller then reads them plainly."""
+    def sql(expr: ColumnElement[Any]) -> str:
+        return str(expr.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
+
+    servers, holds = Server.__tablename__, DestroyHold.__tablename__
+    record = (f"CONCAT_WS(CHAR(31 USING utf8mb4), {servers}.id, IFNULL(CONCAT('v', {servers}.server_name), ''), "
+              f"{servers}.subscription_id, {servers}.status, {servers}.user_email, "
+              f"IFNULL(CONCAT('v', {servers}.account_id), ''), {sql(case((_QUIET, 1), else_=0))})")
+    query = (f"SELECT COUNT(*), GROUP_CONCAT({record} SEPARATOR '{_RECORD}') "
+             f"FROM {servers} LEFT OUTER JOIN {holds} ON {sql(approved)} GROUP BY {servers}.id DIV {_PACK_ROWS}")
+    conn.exec_driver_sql(f"SET SESSION group_concat_max_len = {_PACK_LIMIT}")
+    rows: list[tuple[Any, ...]] = []
+    append = rows.append
+    for count, packed in conn.exec_driver_sql(query):
+        records = packed.split(_RECORD) if isinstance(packed, str) else []
+        if len(records) != count:
+            return None
+        for one in records:
+            fields = one.split(_FIELD)
+            if len(fields) != 7:
+                return None
+            row_id, name, sub, status, email, account, quiet = fields
+            append((int(row_id), name[1:] if name else None, sub, status, email, account[1:] if account else None,
+                    1 if quiet == "1" else 0))
+    return rows
 
 
 def server_states(sessions: sessionmaker[Session]) -> list[ServerState]:

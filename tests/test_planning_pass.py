@@ -145,6 +145,82 @@ def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> No
         engine.dispose()
 
 
+
+def test_on_mariadb_the_server_scan_reads_packed_rows_and_falls_back_when_they_do_not_unpack(
+        mysql_server_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan's rows come packed several to a value (PyMySQL's cost is per row): the same
+    tuples as the plain SELECT; a value holding a separator, or cut at the server's length
+    limit, makes the read fall back to the plain SELECT, with the same result."""
+    from provisioner import db, planning
+    from provisioner.models import DestroyHold
+    from provisioner.reconcile import BREAKER
+    from tests.fixtures.services import fresh_mysql_database
+
+    monkeypatch.setattr(planning, "_PACK_ROWS", 3)
+    url_source = fresh_mysql_database(mysql_server_url)
+    url = next(url_source)
+    engine = db.make_engine(url)
+    try:
+        db.upgrade(engine)
+        sessions = db.session_factory(engine)
+        t = NOW - dt.timedelta(hours=1)
+        odd: list[dict[str, Any]] = [
+            {}, {"server_name": None}, {"account_id": "42"}, {"action": "create", "step_deadline": t},
+            {"user_email": "zoë.ünïcode+😀@example.test"}, {"status": "Destroyed"}, {"paused": True}, {}, {},
+            {"account_id": ""}, {},
+        ]
+        with sessions() as s:
+            for n, extra in enumerate(odd, start=1):
+                s.add(Server(**{"customer_id": str(n), "product_id": "1", "subscription_id": f"sub {n}",
+                                "user_email": f"c{n}@example.test", "server_name": f"g{n:04d}.example.test",
+                                "status": "Running", **extra}))
+            s.flush()
+            s.add(DestroyHold(server_id=8, subscription_id="sub 8", reason_code=BREAKER, approved_at=t))
+            s.commit()
+        approved = (DestroyHold.server_id == Server.id) & (DestroyHold.reason_code == BREAKER)
+        plain = select(*planning._QUIET_COLUMNS).select_from(
+            Server.__table__.outerjoin(DestroyHold.__table__, approved)).order_by(Server.id)
+        everything = select(*planning.PLANNER_COLUMNS).select_from(
+            Server.__table__.outerjoin(DestroyHold.__table__, approved)).order_by(Server.id)
+
+        def expected() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            with sessions() as s:
+                conn = s.connection()
+                return [tuple(r) for r in conn.execute(plain)], [tuple(r) for r in conn.execute(everything)]
+
+        def packed() -> list[tuple[Any, ...]] | None:
+            with sessions() as s:
+                rows = planning._packed_scan(s.connection(), approved)
+            return None if rows is None else sorted(rows)
+
+        scan, rows = expected()
+        assert packed() == scan and [r[1] for r in scan[:2]] == ["g0001.example.test", None]
+        assert [tuple(r) for r in planning.server_rows(sessions)] == rows
+
+        limit = planning._PACK_LIMIT
+        monkeypatch.setattr(planning, "_PACK_LIMIT", 64)      # every packed value cut short
+        assert packed() is None
+        assert [tuple(r) for r in planning.server_rows(sessions)] == rows
+        # cut right after a whole row: every row unpacks, one is missing
+        monkeypatch.setattr(planning, "_PACK_ROWS", 1000)
+        first = "\x1f".join(["1", "vg0001.example.test", "sub 1", "Running", "c1@example.test", "", "1"])
+        monkeypatch.setattr(planning, "_PACK_LIMIT", len(first.encode()))
+        assert packed() is None
+        monkeypatch.setattr(planning, "_PACK_LIMIT", limit)
+        monkeypatch.setattr(planning, "_PACK_ROWS", 3)
+
+        with sessions() as s:
+            row = s.get(Server, 11)
+            assert row is not None
+            row.user_email = "odd\x1fone@example.test"
+            s.commit()
+        scan, rows = expected()
+        assert packed() is None
+        assert [tuple(r) for r in planning.server_rows(sessions)] == rows
+    finally:
+        engine.dispose()
+        url_source.close()
+
 def test_the_standing_writes_only_what_changed(db_url: str) -> None:
     from provisioner import db, standing
     from provisioner.subscriptions import Subscription
