@@ -105,6 +105,15 @@ def test_rows_past_the_readers_memo_of_expirations_convert_the_same(edd_engine: 
     assert rows.subscriptions() == subs
     assert [r[:-1] for r in rows.rows] == [row_of(s)[:-1] for s in subs]
 
+def _add_servers(session: Any, extras: list[dict[str, Any]]) -> None:
+    """Server rows 1..n (subscription n, g000n), each with its extra columns; flushed."""
+    for n, extra in enumerate(extras, start=1):
+        values: dict[str, Any] = {"customer_id": str(n), "product_id": "1", "subscription_id": str(n),
+                                  "user_email": f"c{n}@example.test", "server_name": f"g{n:04d}.example.test",
+                                  "status": "Running", **extra}
+        session.add(Server(**values))
+    session.flush()
+
 def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> None:
     """On MariaDB the quiet rows come from a narrower SELECT: the same tuples, in id order."""
     from provisioner import db, planning
@@ -122,12 +131,7 @@ def test_the_server_rows_are_the_planner_columns_of_every_row(db_url: str) -> No
             {"server_name": None}, {},
         ]
         with sessions() as s:
-            for n, extra in enumerate(odd, start=1):
-                values: dict[str, Any] = {"customer_id": str(n), "product_id": "1", "subscription_id": str(n),
-                                          "user_email": f"c{n}@example.test", "server_name": f"g{n:04d}.example.test",
-                                          "status": "Running", **extra}
-                s.add(Server(**values))
-            s.flush()
+            _add_servers(s, odd)
             s.add(DestroyHold(server_id=11, subscription_id="11", reason_code="breaker", approved_at=t))
             s.add(DestroyHold(server_id=14, subscription_id="14", reason_code="vanished"))
             s.commit()
@@ -170,12 +174,8 @@ def test_on_mariadb_the_server_scan_reads_packed_rows_and_falls_back_when_they_d
             {"account_id": ""}, {},
         ]
         with sessions() as s:
-            for n, extra in enumerate(odd, start=1):
-                s.add(Server(**{"customer_id": str(n), "product_id": "1", "subscription_id": f"sub {n}",
-                                "user_email": f"c{n}@example.test", "server_name": f"g{n:04d}.example.test",
-                                "status": "Running", **extra}))
-            s.flush()
-            s.add(DestroyHold(server_id=8, subscription_id="sub 8", reason_code=BREAKER, approved_at=t))
+            _add_servers(s, odd)
+            s.add(DestroyHold(server_id=8, subscription_id="8", reason_code=BREAKER, approved_at=t))
             s.commit()
         approved = (DestroyHold.server_id == Server.id) & (DestroyHold.reason_code == BREAKER)
         plain = select(*planning._QUIET_COLUMNS).select_from(
@@ -203,7 +203,7 @@ def test_on_mariadb_the_server_scan_reads_packed_rows_and_falls_back_when_they_d
         assert [tuple(r) for r in planning.server_rows(sessions)] == rows
         # cut right after a whole row: every row unpacks, one is missing
         monkeypatch.setattr(planning, "_PACK_ROWS", 1000)
-        first = "\x1f".join(["1", "vg0001.example.test", "sub 1", "Running", "c1@example.test", "", "1"])
+        first = "\x1f".join(["1", "vg0001.example.test", "1", "Running", "c1@example.test", "", "1"])
         monkeypatch.setattr(planning, "_PACK_LIMIT", len(first.encode()))
         assert packed() is None
         monkeypatch.setattr(planning, "_PACK_LIMIT", limit)
