@@ -151,12 +151,17 @@ class Driver:
             ids = operations.due_rows(self.lc.ctx.sessions, now, limit=free, exclude=busy)
         else:
             ids = [r for r in operations.due_rows(self.lc.ctx.sessions, now, exclude=busy) if r in self.only][:free]
+        started: list[tuple[int, Future[Outcome]]] = []
         with self._lock:
             for rid in ids:
                 if rid not in self._running:
                     future = self._pool.submit(self._advance, rid)
                     self._running[rid] = future
-                    future.add_done_callback(self._when_done(rid))
+                    started.append((rid, future))
+        # Outside the lock: a step that has already finished runs its callback here, in this
+        # thread, and the callback takes the lock (held here, it froze the driver for good).
+        for rid, future in started:
+            future.add_done_callback(self._when_done(rid))
         return len(ids)
 
     def _advance(self, rid: int) -> Outcome:

@@ -9,7 +9,8 @@ import time
 import tomllib
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from jobs.driver import drive_until_idle
 from provisioner import customer
@@ -194,6 +195,20 @@ def test_drive_until_idle_never_holds_a_due_row_back_behind_a_slow_one(sqlite_ur
     engine.dispose()
 
 
+def _rows_in_a_step(url: str, count: int) -> tuple[Engine, sessionmaker[Session]]:
+    """A database of ``count`` rows in the middle of a create (due now): its engine and sessions."""
+    from sqlalchemy import insert
+
+    from provisioner import db
+
+    engine = db.make_engine(url)
+    db.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(Server), [{"subscription_id": f"s{i}", "customer_id": "1", "product_id": "1",
+                                       "user_email": "a@example.com", "status": "Installing", "action": "create",
+                                       "step": "dns"} for i in range(count)])
+    return engine, db.session_factory(engine)
+
 def test_a_burst_of_finished_steps_keeps_the_leaders_checks_at_their_idle_pace(sqlite_url: str) -> None:
     """Each finished step wakes the driver to refill its thread; the leader's own checks (a
     customer's rebuild, a change to the storefront: several queries) ride along at most once
@@ -201,19 +216,12 @@ def test_a_burst_of_finished_steps_keeps_the_leaders_checks_at_their_idle_pace(s
     import datetime as dt
     from types import SimpleNamespace
 
-    from sqlalchemy import insert, update
+    from sqlalchemy import update
 
     from jobs.driver import Driver
-    from provisioner import db
     from provisioner.lifecycle import Outcome
 
-    engine = db.make_engine(sqlite_url)
-    db.upgrade(engine)
-    sessions = db.session_factory(engine)
-    with engine.begin() as conn:
-        conn.execute(insert(Server), [{"subscription_id": f"s{i}", "customer_id": "1", "product_id": "1",
-                                       "user_email": "a@example.com", "status": "Installing", "action": "create",
-                                       "step": "dns"} for i in range(200)])
+    engine, sessions = _rows_in_a_step(sqlite_url, 200)
 
     def advance(rid: int) -> Outcome:     # a quick step that finishes its row
         with sessions() as s:
@@ -236,3 +244,39 @@ def test_a_burst_of_finished_steps_keeps_the_leaders_checks_at_their_idle_pace(s
     # every check a quarter of a second apart at most (plus the first): not one per finished step
     assert len(checks) <= elapsed / driver.idle_poll + 2, (len(checks), elapsed)
     assert all(b - a >= driver.idle_poll * 0.99 for a, b in zip(checks, checks[1:], strict=False))
+
+
+def test_a_step_that_finishes_before_its_callback_is_registered_does_not_freeze_the_driver(
+        sqlite_url: str) -> None:
+    """A quick step can finish before the driver has registered what to do when it finishes;
+    the driver then runs that itself, at once, and must not be holding its own lock."""
+    import datetime as dt
+    import threading
+    from concurrent.futures import Executor, Future
+    from types import SimpleNamespace
+    from typing import Any
+
+    from jobs.driver import Driver
+    from provisioner.lifecycle import Outcome
+
+    class Finished(Executor):
+        """Runs each step before handing back its future: the tightest possible race, every time."""
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Future[Any]:
+            future: Future[Any] = Future()
+            future.set_result(fn(*args, **kwargs))
+            return future
+
+    engine, sessions = _rows_in_a_step(sqlite_url, 3)
+    lc = SimpleNamespace(advance=lambda rid: Outcome.WAITING, clock=lambda: dt.datetime.now(dt.UTC),
+                         ctx=SimpleNamespace(sessions=sessions))
+    driver = Driver(lc, threads=3)  # type: ignore[arg-type]
+    driver._pool = Finished()  # type: ignore[assignment]
+    filling = threading.Thread(target=driver.fill, args=(lc.clock(),), daemon=True)
+    filling.start()
+    filling.join(10)
+    try:
+        assert not filling.is_alive(), "the driver froze on its own lock"
+        assert driver.busy == 0 and sorted(driver.outcomes) == [1, 2, 3]
+    finally:
+        engine.dispose()
