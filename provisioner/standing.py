@@ -105,10 +105,6 @@ class StandingKeeper:
             self._known = {i: v for i, v in merged.items() if i < parts}
             return changed
 
-    def forget(self) -> None:
-        with self._lock:
-            self._known = {}
-
 
 def _parts(rows: list[SubscriptionRow]) -> Iterator[list[SubscriptionRow]]:
     for start in range(0, len(rows), _PART):
