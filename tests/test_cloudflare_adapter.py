@@ -3,6 +3,10 @@ read-back on 81057/81058, deletes that tolerate "already gone", env credentials 
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import cloudflare as cf_sdk
 import pytest
 from cloudflare import Cloudflare
@@ -10,6 +14,7 @@ from cloudflare import Cloudflare
 from provisioner.cloud.cloudflare import (
     CloudflareAuthError,
     CloudflareDNS,
+    CloudflarePermanent,
     CloudflareRateLimited,
     CloudflareTransient,
     DnsRecord,
@@ -18,6 +23,7 @@ from provisioner.cloud.retry import RetryPolicy
 from provisioner.sandbox.app import Sandbox
 from tests.fixtures.sandbox import CLOUDFLARE_TOKEN, ZONE_ID, RecordingSleep, calls, make_cloudflare
 
+ROOT = Path(__file__).resolve().parents[1]
 ZONE = "vpn.example.test"
 RECORDS = "/client/v4/zones/{zone_id}/dns_records"
 ONE = RECORDS + "/{record_id}"
@@ -189,3 +195,34 @@ def test_it_keeps_the_token_out_of_reprs_and_errors(sandbox: Sandbox) -> None:
     with pytest.raises(CloudflareAuthError) as caught:
         dns.list_records()
     assert "a-secret-token" not in str(caught.value) + repr(caught.value) + repr(dns)
+
+
+def test_a_reply_that_is_not_a_v4_json_object_is_refused_as_unusable(sandbox: Sandbox,
+                                                                      cloudflare: CloudflareDNS) -> None:
+    # A proxy's page, or a reply whose Content-Type is not JSON: the SDK hands back its text.
+    sandbox.set_faults({"faults": {f"GET {RECORDS}": {"content_type": "text/html"}}})
+    with pytest.raises(CloudflarePermanent, match="unusable reply"):
+        cloudflare.list_by_name(f"g0-u.{ZONE}")
+    assert len(calls(sandbox, f"GET {RECORDS}")) == 1          # permanent: not retried
+    sandbox.clear_faults()
+    assert cloudflare.point_a(f"g0-u.{ZONE}", "127.77.0.12")
+
+
+def test_the_adapter_keeps_the_sdks_typed_resources_out_of_the_process(sandbox: Sandbox) -> None:
+    # Every call the worker makes, in a fresh interpreter: the SDK's typed resources (client.dns,
+    # client.zones: hundreds of modules and pydantic models) would stay resident for good.
+    script = """
+import sys
+from provisioner.cloud.cloudflare import CloudflareDNS
+dns = CloudflareDNS(sys.argv[1], sys.argv[2], sys.argv[3], ttl=60)
+zone = dns.zone_name()
+first = dns.point_a("r1." + zone, "127.77.0.20")
+dns.point_a_many([("r1." + zone, "127.77.0.21", first), ("r2." + zone, "127.77.0.22", None)])
+assert [r.content for r in dns.list_by_name("r1." + zone)] == ["127.77.0.21"]
+assert len(dns.list_records(zone)) == 2 and dns.delete(first)
+print(sorted(m for m in sys.modules if m.startswith("cloudflare.resources.")))
+"""
+    out = subprocess.run([sys.executable, "-c", script, CLOUDFLARE_TOKEN, ZONE_ID, sandbox.cloudflare_url],
+                         capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)  # noqa: S603
+    assert out.stdout.strip() == "[]"
+    assert {r["name"] for r in sandbox.state.records.values()} == {f"r2.{ZONE}"}

@@ -13,6 +13,13 @@ Errors (nothing from the SDK or httpx escapes this module)::
 
 Every error carries ``status`` and ``codes`` (Cloudflare's numeric error codes).
 
+Calls go through the SDK client's own HTTP verbs (``client.get/post/put/delete``, which its
+README documents for endpoints without a typed method) with ``cast_to=object``: the same
+client, auth, timeouts and error classes, but the replies are read here as the JSON they are.
+The typed resources (``client.zones``, ``client.dns``) import some 300 modules and their
+pydantic models on first use (~7 MB a process keeps for good), and parsing a record into the
+SDK's union of twenty record types cost more CPU than the call's own work.
+
 The SDK is built with ``max_retries=0`` so :func:`retry.call` is the only retry, and every
 attempt takes a token from the shared :class:`RateLimiter` (1,200 requests / 5 min).
 Record creates *are* retried: a create whose reply was lost comes back as 81058 on the
@@ -31,10 +38,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import cloudflare as sdk
 from cloudflare import Cloudflare, Omit
-from cloudflare.types.dns.record_list_params import Name as NameFilter
 
 from provisioner.cloud import retry
 from provisioner.cloud.errors import PermanentError, ProviderError, TransientError
@@ -137,6 +144,8 @@ class CloudflareDNS:
         if not api_token:
             raise ValueError("api_token must not be empty")
         self.zone_id = zone_id
+        self._zone_path = "/zones/" + _segment(zone_id, "zone_id")
+        self._records_path = self._zone_path + "/dns_records"
         self.ttl = ttl
         self.base_url = base_url
         self._client = _TokenOnly(api_token=api_token, base_url=base_url, max_retries=0, timeout=timeout)
@@ -157,10 +166,10 @@ class CloudflareDNS:
 
     def zone_name(self) -> str:
         """The zone's domain; a cheap start-up check that the token may read the zone."""
-        zone = self._call("GET zone", lambda: self._client.zones.get(zone_id=self.zone_id))
-        if zone is None or not getattr(zone, "name", None):
+        zone = self._call("GET zone", lambda: _result("GET zone", self._client.get(self._zone_path, cast_to=object)))
+        if not isinstance(zone, dict) or not zone.get("name") or not isinstance(zone["name"], str):
             raise CloudflarePermanent("cloudflare GET zone: reply has no zone")
-        return str(zone.name)
+        return zone["name"]
 
     def upsert_a(self, name: str, ip: str) -> str:
         """Make ``name`` resolve to ``ip`` (one unproxied A record); return the record id.
@@ -238,11 +247,14 @@ class CloudflareDNS:
                 puts.append({"id": record_id, **record})
             else:
                 posts.append(record)
-        result = self._call(f"POST batch of {len(writes)} A records",
-                            lambda: self._client.dns.records.batch(zone_id=self.zone_id, puts=puts, posts=posts))
+        what = f"POST batch of {len(writes)} A records"
+        result = self._call(what, lambda: _result(what, self._client.post(
+            self._records_path + "/batch", cast_to=object, body={"puts": puts, "posts": posts})))
+        if not isinstance(result, dict):
+            raise CloudflarePermanent(f"cloudflare {what}: unusable reply (result is not an object)")
         # matched by name (each name is written once in a batch), not by position in the reply
-        written = {r.name: r.id for r in map(_record, [*(getattr(result, "puts", None) or []),
-                                                      *(getattr(result, "posts", None) or [])])}
+        written = {r.name: r.id for r in map(_record, [*_records(what, result.get("puts")),
+                                                      *_records(what, result.get("posts"))])}
         missing = [name for name in names if name not in written]
         if missing:
             raise CloudflarePermanent(f"cloudflare POST batch: the reply lacks the records of {', '.join(missing)}")
@@ -254,8 +266,8 @@ class CloudflareDNS:
     def delete(self, record_id: str) -> bool:
         """True if this call deleted it; False if it was already gone (404 / 81044)."""
         try:
-            self._call(f"DELETE record {record_id}",
-                       lambda: self._client.dns.records.delete(record_id, zone_id=self.zone_id))
+            path = self._records_path + "/" + _segment(record_id, "record_id")
+            self._call(f"DELETE record {record_id}", lambda: self._client.delete(path, cast_to=object))
         except CloudflareNotFound:
             log.info("cloudflare DELETE record %s: already gone", record_id)
             return False
@@ -273,36 +285,42 @@ class CloudflareDNS:
         suffix = normal_name(name_suffix)
         return [r for r in self._list({"endswith": suffix}) if r.name.endswith(suffix)]
 
-    def _list(self, name_filter: NameFilter | None) -> list[DnsRecord]:
+    def _list(self, name_filter: dict[str, str] | None) -> list[DnsRecord]:
         # Paged by hand (not the SDK's iterator) so every page is rate limited and retried.
+        # The client writes a nested parameter with dots (name.exact=...), as the API wants.
         records: list[DnsRecord] = []
         for page in range(1, MAX_PAGES + 1):
-            def fetch(page: int = page) -> Any:
-                if name_filter is None:
-                    return self._client.dns.records.list(zone_id=self.zone_id, page=page, per_page=self._per_page)
-                return self._client.dns.records.list(zone_id=self.zone_id, name=name_filter, page=page,
-                                                     per_page=self._per_page)
-            result = self._call(f"GET records page {page}", fetch)
-            batch = list(result.result or [])
+            params: dict[str, Any] = {"page": page, "per_page": self._per_page}
+            if name_filter is not None:
+                params["name"] = name_filter
+            what = f"GET records page {page}"
+
+            def fetch(params: dict[str, Any] = params, what: str = what) -> dict[str, Any]:
+                return _envelope(what, self._client.get(self._records_path, cast_to=object,
+                                                        options={"params": params}))
+            reply = self._call(what, fetch)
+            batch = _records(what, reply.get("result"))
             records.extend(_record(r) for r in batch)
-            total_pages = getattr(result.result_info, "total_pages", None)
+            info = reply.get("result_info")
+            total_pages = info.get("total_pages") if isinstance(info, dict) else None
             if not batch or (isinstance(total_pages, int | float) and page >= total_pages):
                 return records
         raise CloudflarePermanent(f"cloudflare GET records: more than {MAX_PAGES} pages")
 
     def _write(self, method: str, name: str, ip: str, record_id: str | None = None) -> DnsRecord:
-        records = self._client.dns.records
+        what = f"{method} record {name}"
+        body = {"name": name, "type": "A", "content": ip, "ttl": self.ttl, "proxied": False}
         if record_id is None:
             def send() -> Any:
-                return records.create(zone_id=self.zone_id, name=name, type="A", content=ip, ttl=self.ttl,
-                                      proxied=False)
+                return _result(what, self._client.post(self._records_path, cast_to=object, body=body))
         else:
+            path = self._records_path + "/" + _segment(record_id, "record_id")
+
             def send() -> Any:
-                return records.update(record_id, zone_id=self.zone_id, name=name, type="A", content=ip,
-                                      ttl=self.ttl, proxied=False)
-        result = self._call(f"{method} record {name}", send)
+                return _result(what, self._client.put(path, cast_to=object, body=body))
+        result = self._call(what, send)
         if result is None:
-            raise CloudflarePermanent(f"cloudflare {method} record {name}: reply has no record")
+            raise CloudflarePermanent(f"cloudflare {what}: reply has no record")
         return _record(result)
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
@@ -352,15 +370,45 @@ def _retry_after(headers: Any) -> float | None:
     return retry.parse_retry_after(headers.get("retry-after"))
 
 
+def _envelope(what: str, reply: object) -> dict[str, Any]:
+    """A v4 reply's JSON object (``success``, ``errors``, ``result``...); anything else is unusable."""
+    if not isinstance(reply, dict) or "result" not in reply:
+        raise CloudflarePermanent(f"cloudflare {what}: unusable reply (not a v4 result)")
+    return reply
+
+
+def _result(what: str, reply: object) -> Any:
+    return _envelope(what, reply)["result"]
+
+
+def _records(what: str, value: object) -> list[Any]:
+    """A list of records in a reply (absent or null: none)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CloudflarePermanent(f"cloudflare {what}: unusable reply (records are not a list)")
+    return value
+
+
 def _record(r: Any) -> DnsRecord:
-    record_id = getattr(r, "id", None)
-    if not record_id:
+    if not isinstance(r, dict):
+        raise CloudflarePermanent("cloudflare: a record that is not an object")
+    record_id = r.get("id")
+    if not record_id or not isinstance(record_id, str):
         raise CloudflarePermanent("cloudflare: record without an id")
-    return DnsRecord(
-        id=str(record_id), name=str(getattr(r, "name", "") or "").lower(), type=str(getattr(r, "type", "")),
-        content=str(getattr(r, "content", "") or ""), ttl=int(getattr(r, "ttl", 0) or 0),
-        proxied=bool(getattr(r, "proxied", False)),
-    )
+    try:
+        return DnsRecord(
+            id=record_id, name=str(r.get("name") or "").lower(), type=str(r.get("type") or ""),
+            content=str(r.get("content") or ""), ttl=int(r.get("ttl") or 0), proxied=bool(r.get("proxied")))
+    except (TypeError, ValueError):
+        raise CloudflarePermanent(f"cloudflare: record {record_id} has an unusable ttl") from None
+
+
+def _segment(value: str, what: str) -> str:
+    """``value`` as one path segment: percent-encoded, never empty or a dot segment."""
+    if not value or value in (".", ".."):
+        raise ValueError(f"{what} must be a non-empty id, got {value!r}")
+    return quote(value, safe="")
 
 
 def normal_name(name: str) -> str:

@@ -91,8 +91,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import insert, select
-from sqlalchemy.dialects.mysql import insert as mysql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from provisioner.models import EMAIL, PENDING, WEBHOOK, OutboxMessage, Server, ServerEvent, utcnow
@@ -295,10 +293,15 @@ def _insert_once(session: Session, values: dict[str, Any]) -> int:
     if found is not None:
         return 0
     dialect = session.get_bind().dialect.name
+    # Each dialect's module imported on use: a worker on SQLite never loads MySQL's (~1 MB resident).
     if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
         stmt_lite = sqlite_insert(OutboxMessage).values(**values)
         session.execute(stmt_lite.on_conflict_do_nothing(index_elements=["dedupe_key"]))
     elif dialect in ("mysql", "mariadb"):
+        from sqlalchemy.dialects.mysql import insert as mysql_insert
+
         stmt = mysql_insert(OutboxMessage).values(**values)
         session.execute(stmt.on_duplicate_key_update(dedupe_key=stmt.inserted.dedupe_key))
     else:
