@@ -129,6 +129,13 @@ class Lifecycle:
         except StaleDataError:
             session.rollback()
 
+    def _let_go(self, row: Server) -> None:
+        """Release our lease in the commit that ends this advance (a wait, a failure, the action's
+        end) rather than in a write of its own afterwards; :meth:`_release` then finds nothing
+        to do. Only where no step of this advance runs after that commit."""
+        if row.lease_owner == self.owner:
+            row.lease_owner, row.lease_until = None, None
+
     def _run(self, session: Session, row: Server, max_steps: int) -> Outcome:
         for _ in range(max_steps):
             now = self.clock()
@@ -143,8 +150,12 @@ class Lifecycle:
             action, step = row.action, row.step or FIRST_STEP[row.action]
             if row.next_attempt_at is None:  # entering the step, not polling it again
                 self.event(session, row, f"{action}.{step}", "started")
-            row.lease_until = now + dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
-            session.commit()
+            lease_length = dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
+            if row.lease_until is None or row.lease_until - now < lease_length * 2 / 3:
+                # Renewed only when a third of it is gone: the claim (or the step before) wrote it
+                # moments ago on most entries, and each write is an UPDATE of the row.
+                row.lease_until = now + lease_length
+            session.commit()   # the intent, and no read transaction held open through the step
             started = time.perf_counter()
             try:
                 with lease.heartbeat(self.ctx.sessions, row.id, self.owner,
@@ -155,6 +166,7 @@ class Lifecycle:
                     self._fail(session, row, f"{w.reason} did not finish in time", permanent=False)
                     return self._stepped(row, action, step, started, Outcome.FAILED)
                 row.next_attempt_at = now + dt.timedelta(seconds=w.seconds)
+                self._let_go(row)
                 session.commit()
                 self._observe(action, step, "wait", started)
                 return Outcome.WAITING
@@ -204,6 +216,7 @@ class Lifecycle:
             if message is not None and not (action == "destroy" and row.on_hold):
                 kind, context = message
                 self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
+            self._let_go(row)
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
             row.next_attempt_at = result.not_before
@@ -258,6 +271,7 @@ class Lifecycle:
                 self._tell_customer(session, row, alerted=False)
             self.event(session, row, f"{row.action}.{row.step}", "failed",
                        f"attempt {row.attempts}: {message}; retrying in {wait:.0f}s")
+        self._let_go(row)
         session.commit()
 
     def _tell_customer(self, session: Session, row: Server, *, alerted: bool) -> None:

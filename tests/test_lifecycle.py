@@ -233,3 +233,45 @@ def test_an_operator_retries_a_server_that_needs_a_human_once_the_cause_is_fixed
     capsys.readouterr()
     assert main(["--config", str(stack.config_path), "retry", f"#{rid}"]) == 2
     assert "has nothing to retry (status Running)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stack", [{"sandbox": {"boot_seconds": 60}}], indirect=True)
+def test_a_poll_of_a_server_still_booting_writes_its_row_twice_and_leaves_it_unleased(stack: Stack) -> None:
+    """Polling is most of a new server's advances (the boot, the snapshot): the claim, then the
+    wait and the lease's release in one commit. Not a lease renewal the claim has just made
+    redundant, nor a release of its own."""
+    import time
+
+    from sqlalchemy import event
+
+    from provisioner.lifecycle import Outcome
+
+    lc = stack.lifecycle("worker-1")
+    rid = _begin_create(stack, lc)
+    updates: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("UPDATE PROVISIONER_SERVERS "):
+            updates.append(statement)
+
+    def gets() -> int:
+        return len([c for c in stack.sandbox.calls("vultr") if c["method"] == "GET"])
+
+    polls: list[int] = []
+    event.listen(stack.app.engine, "before_cursor_execute", count)
+    try:
+        for _ in range(200):      # into the boot step (still booting for a minute), then due again
+            before, polling = gets(), _row(stack, rid).step == "boot"
+            updates.clear()
+            assert lc.advance(rid) is Outcome.WAITING
+            row = _row(stack, rid)
+            assert row.lease_owner is None and row.lease_until is None
+            if polling and row.step == "boot" and gets() > before:
+                polls.append(len(updates))
+                if len(polls) == 3:
+                    break
+            wait = (row.next_attempt_at - stack.app.clock()).total_seconds() if row.next_attempt_at else 0.0
+            time.sleep(max(0.0, wait) + 0.01)
+    finally:
+        event.remove(stack.app.engine, "before_cursor_execute", count)
+    assert polls == [2, 2, 2]
