@@ -210,13 +210,13 @@ class Lifecycle:
             row.status = status_for(action, Status.QUEUED.value)
         if result.step is None:  # the action is complete; the step set the final status
             row.action, row.step, row.step_deadline, row.next_attempt_at = None, None, None, None
+            self._let_go(row)   # before the queries below, whose autoflush would write the row once more
             self.event(session, row, f"{action}.done", "ok", f"status {row.status}")
             message = self._completion_message(row, action)   # sync and restart: the page says it
             # "Your subscription has ended" would be untrue when an operator took the server down.
             if message is not None and not (action == "destroy" and row.on_hold):
                 kind, context = message
                 self._notify(session, row, kind, f"{kind}:{row.id}:g{row.generation}", context)
-            self._let_go(row)
         else:
             row.step, row.step_deadline = result.step, now + budget(self.ctx.settings.lifecycle, result.step)
             row.next_attempt_at = result.not_before
@@ -243,6 +243,7 @@ class Lifecycle:
               retry_after: float | None = None) -> None:
         lc = self.ctx.settings.lifecycle
         now = self.clock()
+        self._let_go(row)    # first: the notify queries below autoflush, which would write the row twice
         row.attempts += 1
         row.last_error = message
         # A failed sync leaves the VPN as it was: the customer's server is not in error.
@@ -271,7 +272,6 @@ class Lifecycle:
                 self._tell_customer(session, row, alerted=False)
             self.event(session, row, f"{row.action}.{row.step}", "failed",
                        f"attempt {row.attempts}: {message}; retrying in {wait:.0f}s")
-        self._let_go(row)
         session.commit()
 
     def _tell_customer(self, session: Session, row: Server, *, alerted: bool) -> None:
