@@ -287,12 +287,8 @@ class EddStorefront:
                     raise self._unavailable(f"cannot read EDD storefront {self._where()}: site time zone: {exc}"
                                             ) from None
                 reader = _RowReader(zone, self._failing_grace, self._slow_row)
-                # In parts: the driver's rows of one part at a time next to the tuples made of them.
-                # stream_results: PyMySQL's default cursor would take the whole result into memory
-                # as Python values first (100k rows: ~40 MB more at the pass's peak); SQLite's
-                # cursor streams anyway.
-                select = self._select(conn, "", expiration_as_text=True)
-                for part in conn.execution_options(stream_results=True).exec_driver_sql(select).partitions(_PART):
+                # in parts: the driver's rows of one part at a time next to the tuples made of them
+                for part in conn.exec_driver_sql(self._select(conn, "", expiration_as_text=True)).partitions(_PART):
                     rows.extend(reader.rows(part))
         except SQLAlchemyError as exc:
             raise self._unavailable(f"cannot read EDD storefront {self._where()}: {_reason(exc)}") from None
