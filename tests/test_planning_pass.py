@@ -300,3 +300,39 @@ def test_the_worker_compares_only_the_parts_of_the_standing_that_changed(db_url:
         assert keep(subs, NOW + dt.timedelta(minutes=13)) == 1 and stored("7") == "active"
     finally:
         engine.dispose()
+
+
+def test_the_pass_leaves_the_collector_none_of_its_rows_to_walk(stack: Stack) -> None:
+    """The pass pauses the cyclic collector while it reads (its rows make no cycles). The rows
+    must be gone before the collector is back: alive then, its first collection walks every one
+    of them for nothing (~0.1 s of a 0.7 s pass at 100k subscriptions)."""
+    import gc
+
+    from provisioner import db
+
+    n = 3000
+    expiration = (NOW + dt.timedelta(days=3650)).replace(tzinfo=None)
+    engine = db.make_engine(stack.app.settings.storefront.edd_url)
+    with engine.begin() as conn:
+        for i in range(1, n + 1):
+            eddschema.insert_customer(conn, "wp_", customer_id=i, email=f"c{i}@example.test", user_id=0)
+            eddschema.insert_subscription(conn, "wp_", subscription_id=i, customer_id=i, product_id=1,
+                                          status="active", expiration=expiration)
+    engine.dispose()
+    with stack.app.sessions() as s:
+        _add_servers(s, [{} for _ in range(n)])
+        s.commit()
+    walked: list[int] = []
+
+    def seen(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            walked.append(len(gc.get_objects(generation=0)))
+
+    gc.collect()
+    gc.callbacks.append(seen)
+    try:
+        result, error = stack.app.plan_once()
+    finally:
+        gc.callbacks.remove(seen)
+    assert error is None and not result.build and not result.destroy and not result.held   # all read, all kept
+    assert max(walked, default=0) < n, walked
