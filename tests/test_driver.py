@@ -131,6 +131,17 @@ def test_the_due_row_query_is_one_range_on_the_due_index(db_url: str) -> None:
             found = conn.execute(text("EXPLAIN " + sql)).mappings().all()
             assert [r["key"] for r in found] == ["ix_provisioner_servers_due"], found
         assert len(conn.execute(text(sql)).all()) == 20
+    # And the driver's own calls: the rows it is working on are left out, the limit holds
+    sessions = db.session_factory(engine)
+    due = operations.due_rows(sessions, now)
+    assert len(due) == 20
+    assert operations.due_rows(sessions, now, limit=5, exclude=due[:3]) == due[3:8]
+    assert operations.due_rows(sessions, now, exclude=due) == []
+    later = now.replace(microsecond=0) + dt.timedelta(minutes=5)     # MariaDB keeps whole seconds
+    with engine.begin() as conn:
+        conn.execute(Server.__table__.update().where(Server.id.in_(due[:2])).values(next_attempt_at=later))
+    assert operations.next_due_at(sessions, now) == later
+    assert operations.next_due_at(sessions, now, exclude=due[:2]) is None
     engine.dispose()
 
 
