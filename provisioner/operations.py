@@ -161,11 +161,7 @@ def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
     """Start every rebuild a customer (or the schedule) asked for whose time has come; one
     indexed query when there is none, so the leader can ask every second."""
     with lc.ctx.sessions() as s:
-        ids = list(s.scalars(select(Server.id).where(
-            Server.rebuild_now_status.is_(True), or_(Server.rebuild_due_at.is_(None), Server.rebuild_due_at <= now),
-            # the busy rule (models.is_idle): a request waits quietly until its server is idle
-            Server.action.is_(None), Server.status.in_(REBUILDABLE), Server.paused.is_(False),
-            Server.needs_human.is_(False))))
+        ids = list(s.scalars(_requested_rebuilds(), {"now": now}))
         applied = Applied()
         for rid in ids:
             row = s.get(Server, rid)
@@ -182,10 +178,27 @@ def start_customer_changes(lc: Lifecycle, now: dt.datetime) -> list[str]:
     it: two cheap indexed queries when there is none, so the leader asks every second. A server
     that is busy now (a rebuild) is found again once it is idle: its change is still pending."""
     with lc.ctx.sessions() as s:
-        syncs = list(s.scalars(select(Server.id).where(Server.access_pending_since.is_not(None), *_IDLE_RUNNING)))
-        restarts = list(s.scalars(select(Server.id).where(Server.restart_pending.is_(True), *_IDLE_RUNNING)))
+        syncs = list(s.scalars(_customer_changes("sync")))
+        restarts = list(s.scalars(_customer_changes("restart")))
         return _begin_each(lc, s, [(r, actions.begin_sync) for r in syncs] +
                            [(r, actions.begin_restart) for r in restarts if r not in syncs])
+
+
+# The leader asks these every second: built once (building a statement costs more than running it).
+@functools.lru_cache(maxsize=1)
+def _requested_rebuilds() -> Select[Any]:
+    now: BindParameter[dt.datetime] = bindparam("now")
+    return select(Server.id).where(
+        Server.rebuild_now_status.is_(True), or_(Server.rebuild_due_at.is_(None), Server.rebuild_due_at <= now),
+        # the busy rule (models.is_idle): a request waits quietly until its server is idle
+        Server.action.is_(None), Server.status.in_(REBUILDABLE), Server.paused.is_(False),
+        Server.needs_human.is_(False))
+
+
+@functools.lru_cache(maxsize=2)
+def _customer_changes(kind: str) -> Select[Any]:
+    pending = Server.access_pending_since.is_not(None) if kind == "sync" else Server.restart_pending.is_(True)
+    return select(Server.id).where(pending, *_IDLE_RUNNING)
 
 
 def start_protocol_gains(lc: Lifecycle) -> list[str]:

@@ -223,5 +223,9 @@ def request(session: Session, now: dt.datetime, why: str) -> None:
 def requested_since(sessions: sessionmaker[Session], since: dt.datetime) -> bool:
     """Whether a pass was asked for after ``since`` (one primary-key read)."""
     with sessions() as s:
-        at = s.scalar(select(WorkerStatus.updated_at).where(WorkerStatus.name == REQUESTED))
+        at = s.scalar(_REQUESTED_AT)
     return at is not None and at > since
+
+
+# Asked every second by the leader: built once.
+_REQUESTED_AT = select(WorkerStatus.updated_at).where(WorkerStatus.name == REQUESTED)
