@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from provisioner.models import Server
 from provisioner.sandbox.app import Sandbox
 from provisioner.storefront import eddschema
 from provisioner.wiring import App
-from tests.fixtures.services import require_or_skip
+from tests.fixtures.readonly import database_refusing_writes
 from tests.fixtures.smtp import Inbox, smtp_server
 from tests.fixtures.stack import open_stack, start_worker, wait_until
 
@@ -216,17 +215,7 @@ def test_an_action_past_its_deadline(running: Running) -> None:
 
 
 def test_a_read_only_database(running: Running) -> None:
-    chattr = shutil.which("chattr")
-    if chattr is None:
-        require_or_skip("chattr not installed (e2fsprogs): needed to make the database read-only for root")
-    files = [running.tmp / n for n in ("provisioner.db", "provisioner.db-wal", "provisioner.db-shm")]
-    files = [f for f in files if f.exists()]
-    made = subprocess.run([chattr, "+i", *map(str, files)], capture_output=True, text=True)
-    if made.returncode != 0:
-        require_or_skip(f"chattr +i is not allowed here: {made.stderr.strip()}")
-    try:
+    with database_refusing_writes(running.tmp / "provisioner.db"):
         _shows(running, "database")
-    finally:
-        subprocess.run([chattr, "-i", *map(str, files)], check=True)
     running.settle()
     assert running.worker.poll() is None, "the worker recovered rather than died"

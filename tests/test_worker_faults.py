@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
-import os
 import signal
-import subprocess
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,23 +21,10 @@ from jobs.worker import Worker
 from provisioner.models import Server, WorkerStatus
 from provisioner.wiring import App
 from tests.fixtures.config import dump_toml
-from tests.fixtures.services import fresh_mysql_database, require_or_skip
+from tests.fixtures.readonly import database_refusing_writes
+from tests.fixtures.services import fresh_mysql_database
 from tests.fixtures.shop import DAY, open_shop
 from tests.fixtures.stack import Stack, open_stack, start_worker, wait_until
-
-
-def _chattr(flag: str, files: list[Path]) -> None:
-    chattr = shutil.which("chattr")
-    if chattr is None:
-        require_or_skip("chattr not installed (e2fsprogs): needed to make the database read-only for root")
-        return
-    made = subprocess.run([chattr, flag, *map(str, files)], capture_output=True, text=True)
-    if made.returncode != 0:
-        require_or_skip(f"chattr {flag} is not allowed here: {made.stderr.strip()}")
-
-
-def _db_files(tmp: Path) -> list[Path]:
-    return [p for p in (tmp / n for n in ("provisioner.db", "provisioner.db-wal", "provisioner.db-shm")) if p.exists()]
 
 
 @pytest.fixture
@@ -63,18 +47,9 @@ def test_a_database_read_only_for_longer_than_allowed_makes_the_worker_exit_with
     worker = start_worker(quick_stack.config_path, log)
     try:
         assert wait_until(lambda: _last_tick(quick_stack) is not None, 30), log.read_text()
-        # Only the database and its log turn read-only, not the shared-memory index (-shm): SQLite
-        # maps that file, and ext4 answers a write to a mapped page of an immutable file with SIGBUS
-        # once writeback has cleaned the page (ext4_page_mkwrite), killing the process before any
-        # Python runs. The sync makes that writeback certain, so this test cannot pass by luck.
-        files = [f for f in _db_files(quick_stack.tmp) if not f.name.endswith("-shm")]
-        os.sync()
-        _chattr("+i", files)
-        try:
+        with database_refusing_writes(quick_stack.tmp / "provisioner.db"):
             # Then it exits 1 by itself, saying why in one line, within the outage allowance (5 s) and a bit
             assert worker.wait(40) == 1, log.read_text()[-3000:]
-        finally:
-            _chattr("-i", files)
         lines = [ln for ln in log.read_text().splitlines() if "exiting so that systemd restarts" in ln]
         assert len(lines) == 1 and "has not taken writes" in lines[0]
         assert "Traceback" not in log.read_text()
@@ -100,13 +75,9 @@ def test_a_worker_started_on_a_read_only_database_recovers_once_it_is_writable(q
     assert first.wait(15) == 0
     # Given the database files turned read-only, and a worker (re)started on them: SQLite opens
     # its connections read-only, and they stay so
-    files = _db_files(quick_stack.tmp)
-    _chattr("+i", files)
-    try:
+    with database_refusing_writes(quick_stack.tmp / "provisioner.db", index_too=True):
         worker = start_worker(quick_stack.config_path, log)
         assert wait_until(lambda: b"does not take writes" in log.read_bytes(), 30), log.read_text()[-2000:]
-    finally:
-        _chattr("-i", files)
     try:
         # When the files are writable again, Then the worker takes fresh connections and goes on
         assert wait_until(lambda: b"takes writes again" in log.read_bytes(), 30), log.read_text()[-2000:]
