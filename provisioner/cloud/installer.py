@@ -76,8 +76,8 @@ class SSHRemote:
             if after_boot:
                 ssh.run("cloud-init status --wait", timeout=self._command_timeout, check=False)
             for each in runs:
-                for name, data in sorted(each.files.items()):
-                    ssh.put(data, f"{REMOTE_DIR}/{name}", each.file_mode(name))
+                if each.files:
+                    ssh.put_many(REMOTE_DIR, {name: (data, each.file_mode(name)) for name, data in each.files.items()})
                 result = ssh.run(each.command, timeout=self._command_timeout, check=False)
                 lines = result.stdout.strip().splitlines()
                 if result.exit_status != 0 or not lines or lines[-1].strip() != OK_MARKER:

@@ -32,6 +32,11 @@ posix-rename; nothing else. Exec requests are split with ``shlex`` and answered:
                                                refused path: stderr, exit 1
     cat PATH...                                the contents; missing/refused: stderr, exit 1
     true                                       exit 0
+    sh -c SCRIPT provisioner-upload DIR NAME...
+        the upload of many files at once (the script is not read): the tar archive on stdin
+        (at most 16 MiB) must hold each NAME as a regular file; each is written to DIR/NAME
+        with its entry's mode; prints "provisioner-upload: ok", exit 0. A NAME missing from
+        the archive, or an archive that is not one: stderr, nothing written, exit 1 (2)
     anything else                              stderr "simulated host: command not supported:
                                                <command>", exit 127
 
@@ -53,6 +58,7 @@ import os
 import posixpath
 import shlex
 import socket
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -311,7 +317,8 @@ class _Host(paramiko.ServerInterface):
                 log.debug("simulated host %s: %r hangs (fault)", self.ip, command)
                 chan.status_event.wait(_HANG_BOUND)  # set when the channel closes: client or stop()
                 return
-            out, err, status = self.run_command(command)
+            stdin = _read_to_end(chan) if _is_upload(command) else b""
+            out, err, status = self.run_command(command, stdin)
             if self.stopping.is_set():
                 return  # the host went down mid-command: the client sees the connection drop
             log.debug("simulated host %s: %r exited %d", self.ip, command, status)
@@ -333,11 +340,13 @@ class _Host(paramiko.ServerInterface):
     def _path(self, remote: str) -> Path:
         return self.disk.path(remote)
 
-    def run_command(self, command: str) -> tuple[bytes, bytes, int]:
+    def run_command(self, command: str, stdin: bytes = b"") -> tuple[bytes, bytes, int]:
         try:
             argv = shlex.split(command)
         except ValueError:
             argv = []
+        if argv[:2] == ["sh", "-c"] and argv[3:4] == [UPLOAD_TAG] and len(argv) > 5:
+            return self._upload(argv[4], argv[5:], stdin)
         if argv == ["cloud-init", "status", "--wait"]:
             return b"status: done\n", b"", 0
         if argv[:2] == ["bash", INSTALL_SCRIPT]:
@@ -353,6 +362,23 @@ class _Host(paramiko.ServerInterface):
         if argv[:1] == ["cat"] and len(argv) > 1:
             return self._each(argv[1:], "cat", lambda p: p.read_bytes())
         return b"", f"simulated host: command not supported: {command}\n".encode(), 127
+
+    def _upload(self, directory: str, names: list[str], archive: bytes) -> tuple[bytes, bytes, int]:
+        try:
+            with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
+                entries = {m.name: m for m in tar.getmembers() if m.isfile()}
+                missing = [n for n in names if n not in entries or "/" in n]
+                if missing:
+                    return b"", f"mv: cannot stat '{missing[0]}': No such file or directory\n".encode(), 1
+                contents = {n: tar.extractfile(entries[n]).read() for n in names}  # type: ignore[union-attr]
+        except tarfile.TarError as exc:
+            return b"", f"tar: {exc}\n".encode(), 2
+        try:
+            for name in names:
+                self.disk.write(f"{directory}/{name}", contents[name], entries[name].mode & 0o7777)
+        except OSError as exc:     # refused (outside the host), a directory in the way
+            return b"", f"mv: {directory}: {exc.strerror or exc}\n".encode(), 1
+        return UPLOAD_OK, b"", 0
 
     def _each(self, paths: list[str], name: str, action: Callable[[Path], bytes]) -> tuple[bytes, bytes, int]:
         out, err = bytearray(), bytearray()
@@ -379,6 +405,30 @@ class _Host(paramiko.ServerInterface):
         except PermissionError as exc:
             return b"", f"provisioner-install: error: {exc}\n".encode(), 1
         return b"", f"provisioner-install: error: usage: {' '.join(args)}\n".encode(), 1
+
+
+UPLOAD_TAG = "provisioner-upload"
+UPLOAD_OK = b"provisioner-upload: ok\n"
+_UPLOAD_LIMIT = 16 * 2**20
+
+
+def _is_upload(command: str) -> bool:
+    return command.startswith("sh -c ") and f" {UPLOAD_TAG} " in command
+
+
+def _read_to_end(chan: paramiko.Channel) -> bytes:
+    """The command's standard input until the client ends it (bounded in size and time)."""
+    data = bytearray()
+    chan.settimeout(30.0)
+    try:
+        while len(data) <= _UPLOAD_LIMIT:
+            chunk = chan.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        chan.settimeout(None)
+    return bytes(data)
 
 
 @dataclass(eq=False)
