@@ -16,7 +16,7 @@ Errors: nothing from paramiko or ``socket`` escapes this module::
     ├── SSHAuthFailed       permanent   the server refused our key
     ├── SSHCommandFailed    permanent   the command ran and exited non-zero
     │                                   (.exit_status, .stderr_tail with key blocks removed)
-    └── SSHTransferFailed   permanent   SFTP refused an operation (.remote_path)
+    └── SSHTransferFailed   permanent   an upload or download was refused (.remote_path)
         └── SSHFileNotFound
 
 A pin or client key that does not parse raises ``ValueError`` at construction. Never put
@@ -133,7 +133,7 @@ class SSHCommandFailed(SSHError):
 class SSHTransferFailed(SSHError):
     def __init__(self, remote_path: str, reason: str) -> None:
         self.remote_path = remote_path
-        super().__init__(f"SFTP {remote_path}: {reason}")
+        super().__init__(f"file transfer {remote_path}: {reason}")
 
 
 class SSHFileNotFound(SSHTransferFailed):

@@ -1,8 +1,9 @@
 """What the worker sends to a server for each change: files to upload, then one command.
 
-The SSH step does the same for every :class:`RemoteRun`: upload each of ``run.files`` over
-the pinned SFTP channel to ``REMOTE_DIR/<name>`` (mode 0600, ``install.sh`` 0700; secrets
-never travel on a command line), run ``run.command`` as root, and count it a success only if
+The SSH step does the same for every :class:`RemoteRun`: upload ``run.files`` over the pinned
+connection to ``REMOTE_DIR/<name>`` (mode 0600, ``install.sh`` 0700), all of them in one tar
+archive on the standard input of one command (``SSHSession.put_many``: secrets never travel on
+a command line), run ``run.command`` as root, and count it a success only if
 it exits 0 and the last line of its stdout is :data:`OK_MARKER`. Every run is idempotent,
 so a retry after a dropped connection is always safe, and each update refuses content older
 than what the server has (CRL number, peer-list revision), so a late retry never brings a
