@@ -13,6 +13,10 @@ For N = 1, 10 and 100 new subscriptions written to the EDD tables at once:
 Then the same with one new server whose install hangs for ten minutes (the sandbox's
 ``slow_install`` host fault, over its admin API): the other servers' figures must not move.
 
+Each phase also reports the CPU seconds the worker process and the sandbox process spent from the
+sale until the last server was Running (``/proc/PID/stat``): with one core's worth of GIL, the
+worker's CPU per new server is what bounds a burst's makespan on this machine.
+
 Everything is local: a temp directory, SQLite, the sandbox on free loopback ports and
 127.x.y.z host addresses. Bounded: each phase gives up after ``--timeout`` seconds. Speed is
 reported, never asserted. Run: ``.venv/bin/python bench/worker_latency.py [--sizes 1,10,100]``.
@@ -104,6 +108,16 @@ def rate_floor(app: App, calls: list[dict[str, Any]]) -> float:
     cloudflare = sum(1 for c in calls if c.get("service") == "cloudflare")
     return max(vultr / app.settings.vultr.requests_per_second,
                max(0.0, cloudflare - cf_bucket.burst) / cf_bucket.rate)
+
+
+def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
+    """User + system CPU seconds of a running child so far (NaN once it is gone)."""
+    try:
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
 
 
 def _admin(app: App, path: str, body: dict[str, Any]) -> None:
@@ -233,8 +247,10 @@ def main(argv: list[str] | None = None) -> int:
                     stuck, _ = bench.sell(1)
                     _wait(lambda stuck=stuck: bool(_stuck_installing(bench, stuck[0])), 60)
                 seq = max((c["seq"] for c in _calls(bench.app, 0)), default=0)
+                cpu0 = [cpu_seconds(p) for p in bench.procs]
                 subs, sold = bench.sell(n)
                 lat = bench.latencies(subs, sold)
+                sandbox_cpu, worker_cpu = (cpu_seconds(p) - c for p, c in zip(bench.procs, cpu0, strict=True))
                 floor = max(critical, rate_floor(bench.app, _calls(bench.app, seq)))
                 steps = bench.milestones(subs, sold)
                 log("  where the time goes (median s after the sale): "
@@ -245,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 label = f"{n} new" + (" + 1 hung install" if hung else "")
                 rows.append([label, fmt_s(median(lat)), fmt_s(max(lat)), fmt_s(floor), f"{max(lat) / floor:.2f}",
                              f"{met}/{n}", fmt_s(median(rebuild)), fmt_s(max(rebuild, default=float("nan"))),
+                             f"{worker_cpu:.1f}", f"{worker_cpu / n * 1000:.0f}", f"{sandbox_cpu:.1f}",
                              f"{load:.2f}"])
                 log(f"{label}: sale->Running median {median(lat):.2f}s max {max(lat):.2f}s; "
                     f"rebuild start median {median(rebuild):.2f}s")
@@ -255,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
           f"limits for the calls made; goal: every server <= 1.1 x floor + 1s ({goal:.1f}s when the critical path "
           "binds), rebuild started <= 2s)")
     print_table(["phase", "sale->Running p50 (s)", "max (s)", "floor (s)", "max / floor", "within goal",
-                 "click->rebuild p50 (s)", "max (s)", "load 1m"], rows)
+                 "click->rebuild p50 (s)", "max (s)", "worker CPU (s)", "ms a server", "sandbox CPU (s)",
+                 "load 1m"], rows)
     return 0
 
 
