@@ -191,6 +191,40 @@ def _remove(path: Path) -> bytes:
     return b""
 
 
+UPLOAD_TAG = "provisioner-upload"
+UPLOAD_OK = b"provisioner-upload: ok\n"
+_UPLOAD_LIMIT = 16 * 2**20
+
+
+def _argv(command: str) -> list[str]:
+    try:
+        return shlex.split(command)
+    except ValueError:
+        return []
+
+
+def _upload_args(argv: list[str]) -> tuple[str, list[str]] | None:
+    """DIR and the NAMEs of ``sh -c SCRIPT provisioner-upload DIR NAME...``; None for any other command."""
+    if argv[:2] == ["sh", "-c"] and argv[3:4] == [UPLOAD_TAG] and len(argv) > 5:
+        return argv[4], argv[5:]
+    return None
+
+
+def _read_to_end(chan: paramiko.Channel) -> bytes:
+    """The command's standard input until the client ends it (bounded in size and time)."""
+    data = bytearray()
+    chan.settimeout(30.0)
+    try:
+        while len(data) <= _UPLOAD_LIMIT:
+            chunk = chan.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        chan.settimeout(None)
+    return bytes(data)
+
+
 class _Host(paramiko.ServerInterface):
     """One simulated VPS: its listener, its connections and its command simulation."""
 
@@ -317,7 +351,7 @@ class _Host(paramiko.ServerInterface):
                 log.debug("simulated host %s: %r hangs (fault)", self.ip, command)
                 chan.status_event.wait(_HANG_BOUND)  # set when the channel closes: client or stop()
                 return
-            stdin = _read_to_end(chan) if _is_upload(command) else b""
+            stdin = _read_to_end(chan) if _upload_args(_argv(command)) is not None else b""
             out, err, status = self.run_command(command, stdin)
             if self.stopping.is_set():
                 return  # the host went down mid-command: the client sees the connection drop
@@ -341,12 +375,10 @@ class _Host(paramiko.ServerInterface):
         return self.disk.path(remote)
 
     def run_command(self, command: str, stdin: bytes = b"") -> tuple[bytes, bytes, int]:
-        try:
-            argv = shlex.split(command)
-        except ValueError:
-            argv = []
-        if argv[:2] == ["sh", "-c"] and argv[3:4] == [UPLOAD_TAG] and len(argv) > 5:
-            return self._upload(argv[4], argv[5:], stdin)
+        argv = _argv(command)
+        upload = _upload_args(argv)
+        if upload is not None:
+            return self._upload(*upload, stdin)
         if argv == ["cloud-init", "status", "--wait"]:
             return b"status: done\n", b"", 0
         if argv[:2] == ["bash", INSTALL_SCRIPT]:
@@ -405,30 +437,6 @@ class _Host(paramiko.ServerInterface):
         except PermissionError as exc:
             return b"", f"provisioner-install: error: {exc}\n".encode(), 1
         return b"", f"provisioner-install: error: usage: {' '.join(args)}\n".encode(), 1
-
-
-UPLOAD_TAG = "provisioner-upload"
-UPLOAD_OK = b"provisioner-upload: ok\n"
-_UPLOAD_LIMIT = 16 * 2**20
-
-
-def _is_upload(command: str) -> bool:
-    return command.startswith("sh -c ") and f" {UPLOAD_TAG} " in command
-
-
-def _read_to_end(chan: paramiko.Channel) -> bytes:
-    """The command's standard input until the client ends it (bounded in size and time)."""
-    data = bytearray()
-    chan.settimeout(30.0)
-    try:
-        while len(data) <= _UPLOAD_LIMIT:
-            chunk = chan.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        chan.settimeout(None)
-    return bytes(data)
 
 
 @dataclass(eq=False)
