@@ -247,10 +247,11 @@ def main(argv: list[str] | None = None) -> int:
                     stuck, _ = bench.sell(1)
                     _wait(lambda stuck=stuck: bool(_stuck_installing(bench, stuck[0])), 60)
                 seq = max((c["seq"] for c in _calls(bench.app, 0)), default=0)
-                cpu0 = [cpu_seconds(p) for p in bench.procs]
+                sandbox, worker = bench.procs      # as start() spawned them
+                worker0, sandbox0 = cpu_seconds(worker), cpu_seconds(sandbox)
                 subs, sold = bench.sell(n)
                 lat = bench.latencies(subs, sold)
-                sandbox_cpu, worker_cpu = (cpu_seconds(p) - c for p, c in zip(bench.procs, cpu0, strict=True))
+                worker_cpu, sandbox_cpu = cpu_seconds(worker) - worker0, cpu_seconds(sandbox) - sandbox0
                 floor = max(critical, rate_floor(bench.app, _calls(bench.app, seq)))
                 steps = bench.milestones(subs, sold)
                 log("  where the time goes (median s after the sale): "
