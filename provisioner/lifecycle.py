@@ -137,7 +137,8 @@ class Lifecycle:
             row.lease_owner, row.lease_until = None, None
 
     def _run(self, session: Session, row: Server, max_steps: int) -> Outcome:
-        for _ in range(max_steps):
+        entered = False   # this step's "started" is already committed, with the step before's "ok"
+        for left in range(max_steps - 1, -1, -1):
             now = self.clock()
             if self.stopping.is_set():
                 return Outcome.WAITING
@@ -148,13 +149,9 @@ class Lifecycle:
             if row.next_attempt_at and row.next_attempt_at > now:
                 return Outcome.WAITING
             action, step = row.action, row.step or FIRST_STEP[row.action]
-            if row.next_attempt_at is None:  # entering the step, not polling it again
+            if row.next_attempt_at is None and not entered:  # entering the step, not polling it again
                 self.event(session, row, f"{action}.{step}", "started")
-            lease_length = dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
-            if row.lease_until is None or row.lease_until - now < lease_length * 2 / 3:
-                # Renewed only when a third of it is gone: the claim (or the step before) wrote it
-                # moments ago on most entries, and each write is an UPDATE of the row.
-                row.lease_until = now + lease_length
+            self._renew_lease(row, now)
             session.commit()   # the intent, and no read transaction held open through the step
             started = time.perf_counter()
             try:
@@ -190,9 +187,16 @@ class Lifecycle:
                 self._observe(action, step, "error", started)
                 return Outcome.FAILED
             maybe_crash(f"{action}.{step}")
-            self._advance_to(session, row, action, step, result)
+            entered = self._advance_to(session, row, action, step, result, goes_on=left > 0)
             self._observe(action, step, "ok", started)
         return Outcome.WAITING
+
+    def _renew_lease(self, row: Server, now: dt.datetime) -> None:
+        lease_length = dt.timedelta(seconds=self.ctx.settings.lifecycle.lease_seconds)
+        if row.lease_until is None or row.lease_until - now < lease_length * 2 / 3:
+            # Renewed only when a third of it is gone: the claim (or the step before) wrote it
+            # moments ago on most entries, and each write is an UPDATE of the row.
+            row.lease_until = now + lease_length
 
     def _stepped(self, row: Server, action: str, step: str, started: float, outcome: Outcome) -> Outcome:
         self._observe(action, step, "needs_human" if row.needs_human else "retry", started)
@@ -202,8 +206,12 @@ class Lifecycle:
         if self.on_step is not None:
             self.on_step(action, step, outcome, time.perf_counter() - started)
 
-    def _advance_to(self, session: Session, row: Server, action: str, step: str, result: Next) -> None:
+    def _advance_to(self, session: Session, row: Server, action: str, step: str, result: Next, *,
+                    goes_on: bool = False) -> bool:
+        """Record the step's result and the next step in one commit; whether that commit also
+        holds the next step's "started" (so the caller must not record it again)."""
         now = self.clock()
+        entered = False
         self.event(session, row, f"{action}.{step}", "ok", result.detail)
         row.attempts, row.last_error = 0, None
         if row.status == Status.ERROR.value:
@@ -224,7 +232,16 @@ class Lifecycle:
                 # A step entered with a wait (the first boot poll, the DNS TTL before retire) is
                 # entered now: its first run will look like a poll, so its intent is recorded here.
                 self.event(session, row, f"{action}.{result.step}", "started")
+            elif goes_on and not self.stopping.is_set():
+                # The next step runs at once in this advance: its intent rides in this commit, which
+                # precedes its side effect all the same (a commit of its own was ~0.6 ms of CPU, seven
+                # times a create). Should the advance stop before the step anyway (a shutdown in
+                # between), the next advance records "started" once more: a repeated line, no gap.
+                self.event(session, row, f"{action}.{result.step}", "started")
+                self._renew_lease(row, now)
+                entered = True
         session.commit()
+        return entered
 
     def _completion_message(self, row: Server, action: str) -> tuple[str, dict[str, Any]] | None:
         """The customer's mail when an action completes: its kind and context."""

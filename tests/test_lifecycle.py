@@ -275,3 +275,40 @@ def test_a_poll_of_a_server_still_booting_writes_its_row_twice_and_leaves_it_unl
     finally:
         event.remove(stack.app.engine, "before_cursor_execute", count)
     assert polls == [2, 2, 2]
+
+
+def test_a_step_that_follows_at_once_records_its_intent_in_the_commit_of_the_step_before(stack: Stack) -> None:
+    """The first advance of a create runs ``prepare`` and ``instance`` back to back. Each step's
+    "started" is committed before its side effect, but only the first one needs a commit of its
+    own: ``instance``'s rides with ``prepare``'s "ok" (a commit is most of a step's database CPU)."""
+    from sqlalchemy import event
+
+    from provisioner.lifecycle import Outcome
+
+    lc = stack.lifecycle("worker-1")
+    rid = _begin_create(stack, lc)
+    current: list[str] = []
+    committed: list[list[str]] = []
+
+    def statement(conn: object, cursor: object, text: str, *args: object) -> None:
+        current.append(" ".join(text.split()[:3]).upper())
+
+    def commit(conn: object) -> None:
+        committed.append(current[:])
+        current.clear()
+
+    event.listen(stack.app.engine, "before_cursor_execute", statement)
+    event.listen(stack.app.engine, "commit", commit)
+    try:
+        assert lc.advance(rid) is Outcome.WAITING      # prepare, instance, then the boot's first wait
+    finally:
+        event.remove(stack.app.engine, "before_cursor_execute", statement)
+        event.remove(stack.app.engine, "commit", commit)
+    with stack.app.sessions() as s:
+        events = [(e.what, e.outcome) for e in s.scalars(select(ServerEvent).where(ServerEvent.server_id == rid)
+                                                        .order_by(ServerEvent.id))]
+    assert [e for e in events if e[0] != "create.requested"][:4] == [
+        ("create.prepare", "started"), ("create.prepare", "ok"), ("create.instance", "started"),
+        ("create.instance", "ok")], events
+    intent_alone = [c for c in committed if c == ["INSERT INTO PROVISIONER_SERVER_EVENTS"]]
+    assert len(intent_alone) == 1, committed     # prepare's; instance's shared prepare's "ok" commit
