@@ -7,16 +7,20 @@ lease expire, take the row over and run the same install on the same host concur
 
 The heartbeat writes only ``lease_until``, only while we still hold the lease, through its
 own connection and a Core UPDATE: the row's ``version`` (the ORM's fence against a worker
-whose claim was taken over) is left alone, so the step's own commits are unaffected.
+whose claim was taken over) is left alone, so the step's own commits are unaffected. One
+thread of the process renews every running step's lease.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import cast
 
 from sqlalchemy import Table, update
@@ -39,25 +43,84 @@ def renew(sessions: sessionmaker[Session], server_id: int, owner: str, until: dt
     return bool(getattr(result, "rowcount", 0))
 
 
+@dataclass
+class _Beat:
+    sessions: sessionmaker[Session]
+    server_id: int
+    owner: str
+    lease_seconds: float
+    clock: Callable[[], dt.datetime]
+    due: float                      # monotonic time of the next renewal
+
+
+class _Heart:
+    """One thread renews every running step's lease. A thread per step cost each step a thread's
+    start and join (and a hundred sleeping threads in a burst of new servers) for a write that
+    only a step longer than a third of the lease ever makes."""
+
+    def __init__(self) -> None:
+        self._beats: dict[int, _Beat] = {}
+        self._renewing: set[int] = set()     # beats being written right now, outside the lock
+        self._keys = itertools.count()
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def add(self, beat: _Beat) -> int:
+        with self._changed:
+            key = next(self._keys)
+            self._beats[key] = beat
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+                self._thread.start()
+            self._changed.notify_all()
+            return key
+
+    def remove(self, key: int) -> None:
+        """Stop renewing; returns once no renewal of it is under way, so none lands after the step."""
+        with self._changed:
+            self._beats.pop(key, None)
+            self._changed.wait_for(lambda: key not in self._renewing)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                now = time.monotonic()
+                due = {k: b for k, b in self._beats.items() if b.due <= now}
+                if not due:
+                    soonest = min((b.due for b in self._beats.values()), default=now + 60.0)
+                    self._changed.wait(soonest - now)
+                    continue
+                for b in due.values():
+                    b.due = now + b.lease_seconds / 3
+                self._renewing = set(due)
+            lost = [k for k, b in due.items() if not self._renew(b)]   # a step may end meanwhile
+            with self._changed:
+                for k in lost:
+                    self._beats.pop(k, None)
+                self._renewing = set()
+                self._changed.notify_all()
+
+    @staticmethod
+    def _renew(b: _Beat) -> bool:
+        try:
+            if renew(b.sessions, b.server_id, b.owner, b.clock() + dt.timedelta(seconds=b.lease_seconds)):
+                return True
+            log.warning("server %s: lease no longer ours; the step's next write will stop", b.server_id)
+            return False
+        except SQLAlchemyError as exc:  # the database hiccuped: try again at the next beat
+            log.warning("server %s: could not renew the lease: %s", b.server_id, type(exc).__name__)
+            return True
+
+
+_HEART = _Heart()
+
+
 @contextlib.contextmanager
 def heartbeat(sessions: sessionmaker[Session], server_id: int, owner: str, lease_seconds: float,
               clock: Callable[[], dt.datetime]) -> Iterator[None]:
     """Renew the lease every third of its length until the block ends."""
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(lease_seconds / 3):
-            try:
-                if not renew(sessions, server_id, owner, clock() + dt.timedelta(seconds=lease_seconds)):
-                    log.warning("server %s: lease no longer ours; the step's next write will stop", server_id)
-                    return
-            except SQLAlchemyError as exc:  # the database hiccuped: try again at the next beat
-                log.warning("server %s: could not renew the lease: %s", server_id, type(exc).__name__)
-
-    thread = threading.Thread(target=beat, name=f"lease-{server_id}", daemon=True)
-    thread.start()
+    key = _HEART.add(_Beat(sessions, server_id, owner, lease_seconds, clock, time.monotonic() + lease_seconds / 3))
     try:
         yield
     finally:
-        done.set()
-        thread.join()
+        _HEART.remove(key)
