@@ -18,9 +18,9 @@ import logging
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import BindParameter, Integer, Select, bindparam, case, func, or_, select
+from sqlalchemy import BindParameter, Connection, Engine, Integer, Select, bindparam, case, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -160,8 +160,10 @@ def _record_each(lc: Lifecycle, s: Session, subs: list[Subscription], applied: A
 def start_requested_rebuilds(lc: Lifecycle, now: dt.datetime) -> list[str]:
     """Start every rebuild a customer (or the schedule) asked for whose time has come; one
     indexed query when there is none, so the leader can ask every second."""
+    ids = _ids(lc.ctx.sessions, _requested_rebuilds(), {"now": now})
+    if not ids:
+        return []
     with lc.ctx.sessions() as s:
-        ids = list(s.scalars(_requested_rebuilds(), {"now": now}))
         applied = Applied()
         for rid in ids:
             row = s.get(Server, rid)
@@ -177,11 +179,20 @@ def start_customer_changes(lc: Lifecycle, now: dt.datetime) -> list[str]:
     device, SSH keys, key-only login), and a ``restart`` for every one whose customer asked for
     it: two cheap indexed queries when there is none, so the leader asks every second. A server
     that is busy now (a rebuild) is found again once it is idle: its change is still pending."""
+    syncs = _ids(lc.ctx.sessions, _customer_changes("sync"))
+    restarts = _ids(lc.ctx.sessions, _customer_changes("restart"))
+    if not syncs and not restarts:
+        return []
     with lc.ctx.sessions() as s:
-        syncs = list(s.scalars(_customer_changes("sync")))
-        restarts = list(s.scalars(_customer_changes("restart")))
         return _begin_each(lc, s, [(r, actions.begin_sync) for r in syncs] +
                            [(r, actions.begin_restart) for r in restarts if r not in syncs])
+
+
+def _ids(sessions: sessionmaker[Session], query: Select[Any], params: dict[str, Any] | None = None) -> list[int]:
+    """The ids a check asked every second finds, read on a connection: most often there are none,
+    and an ORM session costs more than the query. A session is opened only to act on them."""
+    with _connection(sessions) as conn:
+        return list(conn.execute(query, params).scalars())
 
 
 # The leader asks these every second: built once (building a statement costs more than running it).
@@ -259,25 +270,36 @@ def due_rows(sessions: sessionmaker[Session], now: dt.datetime, *, limit: int | 
     on ``ix_provisioner_servers_due``): servers already under way first, then new creates,
     each soonest first. A server past its create is a boot poll, an install or a DNS write
     away from running; taking it before starting another create keeps every provider's
-    limit busy (creates queue on Vultr's while finished boots feed SSH and Cloudflare)."""
-    with sessions() as s:
-        return list(s.scalars(_due_rows(limit is not None, bool(exclude)), _due_params(now, limit, exclude)))
+    limit busy (creates queue on Vultr's while finished boots feed SSH and Cloudflare).
+    ``exclude``: rows the caller is working on, left out."""
+    skip = set(exclude)
+    fetch = None if limit is None else limit + len(skip)
+    with _connection(sessions) as conn:
+        ids = conn.execute(_due_rows(fetch is not None), _due_params(now, fetch)).scalars()
+        return [rid for rid in ids if rid not in skip][:limit]
 
 
-def due_rows_query(now: dt.datetime, *, limit: int | None = None, exclude: Collection[int] = ()) -> Select[Any]:
+def due_rows_query(now: dt.datetime, *, limit: int | None = None) -> Select[Any]:
     """The statement :func:`due_rows` runs, with its values bound (tests and benchmarks EXPLAIN it)."""
-    return _due_rows(limit is not None, bool(exclude)).params(_due_params(now, limit, exclude))
+    return _due_rows(limit is not None).params(_due_params(now, limit))
 
 
 # The driver asks for due rows and the next due time after every finished step: building the
 # statement each time (and its cache key) cost more of a busy worker's CPU than running it.
-# So they are built once per shape, their values bound at execution.
-def _due_params(now: dt.datetime, limit: int | None, exclude: Collection[int]) -> dict[str, Any]:
-    return {"now": now, "limit": limit, "exclude": list(exclude)}
+# So they are built once per shape, their values bound at execution. The rows the driver is
+# working on are left out in Python, not by "id NOT IN (...)": most of them hold a live lease,
+# which the query already skips, and expanding a hundred ids into the statement on every pass
+# cost more than the query. The connection comes from the engine, without an ORM session.
+def _due_params(now: dt.datetime, limit: int | None) -> dict[str, Any]:
+    return {"now": now, "limit": limit}
 
 
-@functools.lru_cache(maxsize=4)
-def _due_rows(limited: bool, excluding: bool) -> Select[Any]:
+def _connection(sessions: sessionmaker[Session]) -> Connection:
+    return cast(Engine, sessions.kw["bind"]).connect()
+
+
+@functools.lru_cache(maxsize=2)
+def _due_rows(limited: bool) -> Select[Any]:
     # COALESCE, not "IS NULL OR <=": with the OR, SQLite (without ANALYZE statistics, i.e.
     # always in practice) walks ix_next_attempt, where every idle row sits at NULL, instead of
     # the range of rows with an action on ix_due: 50 ms instead of 0.3 ms at 100,000 rows.
@@ -287,8 +309,6 @@ def _due_rows(limited: bool, excluding: bool) -> Select[Any]:
         func.coalesce(Server.next_attempt_at, _LONG_AGO) <= now,
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
         .order_by(_NOT_STARTED, Server.next_attempt_at, Server.id))
-    if excluding:   # an empty NOT IN would add a constant subquery to the plan: a shape of its own
-        q = q.where(Server.id.not_in(bindparam("exclude", expanding=True)))
     if limited:
         q = q.limit(bindparam("limit", type_=Integer))
     return q
@@ -296,28 +316,32 @@ def _due_rows(limited: bool, excluding: bool) -> Select[Any]:
 
 def next_due_at(sessions: sessionmaker[Session], now: dt.datetime, *,
                 exclude: Collection[int] = ()) -> dt.datetime | None:
-    """When the soonest waiting row (a boot poll, a backoff) that nobody works on becomes due."""
-    with sessions() as s:
-        return as_utc(s.scalar(_next_due(bool(exclude)), _due_params(now, None, exclude)))
+    """When the soonest waiting row (a boot poll, a backoff) that nobody works on becomes due;
+    ``exclude``: rows the caller is working on."""
+    skip = set(exclude)
+    with _connection(sessions) as conn:
+        for rid, at in conn.execute(_next_due(), _due_params(now, len(skip) + 1)):
+            if rid not in skip:
+                return as_utc(at)
+    return None
 
 
 def next_due_query(now: dt.datetime, *, exclude: Collection[int] = ()) -> Select[Any]:
-    """The statement :func:`next_due_at` runs, with its values bound."""
-    return _next_due(bool(exclude)).params(_due_params(now, None, exclude))
+    """The statement :func:`next_due_at` runs, with its values bound (at most this many rows)."""
+    return _next_due().params(_due_params(now, len(set(exclude)) + 1))
 
 
-@functools.lru_cache(maxsize=2)
-def _next_due(excluding: bool) -> Select[Any]:
-    # "IS NOT NULL" changes nothing for MIN(), but lets SQLite start its walk of ix_next_attempt
-    # past the idle rows' NULLs (every one of them, checked row by row otherwise: 90 ms at 100k).
+@functools.cache
+def _next_due() -> Select[Any]:
+    # "IS NOT NULL" lets SQLite start its walk of ix_next_attempt past the idle rows' NULLs (every
+    # one of them, checked row by row otherwise: 90 ms at 100k). In index order, the first rows
+    # are the soonest: as many as the caller leaves out, plus one.
     now: BindParameter[dt.datetime] = bindparam("now")
-    q = select(func.min(Server.next_attempt_at)).where(
+    return (select(Server.id, Server.next_attempt_at).where(
         Server.next_attempt_at.is_not(None),
         Server.action.is_not(None), Server.needs_human.is_(False), Server.paused.is_(False),
         or_(Server.lease_until.is_(None), Server.lease_until <= now))
-    if excluding:
-        q = q.where(Server.id.not_in(bindparam("exclude", expanding=True)))
-    return q
+        .order_by(Server.next_attempt_at).limit(bindparam("limit", type_=Integer)))
 
 
 def drive(lc: Lifecycle, ids: Iterable[int], threads: int = 8) -> dict[int, Outcome]:

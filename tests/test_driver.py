@@ -141,6 +141,7 @@ def test_the_due_row_query_is_one_range_on_the_due_index(db_url: str) -> None:
     with engine.begin() as conn:
         conn.execute(Server.__table__.update().where(Server.id.in_(due[:2])).values(next_attempt_at=later))
     assert operations.next_due_at(sessions, now) == later
+    assert operations.next_due_at(sessions, now, exclude=due[:1]) == later   # the other one
     assert operations.next_due_at(sessions, now, exclude=due[:2]) is None
     engine.dispose()
 
