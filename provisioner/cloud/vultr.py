@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -171,6 +172,16 @@ class _Transport(requests.adapters.HTTPAdapter):
         return response
 
 
+def _environment_read_once(session: requests.Session, base_url: str) -> None:
+    """The proxy and CA settings of the environment, read now for our one base URL, as requests
+    would read them on every request: its per-request read walks the whole environment (and
+    looks for a ~/.netrc), which was a third of each Vultr call's CPU. A netrc entry is never
+    used: the API key is the only credential sent."""
+    session.proxies = requests.utils.get_environ_proxies(base_url)
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.trust_env = False
+
+
 class VultrCloud:
     """Vultr v2 operations the provisioner needs.  Thread-safe; create one per process."""
 
@@ -306,6 +317,7 @@ class VultrCloud:
             sdk.url = self.base_url  # the SDK's documented way to point it elsewhere
             # The one reach past the SDK's surface: it offers no session, timeout or hook.
             sdk._session.mount(self.base_url + "/", transport)
+            _environment_read_once(sdk._session, self.base_url)
             pair = self._local.client = (sdk, transport)
         return pair
 
