@@ -24,6 +24,9 @@ def test_it_shows_state_and_calls_without_user_data(sandbox: Sandbox) -> None:
     assert [(c["method"], c["path"], c["status"], c["label"]) for c in log] == [
         ("POST", "/v2/instances", 202, "seen")]
     assert log[0]["instance_id"] == inst["id"]
+    # the newest call's number, with none of the log when asked for what came after it
+    newest = requests.get(f"{sandbox.admin_url}/calls", params={"since": 10**9}, timeout=5).json()
+    assert newest == {"calls": [], "last_seq": log[-1]["seq"]}
 
 
 def test_it_sets_changes_and_clears_faults_while_running(sandbox: Sandbox) -> None:
@@ -58,6 +61,16 @@ def test_it_refuses_to_bind_anything_but_loopback() -> None:
         SandboxConfig(host="0.0.0.0")
     with pytest.raises(ValueError, match="loopback"):
         SandboxConfig(ip_pool="10.0.0.0/16")
+
+
+def test_its_command_line_refuses_a_bad_limit_with_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from provisioner.sandbox.app import main
+
+    assert main(["--cloudflare-limit", "-1"]) == 2
+    assert main(["--tick-seconds", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["sandbox: cloudflare_limit must be >= 0, cloudflare_window_seconds > 0 and call_log_limit >= 1",
+                   "sandbox: boot_seconds/snapshot_seconds must be >= 0 and tick_seconds > 0"]
 
 
 def test_it_draws_the_same_faults_from_the_same_seed() -> None:

@@ -4,7 +4,7 @@
     GET    /_sandbox/health           {"ok": true}
     GET    /_sandbox/state            instances (with their sandbox-only fields), snapshots,
                                       records, faults; user_data shown as its length only
-    GET    /_sandbox/calls            ?since=<seq>&service=vultr|cloudflare -> {"calls": [...]}
+    GET    /_sandbox/calls            ?since=<seq>&service=vultr|cloudflare -> {"calls": [...], "last_seq": N}
     GET    /_sandbox/faults           the fault specs in force (with counters left)
     POST   /_sandbox/faults           body: a fault document (see faults.py) -> 200 / 400
     DELETE /_sandbox/faults           ?key=<endpoint> to drop one, else all
@@ -60,7 +60,9 @@ class AdminService(Service):
             since = int(req.arg("since") or 0)
         except ValueError:
             raise HttpError(400, "since must be a whole number") from None
-        return Response(200, {"calls": self.state.calls_since(since, req.arg("service"))})
+        with self.state.lock:
+            last = int(self.state.data["call_seq"])
+        return Response(200, {"calls": self.state.calls_since(since, req.arg("service")), "last_seq": last})
 
     def set_faults(self, req: Request) -> Response:
         try:
@@ -97,7 +99,7 @@ class AdminService(Service):
 ENDPOINTS = [
     ("GET", "/_sandbox/health", "{\"ok\": true}"),
     ("GET", "/_sandbox/state", "instances (with sandbox-only fields), snapshots, DNS records, faults in force"),
-    ("GET", "/_sandbox/calls", "the call log: ?since=<seq>&service=vultr|cloudflare"),
+    ("GET", "/_sandbox/calls", "the call log: ?since=<seq>&service=vultr|cloudflare; last_seq: the newest call's"),
     ("GET", "/_sandbox/faults", "the cloud faults in force, with the counters they have left"),
     ("POST", "/_sandbox/faults", "set cloud faults: body is a fault document (below); 400 names what is wrong"),
     ("DELETE", "/_sandbox/faults", "drop the cloud faults: ?key=<endpoint> for one, else all"),

@@ -200,6 +200,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--snapshot-seconds", type=float)
     parser.add_argument("--ip-pool")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--tick-seconds", type=float)
+    parser.add_argument("--call-log-limit", type=int)
+    parser.add_argument("--cloudflare-limit", type=int, help="requests per window per token (0: unlimited)")
+    parser.add_argument("--cloudflare-window", type=float, help="the Cloudflare window in seconds")
     parser.add_argument("--faults", help="a fault document: a JSON file name or inline JSON")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -207,7 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides: dict[str, Any] = {k: v for k, v in {
         "vultr_port": args.vultr_port, "cloudflare_port": args.cloudflare_port, "admin_port": args.admin_port,
         "state_file": args.state_file, "boot_seconds": args.boot_seconds, "snapshot_seconds": args.snapshot_seconds,
-        "ip_pool": args.ip_pool, "seed": args.seed}.items() if v is not None}
+        "ip_pool": args.ip_pool, "seed": args.seed, "tick_seconds": args.tick_seconds,
+        "call_log_limit": args.call_log_limit, "cloudflare_limit": args.cloudflare_limit,
+        "cloudflare_window_seconds": args.cloudflare_window}.items() if v is not None}
     if args.faults:
         text = args.faults if args.faults.lstrip().startswith("{") else Path(args.faults).read_text("utf-8")
         overrides["faults"] = json.loads(text)
@@ -220,14 +226,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"sandbox: {exc}", file=sys.stderr)
             return 2
-        config = config_from_settings(settings, **overrides)
+        try:
+            config = config_from_settings(settings, **overrides)
+        except ValueError as exc:
+            print(f"sandbox: {exc}", file=sys.stderr)
+            return 2
         if not args.no_hosts:
             from provisioner.sandbox.hosts import SimulatedHosts
 
             host_runner = SimulatedHosts(root_dir=Path(settings.sandbox.host_root), ssh_port=settings.ssh.port,
                                          install_seconds=settings.sandbox.install_seconds)
     else:
-        config = SandboxConfig(**{"vultr_port": 18080, "cloudflare_port": 18081, "admin_port": 18082, **overrides})
+        try:
+            config = SandboxConfig(**{"vultr_port": 18080, "cloudflare_port": 18081, "admin_port": 18082, **overrides})
+        except ValueError as exc:
+            print(f"sandbox: {exc}", file=sys.stderr)
+            return 2
     try:
         serve(config, host_runner)
     except OSError as exc:

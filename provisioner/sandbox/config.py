@@ -46,6 +46,8 @@ class SandboxConfig:
             raise ValueError(f"ip_pool must be a loopback network with room for hosts, not {self.ip_pool}")
         if self.boot_seconds < 0 or self.snapshot_seconds < 0 or self.tick_seconds <= 0:
             raise ValueError("boot_seconds/snapshot_seconds must be >= 0 and tick_seconds > 0")
+        if self.cloudflare_limit < 0 or self.cloudflare_window_seconds <= 0 or self.call_log_limit < 1:
+            raise ValueError("cloudflare_limit must be >= 0, cloudflare_window_seconds > 0 and call_log_limit >= 1")
 
     def replace(self, **changes: Any) -> SandboxConfig:
         return dataclasses.replace(self, **changes)
