@@ -1,4 +1,4 @@
-"""Fleet makespan against the in-process sandbox, then a soak under injected faults.
+"""Fleet makespan against the sandbox, then a soak under injected faults.
 
     .venv/bin/python bench/fleet.py                       # 10, 100, 1000 servers; soak 200
     .venv/bin/python bench/fleet.py --quick               # 10, 100; soak 50
@@ -7,7 +7,8 @@
 
 MAKESPAN. For each size N: a fresh stack (SQLite database + demo EDD storefront in a temp
 directory, the sandbox's simulated Vultr + Cloudflare on loopback ports, simulated SSH hosts on
-127.x.y.z), N active subscriptions, then the real path: ``App.plan_once()`` ->
+127.x.y.z, in a process of their own unless ``--sandbox in-process``), N active subscriptions,
+then the real path: ``App.plan_once()`` ->
 ``operations.start_plan`` -> ``jobs.driver.drive_until_idle(threads=...)`` with the production
 adapters built by ``wiring.lifecycle``. The clock runs from the plan until every row is Running.
 Instances boot in ``--boot`` s, the install script takes ``--install`` s, snapshots are off.
@@ -40,15 +41,19 @@ import collections
 import contextlib
 import datetime as dt
 import ipaddress
+import json
 import logging
 import math
 import os
 import random
 import resource
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,7 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
+from _common import ROOT, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from jobs.driver import drive_until_idle  # noqa: E402
@@ -89,7 +94,8 @@ class RunResult:
     cf_calls: int = 0
     first_dns: float = float("nan")    # seconds from the plan to the first Cloudflare call
     faults: collections.Counter[str] = field(default_factory=collections.Counter)
-    cpu_seconds: float = 0.0
+    cpu_seconds: float = 0.0           # this process: the product's lifecycle (and the sandbox, in-process)
+    sandbox_cpu: float = float("nan")  # the sandbox process's (--sandbox process)
     vultr_wait: float = 0.0
     cf_wait: float = 0.0
     rounds: int = 0
@@ -120,11 +126,77 @@ ERRORS = ErrorCounter()
 
 # --- the stack -------------------------------------------------------------------------------------
 
+class SandboxProcess:
+    """The sandbox (simulated Vultr, Cloudflare and SSH hosts) in a process of its own, as
+    ``python -m provisioner.sandbox --config`` runs it: in production the providers are not in the
+    worker's process, and in this one their CPU took the driver's GIL (a third of a burst's CPU).
+    The same few methods as :class:`Sandbox`, over its admin API."""
+
+    def __init__(self, cfg: Path, args: argparse.Namespace, faults: dict[str, Any] | None, log_file: Path) -> None:
+        import tomllib
+
+        sb = tomllib.loads(cfg.read_text())["sandbox"]
+        self.vultr_url = f"http://127.0.0.1:{sb['vultr_port']}/v2"
+        self.cloudflare_url = f"http://127.0.0.1:{sb['cloudflare_port']}/client/v4"
+        self._admin = f"http://127.0.0.1:{sb['admin_port']}/_sandbox"
+        argv = [sys.executable, "-m", "provisioner.sandbox", "--config", str(cfg), "--log-level", "WARNING",
+                "--snapshot-seconds", "0", "--tick-seconds", "0.05", "--seed", str(args.seed),
+                "--call-log-limit", str(CALL_LOG_LIMIT), "--cloudflare-limit", str(max(0, args.cf_limit)),
+                "--cloudflare-window", str(args.cf_window)]
+        if faults is not None:
+            argv += ["--faults", json.dumps(faults)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PROVISIONER_")}
+        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=log_file.open("ab"),  # noqa: S603 - ours
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            try:
+                self._get("/health")
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.close()
+        raise RuntimeError(f"the sandbox process did not come up (see {log_file})")
+
+    def _get(self, path: str, method: str = "GET") -> Any:
+        req = urllib.request.Request(self._admin + path, method=method)  # noqa: S310 - loopback only
+        with urllib.request.urlopen(req, timeout=60) as reply:  # noqa: S310 - loopback only
+            return json.loads(reply.read())
+
+    def last_call_seq(self) -> int:
+        return int(self._get(f"/calls?since={2**62}")["last_seq"])
+
+    def calls(self, since: int = 0) -> list[dict[str, Any]]:
+        calls: list[dict[str, Any]] = self._get(f"/calls?since={since}")["calls"]
+        return calls
+
+    def describe(self) -> dict[str, Any]:
+        state: dict[str, Any] = self._get("/state")
+        return state
+
+    def clear_faults(self) -> None:
+        self._get("/faults", method="DELETE")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds of the sandbox process so far."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
 @dataclass
 class Stack:
     app: App
-    sandbox: Sandbox
-    hosts: SimulatedHosts
+    sandbox: Sandbox | SandboxProcess
     lc: Lifecycle
 
 
@@ -152,30 +224,45 @@ def stack(tmp: Path, args: argparse.Namespace, faults: dict[str, Any] | None = N
     ssh_port = free_port()
     # By default a /16 of loopback addresses (65k hosts), away from the tests' 127.100-250.x.0/24 pools
     pool = args.pool or f"127.{random.randint(10, 60)}.0.0/16"
-    sb_config = SandboxConfig(boot_seconds=args.boot, snapshot_seconds=0.0, ip_pool=pool, tick_seconds=0.05,
-                              state_file=None, call_log_limit=CALL_LOG_LIMIT, faults=faults, seed=args.seed,
-                              cloudflare_limit=max(0, args.cf_limit), cloudflare_window_seconds=args.cf_window)
-    hosts = SimulatedHosts(root_dir=tmp / "hosts", ssh_port=ssh_port, install_seconds=args.install)
-    with hosts, Sandbox(sb_config, hosts) as sb:
-        url = f"sqlite:///{tmp}/provisioner.db"
-        cf_limit, cf_window = cf_client_limits(args)
-        _, settings = write_settings(
-            tmp,
-            database={"url": url}, storefront={"edd_url": url, "site_timezone": "UTC"},
-            vultr={"base_url": sb.vultr_url, "requests_per_second": args.rate},
-            cloudflare={"base_url": sb.cloudflare_url, "ttl": 60, "requests_per_window": cf_limit,
-                        "window_seconds": cf_window},
-            ssh={"port": ssh_port, "private_key_file": str(key_file), "connect_timeout": 10,
-                 "command_timeout": 60},
-            lifecycle={"snapshots": False, "poll_seconds": args.poll, "backoff_base_seconds": args.backoff_base,
-                       "backoff_cap_seconds": args.backoff_cap, "lease_seconds": 120},
-            worker={"threads": args.threads},
-        )
+    url = f"sqlite:///{tmp}/provisioner.db"
+    cf_limit, cf_window = cf_client_limits(args)
+    ports = {"vultr_port": free_port(), "cloudflare_port": free_port(), "admin_port": free_port()}
+    cfg, settings = write_settings(
+        tmp,
+        database={"url": url}, storefront={"edd_url": url, "site_timezone": "UTC"},
+        vultr={"base_url": f"http://127.0.0.1:{ports['vultr_port']}/v2", "requests_per_second": args.rate},
+        cloudflare={"base_url": f"http://127.0.0.1:{ports['cloudflare_port']}/client/v4", "ttl": 60,
+                    "requests_per_window": cf_limit, "window_seconds": cf_window},
+        ssh={"port": ssh_port, "private_key_file": str(key_file), "connect_timeout": 10,
+             "command_timeout": 60},
+        lifecycle={"snapshots": False, "poll_seconds": args.poll, "backoff_base_seconds": args.backoff_base,
+                   "backoff_cap_seconds": args.backoff_cap, "lease_seconds": 120},
+        worker={"threads": args.threads},
+        sandbox={"enabled": True, **ports, "boot_seconds": args.boot, "install_seconds": args.install,
+                 "ip_pool": pool, "host_root": str(tmp / "hosts")},
+    )
+    with contextlib.ExitStack() as cleanup:
+        sb: Sandbox | SandboxProcess
+        if args.sandbox == "process":
+            sb = SandboxProcess(cfg, args, faults, tmp / "sandbox.log")
+            cleanup.callback(sb.close)
+        else:
+            sb_config = SandboxConfig(boot_seconds=args.boot, snapshot_seconds=0.0, ip_pool=pool, tick_seconds=0.05,
+                                      state_file=None, call_log_limit=CALL_LOG_LIMIT, faults=faults, seed=args.seed,
+                                      cloudflare_limit=max(0, args.cf_limit), cloudflare_window_seconds=args.cf_window,
+                                      vultr_api_keys=(settings.vultr.api_key,),
+                                      cloudflare_tokens=(settings.cloudflare.api_token,),
+                                      zone_id=settings.cloudflare.zone_id, zone_name=settings.cloudflare.domain,
+                                      vultr_port=ports["vultr_port"], cloudflare_port=ports["cloudflare_port"],
+                                      admin_port=ports["admin_port"])
+            hosts = cleanup.enter_context(SimulatedHosts(root_dir=tmp / "hosts", ssh_port=ssh_port,
+                                                         install_seconds=args.install))
+            sb = cleanup.enter_context(Sandbox(sb_config, hosts))
         app = App(settings)
         db.upgrade(app.engine)
         eddschema.create_edd_tables(app.engine, "wp_")
         try:
-            yield Stack(app, sb, hosts, wiring.lifecycle(app, owner="bench"))
+            yield Stack(app, sb, wiring.lifecycle(app, owner="bench"))
         finally:
             app.engine.dispose()
             engine = getattr(app.__dict__.get("storefront"), "_engine", None)
@@ -220,9 +307,11 @@ def monitor(st: Stack, label: str, n: int) -> Iterator[None]:
         while not stop.wait(MONITOR_SECONDS):
             try:
                 with st.app.sessions() as s:
-                    by = dict(s.execute(select(Server.status, func.count()).group_by(Server.status)).all())
-                    steps = dict(s.execute(select(Server.step, func.count()).where(Server.action.is_not(None))
-                                           .group_by(Server.step)).all())
+                    by: dict[Any, Any] = dict(s.execute(select(Server.status, func.count())
+                                                        .group_by(Server.status)).tuples().all())
+                    steps: dict[Any, Any] = dict(s.execute(select(Server.step, func.count())
+                                                           .where(Server.action.is_not(None))
+                                                           .group_by(Server.step)).tuples().all())
             except Exception as exc:  # noqa: BLE001 - progress only
                 by, steps = {"?": str(exc)[:60]}, {}
             elapsed = time.monotonic() - t0
@@ -292,11 +381,14 @@ def run_fleet(tmp: Path, n: int, args: argparse.Namespace, label: str,
             seq0 = st.sandbox.last_call_seq()
             load0 = os.getloadavg()[0]
             cpu0 = time.process_time()
+            sb_cpu0 = st.sandbox.cpu_seconds() if isinstance(st.sandbox, SandboxProcess) else math.nan
             t0, wall0 = time.monotonic(), time.time()   # the call log's times are wall clock
             res.rounds = drive(st, n, t0 + (args.soak_timeout if faults else args.timeout), label, args.threads)
             res.running = count_running(st.app)
             res.makespan = time.monotonic() - t0
             res.cpu_seconds = time.process_time() - cpu0
+            if isinstance(st.sandbox, SandboxProcess):
+                res.sandbox_cpu = st.sandbox.cpu_seconds() - sb_cpu0
             res.loadavg = (load0, os.getloadavg()[0])
             calls = st.sandbox.calls(since=seq0)
             res.vultr_calls = sum(1 for c in calls if c["service"] == "vultr")
@@ -419,6 +511,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the simulated instances' address pool, a loopback network (default a random "
                              "127.N.0.0/16 with N in 10-60, away from the tests' pools)")
     parser.add_argument("--check-all", action="store_true", help="check the invariants after makespan runs too")
+    parser.add_argument("--sandbox", choices=("process", "in-process"), default="process",
+                        help="where the simulated providers run: a process of their own (default; as in "
+                             "production, their CPU is not this process's) or this process's threads (before "
+                             "2026-11-29: they shared the driver's GIL)")
     parser.add_argument("--log-level", default="CRITICAL",
                         help="provisioner log lines shown on stderr (default CRITICAL; ERRORs are counted anyway)")
     args = parser.parse_args(argv)
@@ -479,7 +575,7 @@ def main(argv: list[str] | None = None) -> int:
                           fmt_s(cf_bound), fmt_s(floor), f"{r.makespan / floor:.2f}", fmt_s(r.first_dns),
                           fmt_s(dns_start + cf_bound),
                           f"{r.makespan / floor_brief:.2f}", fmt_s(r.vultr_wait), fmt_s(r.cf_wait),
-                          fmt_s(r.cpu_seconds), f"{r.loadavg[0]:.1f}/{r.loadavg[1]:.1f}",
+                          fmt_s(r.cpu_seconds), fmt_s(r.sandbox_cpu), f"{r.loadavg[0]:.1f}/{r.loadavg[1]:.1f}",
                           sum(r.worker_errors.values()), status])
             for what, count in r.worker_errors.most_common(3):
                 notes.append(f"N={n}: {count} x {what}")
@@ -505,14 +601,15 @@ def main(argv: list[str] | None = None) -> int:
           f"critical path (median of {CRITICAL_PATH_RUNS} 1-server runs) = {critical:.2f}s")
     print_table(["N", "makespan s", "Running", "Vultr calls", "V bound s", "CF calls", "CF bound s", "floor s",
                  "ratio", "1st DNS s", "DNS start + CF s", "ratio (V only)", "V wait s", "CF wait s", "CPU s",
-                 "load avg", "errors", "result"], table)
+                 "sandbox CPU s", "load avg", "errors", "result"], table)
     print("floor = max(critical path, Vultr calls / Vultr rate, (CF calls - burst) / CF rate); "
           "'ratio (V only)' = makespan / max(critical path, Vultr calls / rate), the brief's floor. "
           f"1st DNS s = the run's first Cloudflare call after the plan; 'DNS start + CF s' = the 1-server runs' "
           f"first DNS write ({dns_start:.2f}s: no name is written before its server is installed) + CF bound, "
           "the least makespan when Cloudflare binds (a diagnostic: the floor and ratio leave it out). "
           "V/CF wait = seconds threads spent waiting in the client rate limiters (summed over threads); "
-          "CPU s = process CPU time (worker + simulator share one process, GIL included); load avg = the "
+          "CPU s = this process's CPU time (the lifecycle; the simulator too with --sandbox in-process); "
+          "sandbox CPU s = the sandbox process's; load avg = the "
           f"machine's 1-minute load at start/end ({os.cpu_count()} cores; above that other work competed); "
           "errors = ERROR log records from the provisioner during the run (retried API faults log WARNING, "
           "not ERROR).")
