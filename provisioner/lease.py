@@ -93,12 +93,15 @@ class _Heart:
                 for b in due.values():
                     b.due = now + b.lease_seconds / 3
                 self._renewing = set(due)
-            lost = [k for k, b in due.items() if not self._renew(b)]   # a step may end meanwhile
-            with self._changed:
-                for k in lost:
-                    self._beats.pop(k, None)
-                self._renewing = set()
-                self._changed.notify_all()
+            lost: list[int] = []
+            try:
+                lost = [k for k, b in due.items() if not self._renew(b)]   # a step may end meanwhile
+            finally:   # whatever happened, no step's end may wait on these for ever
+                with self._changed:
+                    for k in lost:
+                        self._beats.pop(k, None)
+                    self._renewing = set()
+                    self._changed.notify_all()
 
     @staticmethod
     def _renew(b: _Beat) -> bool:
@@ -109,6 +112,9 @@ class _Heart:
             return False
         except SQLAlchemyError as exc:  # the database hiccuped: try again at the next beat
             log.warning("server %s: could not renew the lease: %s", b.server_id, type(exc).__name__)
+            return True
+        except Exception:  # noqa: BLE001 - a bug must not end the one thread that renews every lease
+            log.exception("server %s: could not renew the lease", b.server_id)
             return True
 
 
