@@ -226,3 +226,19 @@ print(sorted(m for m in sys.modules if m.startswith("cloudflare.resources.")))
                          capture_output=True, text=True, timeout=60, check=True, cwd=ROOT)  # noqa: S603
     assert out.stdout.strip() == "[]"
     assert {r["name"] for r in sandbox.state.records.values()} == {f"r2.{ZONE}"}
+
+
+def test_it_goes_through_the_proxy_the_environment_names(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator behind an HTTP proxy sets HTTP(S)_PROXY for the service: the DNS writes go
+    through it (the SDK's HTTP client reads it when the adapter is made)."""
+    from tests.fixtures.proxy import recording_proxy
+
+    with recording_proxy() as (proxy_url, seen):
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
+        dns = make_cloudflare(sandbox)
+        record_id = dns.point_a("proxied.vpn.example.test", "127.0.0.9")
+        assert seen == [f"POST /client/v4/zones/{ZONE_ID}/dns_records"]
+        assert [r["id"] for r in sandbox.state.records.values() if r["name"] == "proxied.vpn.example.test"] == [
+            record_id]

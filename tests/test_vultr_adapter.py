@@ -211,45 +211,17 @@ def test_it_goes_through_the_proxy_the_environment_names_unless_no_proxy_exempts
     """An operator behind an HTTP proxy sets HTTP(S)_PROXY for the service. The adapter reads it
     once for its base URL (not on every request) and still sends every call through the proxy;
     NO_PROXY still exempts the API's host."""
-    import http.client
-    import http.server
-    import threading
-    import urllib.parse
+    from tests.fixtures.proxy import recording_proxy
 
-    seen: list[str] = []
-
-    class Proxy(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:   # noqa: N802 - http.server's name
-            seen.append(self.path)  # absolute-form: how a client talks to a proxy
-            target = urllib.parse.urlsplit(self.path)
-            upstream = http.client.HTTPConnection(target.hostname or "", target.port, timeout=5)
-            upstream.request("GET", target.path + (f"?{target.query}" if target.query else ""),
-                             headers={k: v for k, v in self.headers.items() if k.lower() != "proxy-connection"})
-            reply = upstream.getresponse()
-            body = reply.read()
-            self.send_response(reply.status)
-            self.send_header("Content-Type", reply.getheader("Content-Type") or "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
-    try:
-        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy"):
+    with recording_proxy() as (proxy_url, seen):
+        for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
             monkeypatch.delenv(name, raising=False)
-        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.setenv("HTTP_PROXY", proxy_url)
         before = len(calls(sandbox, "GET /v2/instances"))
         assert make_vultr(sandbox).list_instances() == []
-        assert [urllib.parse.urlsplit(p).path for p in seen] == ["/v2/instances"]
+        assert seen == ["GET /v2/instances"]
         assert len(calls(sandbox, "GET /v2/instances")) == before + 1      # and it reached the API
 
         monkeypatch.setenv("NO_PROXY", "127.0.0.1")
         assert make_vultr(sandbox).list_instances() == []
         assert len(seen) == 1 and len(calls(sandbox, "GET /v2/instances")) == before + 2
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
