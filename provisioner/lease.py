@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
@@ -68,6 +69,9 @@ class _Heart:
         self._keys = itertools.count()
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
+        # When the waiting thread wakes on its own. A step whose first renewal comes later (all of
+        # them, with the default lease) is added without waking it: no hand-off per step.
+        self._wakes_at = -math.inf
 
     def add(self, beat: _Beat) -> int:
         with self._changed:
@@ -76,7 +80,8 @@ class _Heart:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
                 self._thread.start()
-            self._changed.notify_all()
+            if beat.due < self._wakes_at:
+                self._changed.notify_all()
             return key
 
     def remove(self, key: int) -> None:
@@ -91,6 +96,7 @@ class _Heart:
                 now = time.monotonic()
                 soonest = min((b.due for b in self._beats.values()), default=now + 60.0)
                 if soonest > now:
+                    self._wakes_at = soonest
                     self._changed.wait(soonest - now)
                     continue
                 # With the ones due now go those due within a sixth of their lease (half a beat
