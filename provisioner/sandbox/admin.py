@@ -60,9 +60,8 @@ class AdminService(Service):
             since = int(req.arg("since") or 0)
         except ValueError:
             raise HttpError(400, "since must be a whole number") from None
-        with self.state.lock:
-            last = int(self.state.data["call_seq"])
-        return Response(200, {"calls": self.state.calls_since(since, req.arg("service")), "last_seq": last})
+        return Response(200, {"calls": self.state.calls_since(since, req.arg("service")),
+                              "last_seq": self.state.last_call_seq()})
 
     def set_faults(self, req: Request) -> Response:
         try:

@@ -141,8 +141,7 @@ class Sandbox:
         return self.state.calls_since(since, service)
 
     def last_call_seq(self) -> int:
-        with self.state.lock:
-            return int(self.state.data["call_seq"])
+        return self.state.last_call_seq()
 
     def set_faults(self, document: dict[str, Any]) -> None:
         self.faults.configure(document)
@@ -218,30 +217,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = args.faults if args.faults.lstrip().startswith("{") else Path(args.faults).read_text("utf-8")
         overrides["faults"] = json.loads(text)
     host_runner: HostRunner | None = None
-    if args.config:
-        from provisioner.settings import ConfigError, load_settings
+    try:   # a settings file refused, or a value out of range: one line (ConfigError is a ValueError)
+        if args.config:
+            from provisioner.settings import load_settings
 
-        try:
             settings = load_settings(args.config)
-        except ConfigError as exc:
-            print(f"sandbox: {exc}", file=sys.stderr)
-            return 2
-        try:
             config = config_from_settings(settings, **overrides)
-        except ValueError as exc:
-            print(f"sandbox: {exc}", file=sys.stderr)
-            return 2
-        if not args.no_hosts:
-            from provisioner.sandbox.hosts import SimulatedHosts
+            if not args.no_hosts:
+                from provisioner.sandbox.hosts import SimulatedHosts
 
-            host_runner = SimulatedHosts(root_dir=Path(settings.sandbox.host_root), ssh_port=settings.ssh.port,
-                                         install_seconds=settings.sandbox.install_seconds)
-    else:
-        try:
+                host_runner = SimulatedHosts(root_dir=Path(settings.sandbox.host_root), ssh_port=settings.ssh.port,
+                                             install_seconds=settings.sandbox.install_seconds)
+        else:
             config = SandboxConfig(**{"vultr_port": 18080, "cloudflare_port": 18081, "admin_port": 18082, **overrides})
-        except ValueError as exc:
-            print(f"sandbox: {exc}", file=sys.stderr)
-            return 2
+    except ValueError as exc:
+        print(f"sandbox: {exc}", file=sys.stderr)
+        return 2
     try:
         serve(config, host_runner)
     except OSError as exc:

@@ -110,6 +110,11 @@ class SimState:
             self.calls.append({"seq": self.data["call_seq"], **entry})
             self._calls_dirty = True
 
+    def last_call_seq(self) -> int:
+        """The newest call's number (0 before any)."""
+        with self.lock:
+            return int(self.data["call_seq"])
+
     def calls_since(self, after: int = 0, service: str | None = None) -> list[dict[str, Any]]:
         with self.lock:
             return [c for c in self.calls if c["seq"] > after and (service is None or c["service"] == service)]
