@@ -77,6 +77,16 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds:.4f}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process so far, from /proc (NaN once it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     result = fn()

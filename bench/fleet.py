@@ -61,7 +61,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
+from _common import ROOT, cpu_seconds, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
 from sqlalchemy import func, select, text  # noqa: E402
 
 from jobs.driver import drive_until_idle  # noqa: E402
@@ -70,7 +70,7 @@ from provisioner.cloudinit import generate_client_key  # noqa: E402
 from provisioner.lifecycle import Lifecycle  # noqa: E402
 from provisioner.models import Server, Status  # noqa: E402
 from provisioner.sandbox.app import Sandbox  # noqa: E402
-from provisioner.sandbox.config import SandboxConfig  # noqa: E402
+from provisioner.sandbox.config import config_from_settings  # noqa: E402
 from provisioner.sandbox.hosts import SimulatedHosts  # noqa: E402
 from provisioner.storefront import eddschema  # noqa: E402
 from provisioner.wiring import App  # noqa: E402
@@ -179,9 +179,7 @@ class SandboxProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU seconds of the sandbox process so far."""
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -239,7 +237,7 @@ def stack(tmp: Path, args: argparse.Namespace, faults: dict[str, Any] | None = N
                    "backoff_cap_seconds": args.backoff_cap, "lease_seconds": 120},
         worker={"threads": args.threads},
         sandbox={"enabled": True, **ports, "boot_seconds": args.boot, "install_seconds": args.install,
-                 "ip_pool": pool, "host_root": str(tmp / "hosts")},
+                 "ip_pool": pool, "host_root": str(tmp / "hosts"), "smtp_port": 0},   # 0: no mail catcher
     )
     with contextlib.ExitStack() as cleanup:
         sb: Sandbox | SandboxProcess
@@ -247,14 +245,11 @@ def stack(tmp: Path, args: argparse.Namespace, faults: dict[str, Any] | None = N
             sb = SandboxProcess(cfg, args, faults, tmp / "sandbox.log")
             cleanup.callback(sb.close)
         else:
-            sb_config = SandboxConfig(boot_seconds=args.boot, snapshot_seconds=0.0, ip_pool=pool, tick_seconds=0.05,
-                                      state_file=None, call_log_limit=CALL_LOG_LIMIT, faults=faults, seed=args.seed,
-                                      cloudflare_limit=max(0, args.cf_limit), cloudflare_window_seconds=args.cf_window,
-                                      vultr_api_keys=(settings.vultr.api_key,),
-                                      cloudflare_tokens=(settings.cloudflare.api_token,),
-                                      zone_id=settings.cloudflare.zone_id, zone_name=settings.cloudflare.domain,
-                                      vultr_port=ports["vultr_port"], cloudflare_port=ports["cloudflare_port"],
-                                      admin_port=ports["admin_port"])
+            # the same sandbox the process gets from the settings file and its command line
+            sb_config = config_from_settings(settings, snapshot_seconds=0.0, tick_seconds=0.05, state_file=None,
+                                             call_log_limit=CALL_LOG_LIMIT, faults=faults, seed=args.seed,
+                                             cloudflare_limit=max(0, args.cf_limit),
+                                             cloudflare_window_seconds=args.cf_window)
             hosts = cleanup.enter_context(SimulatedHosts(root_dir=tmp / "hosts", ssh_port=ssh_port,
                                                          install_seconds=args.install))
             sb = cleanup.enter_context(Sandbox(sb_config, hosts))

@@ -40,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
+from _common import ROOT, cpu_seconds, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
 from sqlalchemy import select  # noqa: E402
 
 from provisioner import customer, db  # noqa: E402
@@ -108,16 +108,6 @@ def rate_floor(app: App, calls: list[dict[str, Any]]) -> float:
     cloudflare = sum(1 for c in calls if c.get("service") == "cloudflare")
     return max(vultr / app.settings.vultr.requests_per_second,
                max(0.0, cloudflare - cf_bucket.burst) / cf_bucket.rate)
-
-
-def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
-    """User + system CPU seconds of a running child so far (NaN once it is gone)."""
-    try:
-        with open(f"/proc/{proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
 
 
 def _admin(app: App, path: str, body: dict[str, Any]) -> None:
@@ -248,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
                     _wait(lambda stuck=stuck: bool(_stuck_installing(bench, stuck[0])), 60)
                 seq = max((c["seq"] for c in _calls(bench.app, 0)), default=0)
                 sandbox, worker = bench.procs      # as start() spawned them
-                worker0, sandbox0 = cpu_seconds(worker), cpu_seconds(sandbox)
+                worker0, sandbox0 = cpu_seconds(worker.pid), cpu_seconds(sandbox.pid)
                 subs, sold = bench.sell(n)
                 lat = bench.latencies(subs, sold)
-                worker_cpu, sandbox_cpu = cpu_seconds(worker) - worker0, cpu_seconds(sandbox) - sandbox0
+                worker_cpu, sandbox_cpu = cpu_seconds(worker.pid) - worker0, cpu_seconds(sandbox.pid) - sandbox0
                 floor = max(critical, rate_floor(bench.app, _calls(bench.app, seq)))
                 steps = bench.milestones(subs, sold)
                 log("  where the time goes (median s after the sale): "
