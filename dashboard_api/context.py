@@ -26,6 +26,7 @@ from starlette.routing import request_response
 
 from dashboard_api.errors import ApiError
 from dashboard_api.guards import SlidingWindowLimiter, retry_after
+from dashboard_api.listing import ServerListing
 from dashboard_api.metrics import ApiMetrics
 from dashboard_api.tokens import Customer, TokenError, verify_token
 from provisioner.settings.schema import Settings
@@ -57,6 +58,10 @@ class ApiState:
     @functools.cached_property
     def reader(self) -> Reader:
         return Reader(self.app.engine)
+
+    @functools.cached_property
+    def listing(self) -> ServerListing:
+        return ServerListing()
 
 
 class Reader:

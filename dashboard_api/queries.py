@@ -103,12 +103,23 @@ class ServerRow:
 # Whether the server has its .ovpn, without reading it (the sealed tokens have their own table).
 _HAS_OVPN = (select(ServerSealed.server_id)
              .where(ServerSealed.server_id == Server.id, ServerSealed.ovpn_file_enc.is_not(None)).exists())
+# The id of the server's newest event: events are only ever appended, so it stands for the
+# server's event list (see listing.py). One seek at the end of the server's range of
+# ix_provisioner_server_events_server_id. MariaDB, left to itself, reads the server's every
+# event through (server_id, at) and sorts them (measured: 2.4 ms for 5 servers with 1,000
+# events each, against 0.5 ms when told the index); it optimises MAX() no better.
+_EVENTS_BY_ID = "FORCE INDEX (ix_provisioner_server_events_server_id)"
+_NEWEST_EVENT = (select(ServerEvent.id).where(ServerEvent.server_id == Server.id)
+                 .with_hint(ServerEvent, _EVENTS_BY_ID, dialect_name="mysql")
+                 .with_hint(ServerEvent, _EVENTS_BY_ID, dialect_name="mariadb")
+                 .order_by(ServerEvent.id.desc()).limit(1).scalar_subquery())
 _ROW_COLUMNS = (Server.id, Server.server_name, Server.product_id, Server.status, Server.action, Server.step,
                 Server.needs_human, Server.rebuild_now_status, Server.rebuild_now_location, Server.server_ip,
                 Server.current_location, Server.rebuild_schedule, Server.rebuild_schedule_location,
                 Server.bandwidth_this_month, Server.bandwidth_limit_this_month, Server.last_rebuilt_at,
                 _HAS_OVPN, Server.paused, Server.operator_hold_at, Server.human_alerted_at,
-                Server.restart_pending)
+                Server.restart_pending,
+                _NEWEST_EVENT)
 
 
 class EventRow(TypedDict):
@@ -137,14 +148,25 @@ def customer_servers_query(account: str) -> Select[Any]:
 
 def customer_rows(conn: Connection, account: str) -> list[ServerRow]:
     """The account's servers to show, by id, as plain rows (one indexed query)."""
+    return rows_of(fetch_customer_rows(conn, account))
+
+
+def fetch_customer_rows(conn: Connection, account: str) -> list[tuple[Any, ...]]:
+    """The driver's tuples of the account's rows (every status), in the columns of
+    :data:`_ROW_COLUMNS`: everything the customer's reads show of a row, as stored."""
     if account in GUESTS:
         return []
+    return _fetch(conn, _rows_query(), {"account": account})
+
+
+def rows_of(fetched: list[tuple[Any, ...]]) -> list[ServerRow]:
+    """:func:`fetch_customer_rows`'s tuples as the rows to show, by id."""
     found = [ServerRow(rid, name, product, status, action, step, bool(human), bool(rebuild), rebuild_at, ip, where,
                        schedule, schedule_at, int(used or 0), int(limit or 0), _utc(rebuilt), bool(ovpn),
                        bool(paused), _utc(held), _utc(alerted), bool(restart))
              for (rid, name, product, status, action, step, human, rebuild, rebuild_at, ip, where, schedule,
-                  schedule_at, used, limit, rebuilt, ovpn, paused, held, alerted, restart)
-             in _fetch(conn, _rows_query(), {"account": account})]
+                  schedule_at, used, limit, rebuilt, ovpn, paused, held, alerted, restart, _newest_event)
+             in fetched]
     found.sort(key=lambda r: r.id)
     return [r for r in found if _shown(r.status, r.operator_hold_at)]
 

@@ -68,8 +68,7 @@ def _customer_read(path: str, **kwargs: Any) -> Callable[[F], F]:
                 summary="The caller's servers (Destroyed ones are left out)")
 async def list_servers(who: Customer = Depends(customer), st: ApiState = Depends(state)) -> Response:  # noqa: B008
     now = st.clock()
-    body = await st.read(lambda conn: views.servers_json(conn, queries.customer_rows(conn, who.user_id), st.settings,
-                                                         now))
+    body = await st.read(lambda conn: st.listing.body(conn, who.user_id, st.settings, now))
     return Response(body, media_type="application/json")
 
 

@@ -167,7 +167,7 @@ def server_dict(row: ShownRow, has_ovpn: bool, settings: Settings, now: dt.datet
         "city": where.city if where else None, "country": where.country if where else None,
         "regions": list(product.regions) if product else [], "location_choices": locations.choices(product),
         "schedule": row.rebuild_schedule, "schedule_location": row.rebuild_schedule_location,
-        "next_scheduled_rebuild": _next(row.rebuild_schedule, now, settings.worker.timezone),
+        "next_scheduled_rebuild": next_rebuild(row, settings, now),
         "bandwidth_used": row.bandwidth_this_month or 0,
         "bandwidth_cap": row.bandwidth_limit_this_month or (product.bandwidth_cap_bytes if product else 0),
         "last_rebuilt": row.last_rebuilt_at, "ovpn_available": has_ovpn and not suspended,
@@ -189,6 +189,11 @@ def servers_json(conn: Connection, rows: list[ServerRow], settings: Settings, no
     """The read path's body for ``GET /api/servers``: plain rows to JSON bytes."""
     events = queries.recent_events(conn, [r.id for r in rows])
     return dumps([server_dict(r, r.has_ovpn, settings, now, events[r.id]) for r in rows])
+
+
+def next_rebuild(row: ShownRow, settings: Settings, now: dt.datetime) -> dt.datetime | None:
+    """When the row's schedule next rebuilds it, as the customer is shown (None: no schedule)."""
+    return _next(row.rebuild_schedule, now, settings.worker.timezone)
 
 
 def dumps(value: Any) -> bytes:

@@ -46,6 +46,8 @@ def test_it_uses_the_account_index_on_every_database(env: ApiEnv) -> None:
         if env.app.engine.dialect.name == "sqlite":
             plan = " ".join(str(r[-1]) for r in conn.execute(text("EXPLAIN QUERY PLAN " + sql)))
             assert "ix_provisioner_servers_account" in plan and "SCAN provisioner_servers" not in plan, plan
+            # each listed server's newest event is one seek on its (server_id, id) index
+            assert "USING COVERING INDEX ix_provisioner_server_events_server_id" in plan, plan
         else:
             rows = conn.execute(text("EXPLAIN " + sql)).mappings().all()
             keys = {r["key"] for r in rows if r["table"] == "provisioner_servers"}
@@ -55,3 +57,6 @@ def test_it_uses_the_account_index_on_every_database(env: ApiEnv) -> None:
             # "has a .ovpn?" looks up each listed server's sealed row by its primary key, never a scan
             sealed = [r for r in rows if r["table"] == "provisioner_server_sealed"]
             assert sealed and all(r["key"] == "PRIMARY" for r in sealed), rows
+            # and its newest event by the (server_id, id) index, never a scan of the events
+            events = [r for r in rows if r["table"] == "provisioner_server_events"]
+            assert events and all(r["key"] == "ix_provisioner_server_events_server_id" for r in events), rows
