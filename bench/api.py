@@ -101,6 +101,7 @@ class Target:
     name: str
     url: str
     headers: dict[str, str]
+    script: Path | None = None          # a wrk Lua script (--customers: a token per request, in turn)
     runs: list[Run] = field(default_factory=list)
 
     def median(self, attr: str) -> float:
@@ -121,6 +122,8 @@ def run_wrk(wrk: str, target: Target, threads: int, connections: int, seconds: f
     cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency", "--timeout", "5s"]
     for k, v in target.headers.items():
         cmd += ["-H", f"{k}: {v}"]
+    if target.script is not None:
+        cmd += ["-s", str(target.script)]
     out = subprocess.run([*cmd, target.url], capture_output=True, text=True, timeout=seconds + 30,  # noqa: S603
                          check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -128,6 +131,26 @@ def run_wrk(wrk: str, target: Target, threads: int, connections: int, seconds: f
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     return Run(rps, p50, p99, int(bad.group(1)) if bad else 0)
+
+
+ROTATE_TOKENS = """
+tokens = {%s}
+i = 0
+request = function()
+  i = i %% #tokens + 1
+  return wrk.format("GET", nil, {["Authorization"] = "Bearer " .. tokens[i]})
+end
+"""
+
+
+def rotation_script(directory: Path, settings: Any, customers: int) -> Path:
+    """A wrk script that sends each request with the next of ``customers`` tokens in turn:
+    the one-server customers of :func:`populate` (accounts 1000 + i), each polling."""
+    tokens = [mint_token(settings, f"user{i:06d}@example{i % 97}.com", str(1000 + i), ttl_seconds=3600)
+              for i in range(1, customers + 1)]
+    path = directory / "rotate_tokens.lua"
+    path.write_text(ROTATE_TOKENS % ", ".join(f'"{t}"' for t in tokens))
+    return path
 
 
 def populate(app: App, servers: int) -> None:
@@ -231,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-revision", default="",
                    help="serve the baseline from a copy of the database rolled back to this revision of our "
                         "schema (SQLite only; e.g. 0009 for a tree from before the sealed table)")
+    p.add_argument("--customers", type=int, default=0,
+                   help="rotate over this many one-server customers, a token per request in turn, instead of the "
+                        "one customer with 5 servers (their remembered bodies stop fitting the API's 8 MiB "
+                        "somewhere above 5,000: every poll then makes its body afresh)")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="the wrk binary")
     p.add_argument("--mariadb", action="store_true",
                    help=f"the database on the MariaDB of {MYSQL_ENV} (a fresh prov_bench_* database) instead of SQLite")
@@ -244,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = max(1.0, min(args.seconds, MAX_SECONDS))
     rounds = max(1, min(args.rounds, 10))
     connections = max(1, min(args.connections, MAX_CLIENTS))
+    customers = max(0, min(args.customers, servers - OWNED - 1))
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-api-"))
@@ -270,11 +298,14 @@ def main(argv: list[str] | None = None) -> int:
 
         token = mint_token(settings, OWNER.lower(), OWNER_ACCOUNT, ttl_seconds=3600)
         auth = {"Authorization": f"Bearer {token}"}
+        script = rotation_script(Path(tmp), settings, customers) if customers else None
+        if script is not None:    # the first request of each run is checked with the owner's token
+            print(f"customers: {customers:,} one-server customers in turn, one token per request")
         (Path(tmp) / "minimal_app.py").write_text(MINIMAL_APP)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         procs: dict[str, subprocess.Popen[bytes]] = {}
         targets = [Target("minimal", f"http://127.0.0.1:{ports['minimal']}/min", {}),
-                   Target("ours", f"http://127.0.0.1:{ports['ours']}/api/servers", auth)]
+                   Target("ours", f"http://127.0.0.1:{ports['ours']}/api/servers", auth, script)]
         try:
             procs["minimal"] = subprocess.Popen([sys.executable, "-c", MINIMAL_SERVE, str(ports["minimal"]), tmp],  # noqa: S603
                                                 env=env, cwd=tmp)
@@ -290,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 base_env = {**os.environ, "PYTHONPATH": str(args.baseline.resolve())}
                 procs["baseline"] = subprocess.Popen(  # noqa: S603
                     [sys.executable, "-c", BASELINE_SERVE, str(base_config)], env=base_env, cwd=tmp)
-                targets.append(Target("baseline", f"http://127.0.0.1:{ports['baseline']}/api/servers", auth))
+                targets.append(Target("baseline", f"http://127.0.0.1:{ports['baseline']}/api/servers", auth, script))
             for t in targets:
                 wait_for(t.url, procs[t.name])
                 check = httpx.get(t.url, headers=t.headers, timeout=10)
