@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,3 +83,17 @@ def test_it_draws_the_same_faults_from_the_same_seed() -> None:
     assert draws(5) == draws(5)
     assert draws(5) != draws(6)
     assert {"none", "error", "timeout"} == set(draws(5))
+
+
+def test_its_command_line_refuses_a_bad_fault_document_with_one_clear_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from provisioner.sandbox.app import main
+
+    not_utf8 = tmp_path / "faults.json"
+    not_utf8.write_bytes(b"\xff\xfe")
+    for given in ("{bad", '{"vultr.create": {"kind": "nope"}}', str(tmp_path / "missing.json"), str(not_utf8),
+                  '{"faults": {"vultr.create": {"kind": "no-such-fault"}}}'):
+        assert main(["--faults", given]) == 2, given
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 5 and all(line.startswith("sandbox: --faults: ") for line in err), err
+    assert "not JSON" in err[0] and "unknown top-level key 'vultr.create'" in err[1] and "cannot read" in err[2]

@@ -187,6 +187,26 @@ def serve(config: SandboxConfig, host_runner: HostRunner | None = None,
     log.info("sandbox stopped")
 
 
+def fault_document(given: str) -> dict[str, Any]:
+    """``--faults``: inline JSON or a file's name, checked as ``POST /_sandbox/faults`` checks it."""
+    if given.lstrip().startswith("{"):
+        text = given
+    else:
+        try:
+            text = Path(given).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--faults: cannot read {given}: {exc}") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--faults: not JSON: {exc}") from None
+    try:
+        FaultInjector().configure(document)
+    except ValueError as exc:
+        raise ValueError(f"--faults: {exc}") from None
+    return document
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="provisioner-sandbox",
                                      description="Simulated Vultr v2 + Cloudflare v4 on loopback (test/demo only).")
@@ -213,11 +233,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ip_pool": args.ip_pool, "seed": args.seed, "tick_seconds": args.tick_seconds,
         "call_log_limit": args.call_log_limit, "cloudflare_limit": args.cloudflare_limit,
         "cloudflare_window_seconds": args.cloudflare_window}.items() if v is not None}
-    if args.faults:
-        text = args.faults if args.faults.lstrip().startswith("{") else Path(args.faults).read_text("utf-8")
-        overrides["faults"] = json.loads(text)
     host_runner: HostRunner | None = None
-    try:   # a settings file refused, or a value out of range: one line (ConfigError is a ValueError)
+    try:   # a settings file or fault document refused, a value out of range: one line (ConfigError is a ValueError)
+        if args.faults:
+            overrides["faults"] = fault_document(args.faults)
         if args.config:
             from provisioner.settings import load_settings
 
