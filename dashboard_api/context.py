@@ -61,7 +61,7 @@ class ApiState:
 
     @functools.cached_property
     def listing(self) -> ServerListing:
-        return ServerListing()
+        return ServerListing(max_bytes=self.settings.api.listing_memory_mb * 2**20)
 
 
 class Reader:

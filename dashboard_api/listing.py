@@ -30,7 +30,7 @@ from dashboard_api import queries, views
 from provisioner.settings.schema import Settings
 
 MAX_AGE = dt.timedelta(seconds=60)
-MAX_BYTES = 8 * 2**20     # all remembered bodies together: ~6,000 one-server customers
+MAX_BYTES = 8 * 2**20     # all remembered bodies together (api.listing_memory_mb): ~4,000 one-server customers
 _ROW_BYTES = 400          # roughly what one fetched row's tuple holds, for the bound above
 
 

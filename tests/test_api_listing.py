@@ -104,17 +104,34 @@ def test_each_customer_gets_their_own_servers_after_another_polled(api_env: ApiE
 def test_an_unchanged_poll_runs_the_one_query_of_the_rows(api_env: ApiEnv, owner: dict[str, str]) -> None:
     # The reason it exists: a second poll of unchanged rows skips the events query and the
     # serialisation. Counted on the read connection's own SQLite trace.
-    first = api_env.client.get("/api/servers", headers=owner).content
-    (conn,) = api_env.api.state.dashboard.reader._idle
+    first, second, statements = _second_poll(api_env, owner)
+    assert second == first
+    assert len(statements) == 1 and "provisioner_server_events" in statements[0]   # the rows' newest event id
+
+
+def _second_poll(env: ApiEnv, headers: dict[str, str]) -> tuple[bytes, bytes, list[str]]:
+    """Two polls: both bodies, and the statements the second ran on the read connection."""
+    first = env.client.get("/api/servers", headers=headers).content
+    (conn,) = env.api.state.dashboard.reader._idle
     statements: list[str] = []
     conn.connection.dbapi_connection.set_trace_callback(statements.append)
     try:
-        second = api_env.client.get("/api/servers", headers=owner).content
+        second = env.client.get("/api/servers", headers=headers).content
     finally:
         conn.connection.dbapi_connection.set_trace_callback(None)
+    return first, second, statements
 
-    assert second == first
-    assert len(statements) == 1 and "provisioner_server_events" in statements[0]   # the rows' newest event id
+
+def test_the_operator_can_size_the_store_or_turn_it_off(tmp_path: Path, api_db_template: Path) -> None:
+    for megabytes, statements in ((0, 2), (1, 1)):
+        directory = tmp_path / str(megabytes)
+        directory.mkdir()
+        env = build_env(directory, template=api_db_template, listing_memory_mb=megabytes)
+        env.add_server(OWNER, "g0001")
+        with env.client:
+            first, second, ran = _second_poll(env, env.headers())
+            assert second == first and len(ran) == statements, (megabytes, ran)
+        env.app.engine.dispose()
 
 
 def test_the_remembered_bodies_stay_within_their_byte_bound(api_env: ApiEnv) -> None:

@@ -154,6 +154,7 @@ SECTIONS: dict[str, dict[str, Field]] = {
         "root_password_views_per_hour": Field(int, 10, minimum=1, maximum=1000),
         "requests_per_minute": Field(int, 120, minimum=1, maximum=100000),
         "max_body_bytes": Field(int, 16384, minimum=256, maximum=10_000_000),
+        "listing_memory_mb": Field(int, 8, minimum=0, maximum=4096),
     },
     "stripe": {
         "api_key": Field(str, "", secret=True),
@@ -304,6 +305,7 @@ class ApiSettings:
     root_password_views_per_hour: int
     requests_per_minute: int
     max_body_bytes: int
+    listing_memory_mb: int
 
 
 @dataclass(frozen=True)
