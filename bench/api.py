@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--customers", type=int, default=0,
                    help="rotate over this many one-server customers, a token per request in turn, instead of the "
                         "one customer with 5 servers (their remembered bodies stop fitting the API's 8 MiB "
-                        "somewhere above 5,000: every poll then makes its body afresh)")
+                        "somewhere above 3,000: every poll then makes its body afresh)")
     p.add_argument("--wrk", default=shutil.which("wrk") or "", help="the wrk binary")
     p.add_argument("--mariadb", action="store_true",
                    help=f"the database on the MariaDB of {MYSQL_ENV} (a fresh prov_bench_* database) instead of SQLite")
