@@ -30,9 +30,9 @@ from dashboard_api import queries, views
 from provisioner.settings.schema import Settings
 
 MAX_AGE = dt.timedelta(seconds=60)
-MAX_BYTES = 8 * 2**20     # all remembered bodies together (api.listing_memory_mb): ~3,000 one-server customers
 # What one fetched row's tuple holds with its values (measured: ~1,030 bytes on SQLite),
-# counted once more per entry for its key and bookkeeping, on top of the body itself.
+# counted once more per entry for its key and bookkeeping, on top of the body itself: the
+# default api.listing_memory_mb (8 MiB) holds ~3,000 one-server customers.
 _ROW_BYTES = 1_000
 
 
@@ -46,11 +46,12 @@ class _Body:
 
 
 class ServerListing:
-    """The last body per account (least recently used first out, bounded in bytes).
+    """The last body per account (least recently used first out, at most ``max_bytes`` of them
+    together: ``api.listing_memory_mb``).
 
     Thread-safe: MariaDB's reads run in a thread pool."""
 
-    def __init__(self, max_bytes: int = MAX_BYTES, max_age: dt.timedelta = MAX_AGE) -> None:
+    def __init__(self, max_bytes: int, max_age: dt.timedelta = MAX_AGE) -> None:
         self.max_bytes, self.max_age = max_bytes, max_age
         self._bodies: OrderedDict[str, _Body] = OrderedDict()
         self._bytes = 0
