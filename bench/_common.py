@@ -7,11 +7,13 @@ loopback addresses only. Every helper is bounded; none asserts on speed.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import statistics
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,6 +77,16 @@ def fmt_s(seconds: float) -> str:
     if seconds >= 0.1:
         return f"{seconds:.2f}"
     return f"{seconds:.4f}"
+
+
+def sandbox_admin(port: int, path: str, *, method: str = "GET", body: dict[str, Any] | None = None,
+                  timeout: float = 60) -> Any:
+    """A call to the sandbox's admin API on loopback (``path`` under ``/_sandbox``); its JSON reply."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/_sandbox{path}", method=method,  # noqa: S310 - loopback
+                                 data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"} if body is not None else {})
+    with urllib.request.urlopen(req, timeout=timeout) as reply:  # noqa: S310 - loopback only
+        return json.loads(reply.read())
 
 
 def cpu_seconds(pid: int) -> float:

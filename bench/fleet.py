@@ -53,7 +53,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,7 +60,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, cpu_seconds, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    cpu_seconds,
+    fmt_s,
+    log,
+    median,
+    parse_sizes,
+    print_table,
+    sandbox_admin,
+    write_settings,
+)
 from sqlalchemy import func, select, text  # noqa: E402
 
 from jobs.driver import drive_until_idle  # noqa: E402
@@ -138,7 +147,7 @@ class SandboxProcess:
         sb = tomllib.loads(cfg.read_text())["sandbox"]
         self.vultr_url = f"http://127.0.0.1:{sb['vultr_port']}/v2"
         self.cloudflare_url = f"http://127.0.0.1:{sb['cloudflare_port']}/client/v4"
-        self._admin = f"http://127.0.0.1:{sb['admin_port']}/_sandbox"
+        self._admin_port = int(sb["admin_port"])
         argv = [sys.executable, "-m", "provisioner.sandbox", "--config", str(cfg), "--log-level", "WARNING",
                 "--snapshot-seconds", "0", "--tick-seconds", "0.05", "--seed", str(args.seed),
                 "--call-log-limit", str(CALL_LOG_LIMIT), "--cloudflare-limit", str(max(0, args.cf_limit)),
@@ -159,9 +168,7 @@ class SandboxProcess:
         raise RuntimeError(f"the sandbox process did not come up (see {log_file})")
 
     def _get(self, path: str, method: str = "GET") -> Any:
-        req = urllib.request.Request(self._admin + path, method=method)  # noqa: S310 - loopback only
-        with urllib.request.urlopen(req, timeout=60) as reply:  # noqa: S310 - loopback only
-            return json.loads(reply.read())
+        return sandbox_admin(self._admin_port, path, method=method)
 
     def last_call_seq(self) -> int:
         return int(self._get(f"/calls?since={2**62}")["last_seq"])

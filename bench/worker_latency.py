@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import random
 import signal
@@ -34,13 +33,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, cpu_seconds, fmt_s, log, median, parse_sizes, print_table, write_settings  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    cpu_seconds,
+    fmt_s,
+    log,
+    median,
+    parse_sizes,
+    print_table,
+    sandbox_admin,
+    write_settings,
+)
 from sqlalchemy import select  # noqa: E402
 
 from provisioner import customer, db  # noqa: E402
@@ -91,9 +99,8 @@ def _wait(predicate: Any, timeout: float, poll: float = 0.1) -> bool:
 
 
 def _calls(app: App, since: int) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{app.settings.sandbox.admin_port}/_sandbox/calls?since={since}"
-    with urllib.request.urlopen(url, timeout=10) as reply:  # noqa: S310 - loopback only
-        calls: list[dict[str, Any]] = json.loads(reply.read())["calls"]
+    calls: list[dict[str, Any]] = sandbox_admin(app.settings.sandbox.admin_port, f"/calls?since={since}",
+                                                timeout=10)["calls"]
     return calls
 
 
@@ -111,11 +118,7 @@ def rate_floor(app: App, calls: list[dict[str, Any]]) -> float:
 
 
 def _admin(app: App, path: str, body: dict[str, Any]) -> None:
-    req = urllib.request.Request(f"http://127.0.0.1:{app.settings.sandbox.admin_port}{path}",  # noqa: S310 - loopback
-                                 data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as reply:  # noqa: S310 - loopback only
-        reply.read()
+    sandbox_admin(app.settings.sandbox.admin_port, path, method="POST", body=body, timeout=10)
 
 
 class Bench:
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{INSTALL_SECONDS}s), {threads} threads")
             for n, hung in [(n, False) for n in sizes] + [(HUNG_NEW, True)]:
                 if hung:
-                    _admin(bench.app, "/_sandbox/host-faults", {"target": "*", "kind": "slow_install",
+                    _admin(bench.app, "/host-faults", {"target": "*", "kind": "slow_install",
                                                                 "seconds": 600, "count": 1})
                     stuck, _ = bench.sell(1)
                     _wait(lambda stuck=stuck: bool(_stuck_installing(bench, stuck[0])), 60)
